@@ -1,0 +1,5 @@
+import sys
+
+from emocircuits.cli import main
+
+sys.exit(main())

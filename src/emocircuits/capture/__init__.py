@@ -1,0 +1,21 @@
+"""Capture: hooks, position rules, one-pass capture, the activation store."""
+
+from emocircuits.capture.capture import CaptureSpec, capture, iter_capture
+from emocircuits.capture.extract import extract
+from emocircuits.capture.hooks import count_hooks, hooked
+from emocircuits.capture.positions import RULES, Selection, TokenBatch
+from emocircuits.capture.store import ActivationStore, load_activations
+
+__all__ = [
+    "RULES",
+    "ActivationStore",
+    "CaptureSpec",
+    "Selection",
+    "TokenBatch",
+    "capture",
+    "count_hooks",
+    "extract",
+    "hooked",
+    "iter_capture",
+    "load_activations",
+]

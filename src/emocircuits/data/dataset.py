@@ -1,0 +1,210 @@
+"""Emotion-labelled prompt sets: JSONL schema, validation and the shipped presets.
+
+One JSON object per line. Required: ``text``, ``emotion``. Optional: ``id``,
+``emotion_word`` (a substring of ``text``; its first occurrence is used), ``lang``,
+``split``, ``style``. Unknown fields are kept in :attr:`Example.extra`. Every load runs
+the same checks; a problem raises :class:`~emocircuits.errors.DataError` naming file:line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from emocircuits.errors import DataError
+
+BASELINE_LABEL = "neutral"
+KNOWN_FIELDS = ("id", "text", "emotion", "emotion_word", "lang", "split", "style")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled prompt. ``line`` is its 1-based line number in the source file."""
+
+    id: str
+    text: str
+    emotion: str
+    line: int
+    emotion_word: str | None = None
+    lang: str | None = None
+    split: str | None = None
+    style: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def emotion_span(self) -> tuple[int, int] | None:
+        """Character span ``(start, end)`` of the emotion word in ``text``, or None."""
+        if not self.emotion_word:
+            return None
+        start = self.text.find(self.emotion_word)
+        return start, start + len(self.emotion_word)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id, "text": self.text, "emotion": self.emotion}
+        for k in ("emotion_word", "lang", "split", "style"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        return d | self.extra
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated prompt set. ``sha256`` hashes the file's bytes (its provenance)."""
+
+    examples: tuple[Example, ...]
+    source: str
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.examples]
+
+    @property
+    def labels(self) -> list[str]:
+        return [e.emotion for e in self.examples]
+
+    @property
+    def texts(self) -> list[str]:
+        return [e.text for e in self.examples]
+
+    def counts(self) -> dict[str, int]:
+        """Examples per label, in first-seen order."""
+        return dict(Counter(self.labels))
+
+    def provenance(self) -> dict[str, Any]:
+        return {"source": self.source, "sha256": self.sha256, "n_rows": len(self)}
+
+    def to_jsonl(self) -> str:
+        return "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in self.examples)
+
+
+def presets() -> dict[str, Path]:
+    """Shipped preset names and their files.
+
+    >>> sorted(presets())
+    ['baseline', 'extended', 'ja']
+    """
+    root = files("emocircuits.data").joinpath("presets")
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".jsonl")}
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A preset name or a file path -> the file. Unknown names get a clear error."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p
+    table = presets()
+    if str(name_or_path) in table:
+        return table[str(name_or_path)]
+    if p.exists():
+        raise DataError(f"{p} is not a file")
+    raise DataError(
+        f"no such file or preset {str(name_or_path)!r} (presets: {', '.join(sorted(table))})"
+    )
+
+
+def _field(obj: dict[str, Any], key: str, where: str, *, required: bool) -> str | None:
+    v = obj.get(key)
+    if v is None:
+        if required:
+            raise DataError(f"missing required field {key!r}", where=where)
+        return None
+    if isinstance(v, bool) or not isinstance(v, str | int):
+        raise DataError(f"field {key!r} must be a string, got {type(v).__name__}", where=where)
+    v = str(v)
+    if not v.strip():
+        if required or key == "emotion_word":
+            raise DataError(f"field {key!r} is empty", where=where)
+        return None
+    return v
+
+
+def parse_jsonl(raw: bytes, source: str) -> list[Example]:
+    """Parse and check JSONL bytes; every problem names ``source:line``."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError("not UTF-8 text", where=f"{source}:{line}") from None
+    examples: list[Example] = []
+    seen: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", where=where) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", where=where)
+        text_ = _field(obj, "text", where, required=True)
+        emotion = _field(obj, "emotion", where, required=True)
+        assert text_ is not None and emotion is not None
+        ew = _field(obj, "emotion_word", where, required=False)
+        if ew is not None and ew not in text_:
+            raise DataError(f"emotion_word {ew!r} does not occur in text", where=where)
+        id_ = _field(obj, "id", where, required=False) or f"line{n}"
+        if id_ in seen:
+            raise DataError(f"duplicate id {id_!r} (first at line {seen[id_]})", where=where)
+        seen[id_] = n
+        opt = {k: _field(obj, k, where, required=False) for k in ("lang", "split", "style")}
+        extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
+        examples.append(Example(id_, text_, emotion, n, ew, extra=extra, **opt))
+    if not examples:
+        raise DataError("no examples (the file is empty)", where=f"{source}:1")
+    return examples
+
+
+def check_counts(
+    examples: list[Example] | tuple[Example, ...],
+    source: str,
+    *,
+    min_per_class: int = 1,
+    baseline: str | None = None,
+) -> None:
+    """Every label needs ``min_per_class`` examples; ``baseline`` (if given) must exist."""
+    first_line: dict[str, int] = {}
+    for e in examples:
+        first_line.setdefault(e.emotion, e.line)
+    counts = Counter(e.emotion for e in examples)
+    for label, c in counts.items():
+        if c < min_per_class:
+            raise DataError(
+                f"label {label!r} has {c} example{'s' * (c != 1)}; at least {min_per_class} "
+                "are needed for this analysis",
+                where=f"{source}:{first_line[label]}",
+            )
+    if baseline is not None and baseline not in counts:
+        raise DataError(
+            f"baseline label {baseline!r} not found (labels: {', '.join(counts)})",
+            where=source,
+        )
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    *,
+    min_per_class: int = 1,
+    baseline: str | None = None,
+) -> Dataset:
+    """Load and validate a preset or a JSONL file.
+
+    >>> ds = load_dataset("baseline")
+    >>> ds.counts()["anger"], len(ds)
+    (50, 200)
+    """
+    path = resolve(name_or_path)
+    raw = path.read_bytes()
+    source = str(name_or_path) if str(name_or_path) in presets() else str(path)
+    examples = parse_jsonl(raw, source)
+    check_counts(examples, source, min_per_class=min_per_class, baseline=baseline)
+    return Dataset(tuple(examples), source, hashlib.sha256(raw).hexdigest())

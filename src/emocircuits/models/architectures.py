@@ -1,0 +1,172 @@
+"""The one module that knows where things live inside each supported architecture.
+
+Everything else asks :func:`architecture` for blocks, attention and MLP outputs, the
+attention output projection, head counts and layer numbers. To add a family, append an
+:class:`ArchSpec` to ``SPECS`` (module paths are dotted attribute paths, see the existing
+entries), then add a tiny config to ``tests/conftest.py::TINY_CONFIGS``: the capture tests
+check the new entry against transformers' own ``output_hidden_states``.
+
+>>> spec_for("llama").blocks
+'layers'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+import torch
+from torch import nn
+
+from emocircuits.errors import CaptureError, ModelError
+
+SITES = ("resid", "attn", "mlp", "heads")
+"""Capture sites: residual stream, attention output, MLP output, per-head attention input
+to the output projection (``z``)."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where one family keeps its parts. Paths are relative to the base model / block."""
+
+    model_types: tuple[str, ...]
+    blocks: str  # from the base model (``model.base_model``) to the ModuleList of blocks
+    attn_out: str  # from a block to the module whose output is added to the residual
+    mlp_out: str  # likewise for the MLP
+    o_proj: str  # from a block to the attention output projection (input = per-head z)
+    final_norm: str  # from the base model
+    conv1d: bool = False  # GPT-2's Conv1D stores weights as [in, out]
+    parallel: Callable[[Any], bool] = lambda config: False
+
+
+SPECS: tuple[ArchSpec, ...] = (
+    ArchSpec(("gpt2",), "h", "attn", "mlp", "attn.c_proj", "ln_f", conv1d=True),
+    ArchSpec(
+        ("gpt_neox",),
+        "layers",
+        "attention",
+        "mlp",
+        "attention.dense",
+        "final_layer_norm",
+        parallel=lambda c: bool(getattr(c, "use_parallel_residual", True)),
+    ),
+    ArchSpec(("gpt_neo",), "h", "attn", "mlp", "attn.attention.out_proj", "ln_f"),
+    ArchSpec(
+        ("llama", "mistral", "qwen2", "qwen3", "gemma"),
+        "layers",
+        "self_attn",
+        "mlp",
+        "self_attn.o_proj",
+        "norm",
+    ),
+    # Gemma 2/3 normalise each sublayer's output before adding it to the residual stream:
+    # what the block adds is the output of the post-sublayer norms.
+    ArchSpec(
+        ("gemma2", "gemma3_text"),
+        "layers",
+        "post_attention_layernorm",
+        "post_feedforward_layernorm",
+        "self_attn.o_proj",
+        "norm",
+    ),
+)
+
+_BY_TYPE = {t: s for s in SPECS for t in s.model_types}
+SUPPORTED = tuple(sorted(_BY_TYPE))
+
+
+def spec_for(model_type: str) -> ArchSpec:
+    """The :class:`ArchSpec` for a ``config.model_type``, or a clear :class:`ModelError`."""
+    try:
+        return _BY_TYPE[model_type]
+    except KeyError:
+        raise ModelError(
+            f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED)}. "
+            "To add one, append an ArchSpec to emocircuits/models/architectures.py "
+            "(see docs/ARCHITECTURES.md)"
+        ) from None
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return reduce(getattr, path.split("."), root)
+
+
+@dataclass
+class Architecture:
+    """A model's parts, resolved once. Layer numbers follow the residual convention:
+    ``resid`` has ``n_layers + 1`` entries (0 = embedding output, i = output of block i);
+    ``attn``, ``mlp`` and ``heads`` have ``n_layers`` (i = block i)."""
+
+    spec: ArchSpec
+    model_type: str
+    base_model: nn.Module
+    blocks: list[nn.Module]
+    n_layers: int
+    width: int
+    n_heads: int
+    head_dim: int
+    parallel: bool
+
+    def attn_out(self, layer: int) -> nn.Module:
+        return _get(self.blocks[layer], self.spec.attn_out)
+
+    def mlp_out(self, layer: int) -> nn.Module:
+        return _get(self.blocks[layer], self.spec.mlp_out)
+
+    def o_proj(self, layer: int) -> nn.Module:
+        return _get(self.blocks[layer], self.spec.o_proj)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return _get(self.base_model, self.spec.final_norm)
+
+    def o_proj_weight(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Output projection as ``(W [width, n_heads*head_dim], bias or None)``, so that the
+        attention output is ``z @ W.T + b`` and head h contributes
+        ``z[..., h*head_dim:(h+1)*head_dim] @ W[:, h*head_dim:(h+1)*head_dim].T``."""
+        m = self.o_proj(layer)
+        w = m.weight.detach()
+        return (w.T if self.spec.conv1d else w), (
+            None if getattr(m, "bias", None) is None else m.bias.detach()
+        )
+
+    def n_site_layers(self, site: str) -> int:
+        if site not in SITES:
+            raise CaptureError(f"unknown site {site!r}; choose from {', '.join(SITES)}")
+        return self.n_layers + 1 if site == "resid" else self.n_layers
+
+    def normalize_layer(self, layer: int, site: str = "resid") -> int:
+        """Map a possibly negative layer number to its index; out of range is an error.
+
+        >>> arch.normalize_layer(-1, "resid")  # doctest: +SKIP
+        30
+        """
+        n = self.n_site_layers(site)
+        if not -n <= layer < n:
+            raise CaptureError(
+                f"layer {layer} is out of range for site {site!r}: this model has {n} "
+                f"{site} layers (0..{n - 1}, or -{n}..-1)"
+            )
+        return layer % n
+
+
+def architecture(model: nn.Module) -> Architecture:
+    """Resolve the parts of a transformers causal LM (or its base model).
+
+    >>> arch = architecture(model)  # doctest: +SKIP
+    >>> arch.n_layers, arch.width, arch.n_heads
+    (30, 576, 9)
+    """
+    config = model.config
+    spec = spec_for(config.model_type)
+    base = getattr(model, "base_model", model)
+    blocks = list(_get(base, spec.blocks))
+    tmp = Architecture(spec, config.model_type, base, blocks, len(blocks), 0, 0, 0, False)
+    w, _ = tmp.o_proj_weight(0)
+    n_heads = int(getattr(config, "num_attention_heads", None) or config.num_heads)
+    width, inner = w.shape
+    tmp.width, tmp.n_heads, tmp.head_dim = int(width), n_heads, int(inner) // n_heads
+    tmp.parallel = spec.parallel(config)
+    return tmp

@@ -1,0 +1,145 @@
+"""Datasets: the shipped presets are valid, varied and free of near-duplicates; every bad
+file is reported as file:line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections import Counter
+
+import pytest
+
+import emocircuits as ec
+from emocircuits.data import parse_jsonl
+from emocircuits.errors import DataError
+
+LABELS = {"gratitude", "anger", "apology", "neutral"}
+
+
+@pytest.mark.parametrize(
+    ("name", "per_class", "lang"),
+    [("baseline", 50, "en"), ("extended", 200, "en"), ("ja", 50, "ja")],
+)
+def test_presets(name, per_class, lang):
+    ds = ec.load_dataset(name)
+    counts = ds.counts()
+    assert set(counts) == LABELS
+    assert all(c >= per_class for c in counts.values())
+    if name != "extended":
+        assert set(counts.values()) == {per_class}
+    for e in ds.examples:
+        assert e.lang == lang
+        if e.emotion != "neutral":
+            assert e.emotion_word and e.emotion_word in e.text, e.id
+    # the last character must not give the class away: every class mixes endings
+    for label in LABELS:
+        ends = Counter(e.text.rstrip()[-1] in ".。" for e in ds.examples if e.emotion == label)
+        assert ends[False] >= 0.2 * counts[label], (name, label, ends)
+
+
+def _units(text: str) -> set[str]:
+    words = re.findall(r"[a-z']+", text.lower())
+    return set(words) if words else {text[i : i + 2] for i in range(len(text) - 1)}
+
+
+def test_no_near_duplicates_within_or_across_presets():
+    rows = [(n, e) for n in ("baseline", "extended", "ja") for e in ec.load_dataset(n).examples]
+    units = [(n, e, _units(e.text)) for n, e in rows]
+    close = [
+        (a[1].id, b[1].id)
+        for a, b in itertools.combinations(units, 2)
+        if len(a[2] & b[2]) / len(a[2] | b[2]) >= 0.6
+    ]
+    assert close == []
+
+
+def test_implied_emotion_and_matched_neutral_in_extended():
+    ds = ec.load_dataset("extended")
+    implied = Counter(e.emotion for e in ds.examples if e.style == "implied")
+    for label in ("gratitude", "anger", "apology"):
+        assert implied[label] >= 40
+    first_person = lambda e: bool(re.match(r"(?i)\W*(i|i'm|i've|we|you|your|my|our)\b", e.text))  # noqa: E731
+    share = {
+        lab: sum(map(first_person, [e for e in ds.examples if e.emotion == lab])) / ds.counts()[lab]
+        for lab in LABELS
+    }
+    assert abs(share["neutral"] - sum(share.values()) / 4) < 0.15, share
+
+
+BAD = [
+    (b'{"text": "hi", "emotion": "anger"}\n{"text": oops}\n', 2, "not valid JSON"),
+    (b'{"text": "hi", "emotion": "anger"}\n["a list"]\n', 2, "expected a JSON object"),
+    (b'{"text": "hi"}\n', 1, "missing required field 'emotion'"),
+    (b'{"text": "  ", "emotion": "anger"}\n', 1, "field 'text' is empty"),
+    (b'{"text": "hi", "emotion": ""}\n', 1, "field 'emotion' is empty"),
+    (b'{"text": "hi", "emotion": 3.5}\n', 1, "must be a string"),
+    (
+        b'{"text": "I am so angry", "emotion": "anger", "emotion_word": "furious"}\n',
+        1,
+        "emotion_word 'furious' does not occur in text",
+    ),
+    (
+        b'{"id": "a", "text": "x", "emotion": "anger"}\n\n'
+        b'{"id": "a", "text": "y", "emotion": "n"}\n',
+        3,
+        "duplicate id 'a' (first at line 1)",
+    ),
+    (b"", 1, "no examples"),
+    (b'{"text": "caf\xe9", "emotion": "anger"}\n', 1, "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("raw", "line", "message"), BAD)
+def test_bad_files_name_file_and_line(raw, line, message):
+    with pytest.raises(DataError) as err:
+        parse_jsonl(raw, "d.jsonl")
+    assert str(err.value).startswith(f"d.jsonl:{line}: ")
+    assert message in str(err.value)
+
+
+def test_too_few_examples_and_missing_baseline(tmp_path):
+    p = tmp_path / "few.jsonl"
+    rows = [{"text": f"thanks {i}", "emotion": "gratitude"} for i in range(3)]
+    rows.insert(1, {"text": "grr", "emotion": "anger"})
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=rf"{p}:2: label 'anger' has 1 example; at least 2"):
+        ec.load_dataset(p, min_per_class=2)
+    with pytest.raises(DataError, match="baseline label 'neutral' not found"):
+        ec.load_dataset(p, baseline="neutral")
+    ds = ec.load_dataset(p)  # any labels work when nothing more is asked
+    assert ds.counts() == {"gratitude": 3, "anger": 1}
+
+
+def test_unknown_fields_kept_and_round_trip(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text(
+        json.dumps(
+            {
+                "text": "Sorry!",
+                "emotion": "apology",
+                "emotion_word": "Sorry",
+                "speaker": "Ann",
+                "split": "test",
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
+    ds = ec.load_dataset(p)
+    e = ds.examples[0]
+    assert e.extra == {"speaker": "Ann"} and e.split == "test" and e.id == "line1"
+    assert e.emotion_span == (0, 5)
+    assert json.loads(ds.to_jsonl()) == {
+        "id": "line1",
+        "text": "Sorry!",
+        "emotion": "apology",
+        "emotion_word": "Sorry",
+        "split": "test",
+        "speaker": "Ann",
+    }
+
+
+def test_unknown_preset():
+    with pytest.raises(DataError, match=r"no such file or preset 'basline' \(presets: baseline"):
+        ec.load_dataset("basline")
