@@ -32,26 +32,24 @@ SMALL = {
     "vocab_size": V,
     "max_position_embeddings": 256,
 }
+
+
+def _neox(parallel: bool) -> T.GPTNeoXConfig:
+    return T.GPTNeoXConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        vocab_size=V,
+        max_position_embeddings=256,
+        use_parallel_residual=parallel,
+    )
+
+
 TINY_CONFIGS = {
     "gpt2": lambda: T.GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=256, vocab_size=V),
-    "gpt_neox_parallel": lambda: T.GPTNeoXConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        vocab_size=V,
-        max_position_embeddings=256,
-        use_parallel_residual=True,
-    ),
-    "gpt_neox_sequential": lambda: T.GPTNeoXConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        vocab_size=V,
-        max_position_embeddings=256,
-        use_parallel_residual=False,
-    ),
+    "gpt_neox_parallel": lambda: _neox(parallel=True),
+    "gpt_neox_sequential": lambda: _neox(parallel=False),
     "gpt_neo": lambda: T.GPTNeoConfig(
         hidden_size=64,
         num_layers=3,

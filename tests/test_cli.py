@@ -97,7 +97,7 @@ def test_extract_bad_models(capsys, tmp_path):
     out = tmp_path / "o"
     base = ["extract", "--data", "baseline", "--out", out, "--quiet", "--model"]
     code, _, err = run(capsys, *base, "no-such-org/no-such-model")
-    assert code == 2 and "unknown model 'no-such-org/no-such-model'" in one_error_line(err)
+    assert code == 2 and "cannot find model 'no-such-org/no-such-model'" in one_error_line(err)
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF but not really" * 10)
     code, _, err = run(capsys, *base, broken)
@@ -114,51 +114,17 @@ def test_extract_bad_models(capsys, tmp_path):
 
 def test_extract_then_summary(capsys, tiny_dir, tmp_path):
     out = tmp_path / "acts"
-    code, stdout, _ = run(
-        capsys,
-        "extract",
-        "--model",
-        tiny_dir("llama"),
-        "--data",
-        "baseline",
-        "--out",
-        out,
-        "--quiet",
-        "--positions",
-        "last,mean",
-    )
+    args = ["extract", "--model", tiny_dir("llama"), "--data", "baseline", "--out", out]
+    args += ["--quiet", "--positions", "last,mean"]
+    code, stdout, _ = run(capsys, *args)
     assert code == 0 and "200 rows" in stdout
     code, stdout, _ = run(capsys, "summary", out, "--position", "mean")
     assert code == 0 and "NCM" in stdout and "chance 0.25" in stdout
     # same arguments again: nothing to do; other settings: refused, nothing lost
-    code, _, _ = run(
-        capsys,
-        "extract",
-        "--model",
-        tiny_dir("llama"),
-        "--data",
-        "baseline",
-        "--out",
-        out,
-        "--quiet",
-        "--positions",
-        "last,mean",
-    )
+    code, _, _ = run(capsys, *args)
     assert code == 0
     before = ec.load_activations(out).get("resid", "mean")
-    code, _, err = run(
-        capsys,
-        "extract",
-        "--model",
-        tiny_dir("llama"),
-        "--data",
-        "baseline",
-        "--out",
-        out,
-        "--quiet",
-        "--dtype",
-        "bfloat16",
-    )
+    code, _, err = run(capsys, *args, "--dtype", "bfloat16")
     assert code == 2 and "dtype" in one_error_line(err) and "--overwrite" in err
     np.testing.assert_array_equal(ec.load_activations(out).get("resid", "mean"), before)
     code, _, err = run(capsys, "summary", tmp_path)

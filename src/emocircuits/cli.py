@@ -152,14 +152,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
     table = Table(
         title=f"{m['model']['name']} · {m['dataset']['source']} · {args.site} · {position}",
         caption=(
-            f"‖mean(emotion) − mean({s.baseline})‖ per layer; NCM = {s.folds}-fold "
+            f"Emotion columns: ‖mean(emotion) − mean({s.baseline})‖ per layer. "
+            f"NCM = {s.folds}-fold "
             f"nearest-class-mean accuracy over {len(s.labels)} classes (chance {s.chance:.2f})."
             " Layer 0 is the embedding: the lexical baseline."
         ),
     )
     table.add_column("layer", justify="right")
     for lab in s.diff_norms:
-        table.add_column(f"‖{lab}−{s.baseline}‖", justify="right")
+        table.add_column(lab, justify="right")
     table.add_column("NCM acc", justify="right")
     best = int(s.ncm_accuracy.argmax())
     for i, layer in enumerate(s.layers):

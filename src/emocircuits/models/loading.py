@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -107,12 +108,15 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
     """transformers' own progress bars only where a load is slow (GGUF conversion)."""
     from transformers.utils import logging as tlog
 
-    was = tlog.is_progress_bar_enabled()
+    hub_log = logging.getLogger("huggingface_hub")
+    was, level = tlog.is_progress_bar_enabled(), hub_log.level
     (tlog.enable_progress_bar if enabled else tlog.disable_progress_bar)()
+    hub_log.setLevel(logging.ERROR)  # retry warnings; a failure becomes our own one line
     try:
         yield
     finally:
         (tlog.enable_progress_bar if was else tlog.disable_progress_bar)()
+        hub_log.setLevel(level)
 
 
 def convert_gguf(path: Path, *, cache: Path | None = None, progress: bool = True) -> Path:
@@ -254,15 +258,23 @@ def load_model(
         prov.update(source="hub", hub_id=name)
 
     try:
-        config = AutoConfig.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code
-        )
+        with _transformers_progress(False):
+            config = AutoConfig.from_pretrained(
+                source, revision=revision, trust_remote_code=trust_remote_code
+            )
     except Exception as e:
         if prov["source"] == "hub":
+            text = str(e).lower()
+            offline = any(w in text for w in ("connect", "offline", "resolve", "network"))
+            why = (
+                "the Hugging Face hub could not be reached and the model is not in the "
+                "local hub cache"
+                if offline and "not found" not in text
+                else "no such model on the Hugging Face hub"
+            )
             raise ModelError(
-                f"unknown model {name!r}: not a built-in name ({', '.join(BUILTINS)}), "
-                "a local folder or a .gguf file, and the Hugging Face hub could not provide "
-                f"it ({type(e).__name__})"
+                f"cannot find model {name!r}: not a built-in name ({', '.join(BUILTINS)}), "
+                f"not a local folder or .gguf file, and {why}"
             ) from None
         raise ModelError(f"cannot read the model config: {e}", where=str(source)) from None
     spec_for(config.model_type)  # fail fast, before loading weights
