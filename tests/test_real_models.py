@@ -127,3 +127,20 @@ def test_kill_9_during_extraction_then_resume(tmp_path, smollm2):
             close(resumed.get(site, pos), want, key)
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["dequantised_from"] == "Q4_1" and m["n_rows"] == 200
+
+
+def test_a_gguf_file_path_loads_through_the_same_cache(smollm2, tmp_path):
+    path = builtin_gguf("smollm2-135m")
+    lm = ec.load_model(str(path), progress=False)
+    assert lm.provenance["name"] == str(path) and lm.provenance["source"] == "gguf"
+    assert lm.provenance["gguf_sha256"] == smollm2.provenance["gguf_sha256"]
+    assert "builtin" not in lm.provenance
+    texts = ["I can't thank you enough for the lift!"]
+    spec = CaptureSpec(sites=("resid",), positions=("mean",))
+    np.testing.assert_array_equal(
+        capture(lm, texts, spec)["resid/mean"], capture(smollm2, texts, spec)["resid/mean"]
+    )
+    broken = tmp_path / "copy.gguf"
+    broken.write_bytes(path.read_bytes()[: 1 << 20])  # truncated download
+    with pytest.raises(ec.EmocircuitsError, match="copy.gguf: not a readable GGUF file"):
+        ec.load_model(broken, progress=False)

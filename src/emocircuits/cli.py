@@ -153,19 +153,26 @@ def cmd_summary(args: argparse.Namespace) -> int:
         title=f"{m['model']['name']} · {m['dataset']['source']} · {args.site} · {position}",
         caption=(
             f"Emotion columns: ‖mean(emotion) − mean({s.baseline})‖ per layer. "
-            f"NCM = {s.folds}-fold "
-            f"nearest-class-mean accuracy over {len(s.labels)} classes (chance {s.chance:.2f})."
-            " Layer 0 is the embedding: the lexical baseline."
+            f"NCM: {s.folds}-fold nearest-class-mean accuracy over {len(s.labels)} classes "
+            f"(chance {s.chance:.2f}) on raw activations, and on activations standardised per "
+            "dimension (fitted on training folds; raw distances are dominated by a few huge "
+            "dimensions). Layer 0 is the embedding: the lexical baseline."
         ),
     )
     table.add_column("layer", justify="right")
     for lab in s.diff_norms:
         table.add_column(lab, justify="right")
-    table.add_column("NCM acc", justify="right")
-    best = int(s.ncm_accuracy.argmax())
+    table.add_column("NCM raw", justify="right")
+    table.add_column("NCM std", justify="right")
+    best = int(s.ncm_accuracy_std.argmax())
     for i, layer in enumerate(s.layers):
-        acc = f"{s.ncm_accuracy[i]:.2f}" + (" ◀ best" if i == best else "")
-        table.add_row(str(layer), *(f"{v[i]:.2f}" for v in s.diff_norms.values()), acc)
+        std = f"{s.ncm_accuracy_std[i]:.2f}" + (" ◀ best" if i == best else "")
+        table.add_row(
+            str(layer),
+            *(f"{v[i]:.2f}" for v in s.diff_norms.values()),
+            f"{s.ncm_accuracy[i]:.2f}",
+            std,
+        )
     Console().print(table)
     return 0
 

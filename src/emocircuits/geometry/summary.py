@@ -18,13 +18,16 @@ from emocircuits.errors import DataError
 @dataclass
 class LayerSummary:
     """``diff_norms[label][l]``: L2 norm of mean(label) - mean(baseline) at layer ``l``;
-    ``ncm_accuracy[l]``: k-fold nearest-class-mean accuracy; ``chance`` = 1 / classes."""
+    ``ncm_accuracy[l]``: k-fold nearest-class-mean accuracy on raw activations,
+    ``ncm_accuracy_std[l]``: the same after per-dimension standardisation (fitted on the
+    training folds); ``chance`` = 1 / classes."""
 
     layers: list[int]
     labels: list[str]
     baseline: str
     diff_norms: dict[str, np.ndarray]
     ncm_accuracy: np.ndarray
+    ncm_accuracy_std: np.ndarray
     chance: float
     folds: int
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -40,10 +43,19 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def ncm_accuracy(x: np.ndarray, labels: np.ndarray, k: int = 5, seed: int = 0) -> np.ndarray:
+def ncm_accuracy(
+    x: np.ndarray,
+    labels: np.ndarray,
+    k: int = 5,
+    seed: int = 0,
+    *,
+    standardize: bool = False,
+) -> np.ndarray:
     """k-fold nearest-class-mean accuracy for every layer at once.
 
-    ``x``: ``[n, layers, width]``. Returns ``[layers]``.
+    ``x``: ``[n, layers, width]``. Returns ``[layers]``. With ``standardize``, each dimension
+    is z-scored with the training fold's mean and std first, so that a few huge "rogue"
+    dimensions of the residual stream do not decide every distance.
 
     >>> x = np.array([[[0.0]], [[0.1]], [[1.0]], [[1.1]]]); y = np.array([0, 0, 1, 1])
     >>> ncm_accuracy(x, y, k=2).tolist()
@@ -54,8 +66,14 @@ def ncm_accuracy(x: np.ndarray, labels: np.ndarray, k: int = 5, seed: int = 0) -
     correct = np.zeros(x.shape[1])
     for f in range(k):
         test, train = fold == f, fold != f
-        means = np.stack([x[train & (y == c)].mean(0) for c in range(len(classes))])  # C,L,W
-        d = ((x[test][:, None] - means[None]) ** 2).sum(-1)  # n_test, C, L
+        xtr, xte = x[train], x[test]
+        if standardize:
+            mu, sd = xtr.mean(0), xtr.std(0)
+            sd = np.where(sd > 0, sd, 1.0)
+            xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+        ytr = y[train]
+        means = np.stack([xtr[ytr == c].mean(0) for c in range(len(classes))])  # C, L, W
+        d = ((xte[:, None] - means[None]) ** 2).sum(-1)  # n_test, C, L
         correct += (d.argmin(1) == y[test][:, None]).sum(0)
     return correct / len(y)
 
@@ -87,6 +105,7 @@ def summarize(
         baseline=baseline,
         diff_norms=norms,
         ncm_accuracy=ncm_accuracy(x, lab, folds),
+        ncm_accuracy_std=ncm_accuracy(x, lab, folds, standardize=True),
         chance=1.0 / len(uniq),
         folds=folds,
     )
