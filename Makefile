@@ -39,7 +39,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 
 bench: $(STAMP)
-	$(PIP) install -q -c constraints.txt -r bench/requirements.txt
+	$(PIP) install -q -c constraints.txt "$(TORCH_SPEC)" -r bench/requirements.txt
 	$(BIN)/python bench/bench_capture.py
 
 clean:

@@ -142,5 +142,5 @@ def test_a_gguf_file_path_loads_through_the_same_cache(smollm2, tmp_path):
     )
     broken = tmp_path / "copy.gguf"
     broken.write_bytes(path.read_bytes()[: 1 << 20])  # truncated download
-    with pytest.raises(ec.EmocircuitsError, match="copy.gguf: not a readable GGUF file"):
+    with pytest.raises(ec.EmocircuitsError, match=r"copy\.gguf: not a readable GGUF file"):
         ec.load_model(broken, progress=False)

@@ -19,7 +19,6 @@ from emocircuits.capture.capture import (
     CapturedBatch,
     CaptureSpec,
     iter_capture,
-    merge_batches,
     plan_batches,
     token_lengths,
 )
@@ -142,17 +141,15 @@ def extract(
         it = iter_capture(lm, dataset.texts, spec, spans=spans, batches=flat)
         try:
             for k in todo:
-                parts: list[CapturedBatch] = []
+                n_rows = sum(len(b) for b in groups[k])
+                shard = _ShardBuffer(n_rows)
                 for _ in groups[k]:
                     part = next(it)
-                    parts.append(part)
+                    shard.add(part)
                     bar.update(len(part.rows))
-                rows = np.concatenate([p.rows for p in parts])
-                arrays = {
-                    key: np.concatenate([p.arrays[key] for p in parts]) for key in parts[0].arrays
-                }
-                arrays["rows"] = rows
-                save_shard(out / shard_name(k), arrays, {"format": FORMAT, "shard": str(k)})
+                save_shard(out / shard_name(k), shard.arrays(), {"format": FORMAT, "shard": str(k)})
+                del shard  # one shard in memory at a time: memory stays flat
+                _release_freed_memory()
         finally:
             it.close()
     bar.close()
@@ -162,6 +159,42 @@ def extract(
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out / "manifest.json", manifest)
     return ActivationStore(out)
+
+
+class _ShardBuffer:
+    """Arrays of one shard, preallocated and filled batch by batch (no second copy);
+    token-level (``all``) arrays vary in length and are concatenated at the end."""
+
+    def __init__(self, n_rows: int) -> None:
+        self.n_rows, self.filled = n_rows, 0
+        self.fixed: dict[str, np.ndarray] = {}
+        self.ragged: dict[str, list[np.ndarray]] = {}
+
+    def add(self, part: CapturedBatch) -> None:
+        n = len(part.rows)
+        arrays = dict(part.arrays, rows=part.rows)
+        for key, value in arrays.items():
+            if key.endswith("/all") or key.startswith("all/"):
+                self.ragged.setdefault(key, []).append(value)
+                continue
+            if key not in self.fixed:
+                self.fixed[key] = np.empty((self.n_rows, *value.shape[1:]), value.dtype)
+            self.fixed[key][self.filled : self.filled + n] = value
+        self.filled += n
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        assert self.filled == self.n_rows
+        return self.fixed | {k: np.concatenate(v) for k, v in self.ragged.items()}
+
+
+def _release_freed_memory() -> None:
+    """Ask glibc to hand freed heap back to the OS (Linux), so RSS tracks what is live."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _save_weights(lm: LoadedModel, spec: CaptureSpec, out: Path) -> None:
@@ -243,4 +276,4 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["extract", "merge_batches"]
+__all__ = ["extract"]
