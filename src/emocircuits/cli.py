@@ -177,6 +177,30 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- vectors
+def cmd_vectors(args: argparse.Namespace) -> int:
+    from emocircuits.capture import load_activations
+    from emocircuits.geometry import compute_vectors
+    from emocircuits.geometry.vectors import safetensors_path
+
+    acts = load_activations(args.activations)
+    vecs = compute_vectors(
+        acts, method=args.method, site=args.site, position=args.position, baseline=args.baseline
+    )
+    if safetensors_path(args.out) != Path(args.out):
+        print(
+            f"note: writing safetensors to {safetensors_path(args.out)} (never pickle)",
+            file=sys.stderr,
+        )
+    path = vecs.save(args.out)
+    print(
+        f"wrote {path}: {len(vecs.emotions)} emotions ({', '.join(vecs.emotions)}) x "
+        f"{len(vecs.layers)} layers, method {vecs.method}, {vecs.site}/{vecs.position}, "
+        f"baseline {vecs.baseline}"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
     from emocircuits.models import BUILTINS, SUPPORTED
@@ -314,6 +338,34 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--baseline", default="neutral")
     sm.add_argument("--folds", type=_positive, default=5)
     sm.set_defaults(func=cmd_summary)
+
+    ve = sub.add_parser(
+        "vectors",
+        help="emotion directions per layer from an activation folder",
+        description="Directions per emotion and layer, saved as safetensors + JSON. Methods: "
+        "mean_diff (emotion mean - baseline mean), one_vs_rest (- mean of all other rows), "
+        "raw_mean (the pilot's uncontrasted class mean, for reproducing its tables only), "
+        "pca (leading component of the uncentred emotion-vs-baseline differences), probe "
+        "(logistic-regression weights). The pilot's flag spellings are accepted.",
+    )
+    ve.add_argument(
+        "--activations", "--activations_dir", required=True, help="folder written by `extract`"
+    )
+    ve.add_argument(
+        "--out",
+        "--output",
+        required=True,
+        help="vectors file (.safetensors; a .pkl name is written as .safetensors)",
+    )
+    ve.add_argument(
+        "--method",
+        default="mean_diff",
+        choices=("mean_diff", "one_vs_rest", "raw_mean", "pca", "probe"),
+    )
+    ve.add_argument("--site", default="resid")
+    ve.add_argument("--position", default=None, help="default: the first captured")
+    ve.add_argument("--baseline", default="neutral")
+    ve.set_defaults(func=cmd_vectors)
 
     mo = sub.add_parser("models", help="built-in models and supported architectures")
     mo.set_defaults(func=cmd_models)

@@ -1,0 +1,118 @@
+"""Emotion directions per layer: one function, the method as a parameter.
+
+Methods (``METHODS``), each returning a raw (unnormalised) direction per layer:
+
+- ``mean_diff``: mean(emotion) - mean(baseline class) (baseline ``neutral`` by default);
+- ``one_vs_rest``: mean(emotion) - mean(every other row);
+- ``raw_mean``: mean(emotion), uncontrasted. **The pilot's method**, kept only to reproduce
+  its tables: raw means share a large common component (the "all 0.99" artefact);
+- ``pca``: leading right-singular vector of the *uncentred* differences
+  ``x_emotion - mean(baseline)`` (centring them would remove the mean direction itself),
+  sign fixed toward the emotion;
+- ``probe``: logistic-regression weights (emotion vs baseline, L2 with ``C=0.1``), fitted on
+  features standardised by the pooled within-class std and mapped back to activation space
+  (``w / std``: the probe's readout vector), sign toward the emotion. The strong L2 is
+  deliberate: with about as many rows as dimensions the classes are separable and weakly
+  regularised weights fit noise (planted test: cosine to the truth 0.96 / 0.93 / 0.87 at
+  ``C`` = 0.01 / 0.1 / 1).
+
+>>> x = np.random.default_rng(0).normal(size=(40, 2, 8)); y = ["a"] * 20 + ["neutral"] * 20
+>>> sorted(emotion_directions(x, y).keys())
+['a']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from emocircuits.errors import DataError
+
+Method = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""``(x_emotion [n_e, L, W], x_baseline [n_b, L, W], x_rest [n_r, L, W]) -> [L, W]``"""
+
+
+def mean_diff(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
+    return xe.mean(0) - xb.mean(0)
+
+
+def one_vs_rest(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
+    return xe.mean(0) - xr.mean(0)
+
+
+def raw_mean(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
+    return xe.mean(0)
+
+
+def pca(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
+    d = (xe - xb.mean(0)).transpose(1, 0, 2)  # [L, n_e, W], deliberately not centred
+    _, _, vh = np.linalg.svd(d, full_matrices=False)
+    v = vh[:, 0]  # [L, W]
+    sign = np.sign(np.einsum("lw,lw->l", v, d.mean(1)))
+    sign[sign == 0] = 1.0
+    # scale by the mean projection so norms are comparable to mean_diff's
+    return v * sign[:, None] * np.abs(np.einsum("lw,lw->l", v, d.mean(1)))[:, None]
+
+
+def probe(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray, c: float = 0.1) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([xe, xb]).astype(np.float64)
+    y = np.r_[np.ones(len(xe)), np.zeros(len(xb))]
+    # Standardise by the pooled *within-class* std: the L2 penalty is then isotropic with
+    # respect to the noise. (The total std would inflate exactly the emotion dimensions and
+    # bias the weights away from them.)
+    within = np.concatenate([xe - xe.mean(0), xb - xb.mean(0)]).astype(np.float64)
+    sd = np.sqrt((within**2).sum(0) / max(1, len(x) - 2))  # [L, W]
+    sd = np.where(sd > 0, sd, 1.0)
+    mu = x.mean(0)
+    out = np.empty(x.shape[1:])
+    for layer in range(x.shape[1]):
+        z = (x[:, layer] - mu[layer]) / sd[layer]
+        clf = LogisticRegression(C=c, max_iter=2000).fit(z, y)
+        out[layer] = clf.coef_[0] / sd[layer]  # the readout vector in activation space
+    return out
+
+
+METHODS: dict[str, Method] = {
+    "mean_diff": mean_diff,
+    "one_vs_rest": one_vs_rest,
+    "raw_mean": raw_mean,
+    "pca": pca,
+    "probe": probe,
+}
+
+
+def emotion_directions(
+    x: np.ndarray,
+    labels: Sequence[str],
+    *,
+    method: str = "mean_diff",
+    baseline: str = "neutral",
+    emotions: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Raw direction ``[L, W]`` per emotion (every label but the baseline by default).
+
+    ``x`` is ``[n, L, W]`` (e.g. ``ActivationStore.get("resid", "mean")``).
+    """
+    if method not in METHODS:
+        raise DataError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    lab = np.asarray(labels)
+    present = list(dict.fromkeys(labels))
+    if baseline not in present:
+        raise DataError(f"baseline label {baseline!r} not in the labels ({', '.join(present)})")
+    wanted = [e for e in present if e != baseline] if emotions is None else list(emotions)
+    fn, xb = METHODS[method], x[lab == baseline]
+    out = {}
+    for emo in wanted:
+        if emo not in present:
+            raise DataError(f"emotion {emo!r} not in the labels ({', '.join(present)})")
+        xe = x[lab == emo]
+        need = 2 if method in ("pca", "probe") else 1
+        if len(xe) < need or len(xb) < need:
+            raise DataError(
+                f"method {method!r} needs at least {need} rows of {emo!r} and {baseline!r}"
+            )
+        out[emo] = np.asarray(fn(xe, xb, x[lab != emo]), dtype=np.float32)
+    return out

@@ -1,0 +1,145 @@
+"""``EmotionVectors``: unit directions per emotion and layer, their norms, and provenance.
+
+Saved as one ``.safetensors`` file (tensors ``{emotion}`` ``[L, W]`` unit rows and
+``{emotion}.norm`` ``[L]``; the JSON provenance in the header metadata) plus a readable
+``.json`` sidecar with the same metadata. Never pickle: a path ending in ``.pkl`` (the
+pilot's habit) is written and read as the ``.safetensors`` file beside it.
+
+>>> vecs = compute_vectors(load_activations("runs/ext"), method="mean_diff")  # doctest: +SKIP
+>>> vecs.save("runs/ext-vectors.safetensors")                                # doctest: +SKIP
+>>> EmotionVectors.load("runs/ext-vectors.safetensors").directions["anger"].shape  # doctest: +SKIP
+(31, 576)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from emocircuits.capture.store import ActivationStore, atomic_write_json
+from emocircuits.errors import EmocircuitsError
+from emocircuits.geometry.directions import emotion_directions
+
+FORMAT = "emocircuits.vectors"
+
+
+def safetensors_path(path: str | os.PathLike[str]) -> Path:
+    """The file actually used for ``path``: ``x.pkl`` -> ``x.safetensors`` (no pickle)."""
+    p = Path(path)
+    return p.with_suffix(".safetensors") if p.suffix in (".pkl", ".pickle", "") else p
+
+
+@dataclass
+class EmotionVectors:
+    """Directions ``{emotion: [L, W]}`` (unit length per layer), raw norms ``{emotion: [L]}``,
+    the layer numbers, and where they come from (method, site, position, model, data)."""
+
+    directions: dict[str, np.ndarray]
+    norms: dict[str, np.ndarray]
+    layers: list[int]
+    method: str
+    site: str
+    position: str
+    baseline: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def emotions(self) -> list[str]:
+        return list(self.directions)
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "emotions": self.emotions,
+            "layers": self.layers,
+            "method": self.method,
+            "site": self.site,
+            "position": self.position,
+            "baseline": self.baseline,
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``.safetensors`` (+ ``.json`` sidecar) atomically; returns the tensor file."""
+        target = safetensors_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, np.ndarray] = {}
+        for emo in self.emotions:
+            tensors[emo] = np.ascontiguousarray(self.directions[emo], dtype=np.float32)
+            tensors[f"{emo}.norm"] = np.ascontiguousarray(self.norms[emo], dtype=np.float32)
+        tmp = target.with_name(f".{target.name}.tmp")
+        save_file(tensors, tmp, {"emocircuits": json.dumps(self.meta())})
+        tmp.replace(target)
+        atomic_write_json(target.with_suffix(".json"), self.meta())
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EmotionVectors:
+        target = safetensors_path(path)
+        if not target.is_file():
+            raise EmocircuitsError(f"no vectors file {target}")
+        try:
+            with safe_open(target, framework="numpy") as f:
+                meta = json.loads((f.metadata() or {})["emocircuits"])
+                dirs = {e: f.get_tensor(e) for e in meta["emotions"]}
+                norms = {e: f.get_tensor(f"{e}.norm") for e in meta["emotions"]}
+        except Exception as e:  # any failure to parse means it is not our file
+            raise EmocircuitsError(
+                f"not an emocircuits vectors file ({type(e).__name__}: {e})", where=str(target)
+            ) from None
+        return cls(
+            dirs,
+            norms,
+            list(meta["layers"]),
+            meta["method"],
+            meta["site"],
+            meta["position"],
+            meta["baseline"],
+            meta.get("provenance", {}),
+        )
+
+
+def normalise(raw: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Unit directions and their norms (a zero direction stays zero)."""
+    dirs, norms = {}, {}
+    for emo, d in raw.items():
+        n = np.linalg.norm(d, axis=-1)
+        dirs[emo] = d / np.where(n > 0, n, 1.0)[:, None]
+        norms[emo] = n
+    return dirs, norms
+
+
+def compute_vectors(
+    acts: ActivationStore,
+    *,
+    method: str = "mean_diff",
+    site: str = "resid",
+    position: str | None = None,
+    baseline: str = "neutral",
+) -> EmotionVectors:
+    """Directions for every emotion of an activation folder (no model is run)."""
+    position = position or acts.positions[0]
+    raw = emotion_directions(
+        acts.get(site, position), acts.labels, method=method, baseline=baseline
+    )
+    dirs, norms = normalise(raw)
+    m = acts.manifest
+    prov = {
+        "activations": str(acts.path),
+        "model": m.get("model", {}),
+        "dtype": m.get("dtype"),
+        "dataset": m.get("dataset", {}),
+        "n_per_label": {lab: acts.labels.count(lab) for lab in dict.fromkeys(acts.labels)},
+        "note": "raw_mean is the pilot's uncontrasted class mean, kept to reproduce its tables"
+        if method == "raw_mean"
+        else None,
+    }
+    return EmotionVectors(dirs, norms, acts.layers(site), method, site, position, baseline, prov)
