@@ -107,3 +107,36 @@ def test_round_trip_and_cli_with_the_pilots_flags(tiny, tmp_path, capsys):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(EmocircuitsError, match="not an emocircuits vectors file"):
         EmotionVectors.load(tmp_path / "junk.safetensors")
+
+
+def test_similarity_csv_with_intervals(tiny, tmp_path, capsys):
+    import csv
+
+    lm = tiny("llama")
+    ec.extract(
+        lm,
+        ec.load_dataset("baseline"),
+        tmp_path / "acts",
+        ec.CaptureSpec(positions=("mean",)),
+        progress=False,
+    )
+    code = main(
+        [
+            "similarity",
+            "--activations_dir",
+            str(tmp_path / "acts"),
+            "--output_table",
+            str(tmp_path / "sim.csv"),
+            "--n-boot",
+            "200",
+        ]
+    )
+    assert code == 0
+    with open(tmp_path / "sim.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * (lm.arch.n_layers + 1)  # 3 emotion pairs x resid layers
+    for r in rows:
+        assert float(r["ci_low"]) <= float(r["cosine"]) <= float(r["ci_high"])
+        assert float(r["distance_ci_low"]) <= float(r["distance_ci_high"])
+        assert r["method"] == "mean_diff" and r["position"] == "mean"
+    capsys.readouterr()

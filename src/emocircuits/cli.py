@@ -201,6 +201,43 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- similarity
+def cmd_similarity(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from emocircuits.capture import load_activations
+    from emocircuits.capture.store import atomic_write_bytes
+    from emocircuits.geometry.similarity import geometry
+
+    acts = load_activations(args.activations)
+    position = args.position or acts.positions[0]
+    g = geometry(
+        acts.get(args.site, position),
+        acts.labels,
+        layers=acts.layers(args.site),
+        method=args.method,
+        baseline=args.baseline,
+        n_boot=args.n_boot,
+        level=args.level,
+    )
+    rows = g.rows()
+    for r in rows:
+        r.update(site=args.site, position=position, model=acts.manifest["model"].get("name"))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buf.getvalue().encode())
+    print(
+        f"wrote {out}: {len(rows)} rows (pairs x layers), {g.level:.0%} bootstrap intervals "
+        f"over prompts ({g.n_boot} resamples), method {g.method}"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
     from emocircuits.models import BUILTINS, SUPPORTED
@@ -366,6 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--position", default=None, help="default: the first captured")
     ve.add_argument("--baseline", default="neutral")
     ve.set_defaults(func=cmd_vectors)
+
+    si = sub.add_parser(
+        "similarity",
+        help="cosines between emotion directions per layer, with bootstrap intervals (CSV)",
+        description="Per layer and emotion pair: cosine between the emotions' contrast "
+        "directions and the distance between class means, each with a stratified bootstrap "
+        "percentile interval over prompts. One CSV row per pair and layer (the pilot's "
+        "pairwise table plus interval columns). raw_mean reproduces the pilot's numbers.",
+    )
+    si.add_argument("--activations", "--activations_dir", required=True)
+    si.add_argument("--out", "--output_table", required=True, help="CSV file to write")
+    si.add_argument(
+        "--method", default="mean_diff", choices=("mean_diff", "one_vs_rest", "raw_mean")
+    )
+    si.add_argument("--site", default="resid")
+    si.add_argument("--position", default=None, help="default: the first captured")
+    si.add_argument("--baseline", default="neutral")
+    si.add_argument("--n-boot", type=_positive, default=1000)
+    si.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    si.set_defaults(func=cmd_similarity)
 
     mo = sub.add_parser("models", help="built-in models and supported architectures")
     mo.set_defaults(func=cmd_models)
