@@ -10,8 +10,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emocircuits.errors import EmocircuitsError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from emocircuits.capture.store import ActivationStore
 
 EPILOG = """examples:
   emocircuits data list
@@ -135,16 +141,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------- summary
+def _site_array(args: argparse.Namespace) -> tuple[ActivationStore, str, np.ndarray]:
+    """The activation folder of ``args.activations``, the position (default: the first
+    captured) and the ``[n, layers, width]`` array at ``args.site``."""
+    from emocircuits.capture import load_activations
+
+    acts = load_activations(args.activations)
+    position = args.position or acts.positions[0]
+    return acts, position, acts.get(args.site, position)
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from emocircuits.capture import load_activations
     from emocircuits.geometry import summarize
 
-    acts = load_activations(args.activations)
-    position = args.position or acts.positions[0]
-    x = acts.get(args.site, position)
+    acts, position, x = _site_array(args)
     s = summarize(
         x, acts.labels, layers=acts.layers(args.site), baseline=args.baseline, folds=args.folds
     )
@@ -206,14 +219,12 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     import csv
     import io
 
-    from emocircuits.capture import load_activations
     from emocircuits.capture.store import atomic_write_bytes
     from emocircuits.geometry.similarity import geometry
 
-    acts = load_activations(args.activations)
-    position = args.position or acts.positions[0]
+    acts, position, x = _site_array(args)
     g = geometry(
-        acts.get(args.site, position),
+        x,
         acts.labels,
         layers=acts.layers(args.site),
         method=args.method,
@@ -254,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     from emocircuits import __version__
     from emocircuits.capture.capture import DEFAULT_POSITIONS, DEFAULT_SITES
     from emocircuits.capture.positions import RULES
+    from emocircuits.geometry.directions import CONTRASTS, METHODS
     from emocircuits.models import DEFAULT_MODEL
 
     p = _Parser(
@@ -394,11 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="vectors file (.safetensors; a .pkl name is written as .safetensors)",
     )
-    ve.add_argument(
-        "--method",
-        default="mean_diff",
-        choices=("mean_diff", "one_vs_rest", "raw_mean", "pca", "probe"),
-    )
+    ve.add_argument("--method", default="mean_diff", choices=METHODS)
     ve.add_argument("--site", default="resid")
     ve.add_argument("--position", default=None, help="default: the first captured")
     ve.add_argument("--baseline", default="neutral")
@@ -414,9 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     si.add_argument("--activations", "--activations_dir", required=True)
     si.add_argument("--out", "--output_table", required=True, help="CSV file to write")
-    si.add_argument(
-        "--method", default="mean_diff", choices=("mean_diff", "one_vs_rest", "raw_mean")
-    )
+    si.add_argument("--method", default="mean_diff", choices=CONTRASTS)
     si.add_argument("--site", default="resid")
     si.add_argument("--position", default=None, help="default: the first captured")
     si.add_argument("--baseline", default="neutral")

@@ -19,6 +19,7 @@ import torch
 
 from emocircuits.capture.hooks import Hook, first_tensor, hooked
 from emocircuits.capture.positions import Selection, TokenBatch, get_rule
+from emocircuits.capture.store import is_token_key
 from emocircuits.errors import CaptureError
 from emocircuits.models.architectures import SITES, Architecture
 from emocircuits.models.loading import LoadedModel
@@ -294,7 +295,7 @@ def merge_batches(parts: list[CapturedBatch], n_rows: int) -> dict[str, np.ndarr
         token_order = np.lexsort((q, r))
     for key in parts[0].arrays:
         cat = np.concatenate([p.arrays[key] for p in parts])
-        if key.endswith("/all") or key.startswith("all/"):
+        if is_token_key(key):
             out[key] = cat[token_order]
         else:
             out[key] = cat[inv]

@@ -27,6 +27,7 @@ from emocircuits.capture.store import (
     FORMAT_VERSION,
     ActivationStore,
     atomic_write_json,
+    is_token_key,
     save_shard,
     shard_name,
 )
@@ -174,7 +175,7 @@ class _ShardBuffer:
         n = len(part.rows)
         arrays = dict(part.arrays, rows=part.rows)
         for key, value in arrays.items():
-            if key.endswith("/all") or key.startswith("all/"):
+            if is_token_key(key):
                 self.ragged.setdefault(key, []).append(value)
                 continue
             if key not in self.fixed:

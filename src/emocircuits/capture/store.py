@@ -24,6 +24,11 @@ FORMAT = "emocircuits.activations"
 FORMAT_VERSION = 1
 
 
+def is_token_key(key: str) -> bool:
+    """Arrays of the ``all`` rule have one row per token, not per prompt."""
+    return key.endswith("/all") or key.startswith("all/")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -123,7 +128,7 @@ class ActivationStore:
                 parts.append(f.get_tensor(key))
                 rows.append(f.get_tensor("rows"))
         cat = np.concatenate(parts)
-        if key.endswith("/all") or key.startswith("all/"):
+        if is_token_key(key):
             rr = np.concatenate([self._read_raw(s, "all/row") for s in self.manifest["shards"]])
             pp = np.concatenate([self._read_raw(s, "all/pos") for s in self.manifest["shards"]])
             out = cat[np.lexsort((pp, rr))]

@@ -1,6 +1,8 @@
 """Emotion directions per layer: one function, the method as a parameter.
 
-Methods (``METHODS``), each returning a raw (unnormalised) direction per layer:
+Methods (``METHODS``), each returning a raw (unnormalised) direction per layer. The three
+contrasts are linear in the class means (:func:`contrast_coefficients`), which is how the
+bootstrap in :mod:`emocircuits.geometry.similarity` recomputes them per replicate:
 
 - ``mean_diff``: mean(emotion) - mean(baseline class) (baseline ``neutral`` by default);
 - ``one_vs_rest``: mean(emotion) - mean(every other row);
@@ -23,29 +25,41 @@ Methods (``METHODS``), each returning a raw (unnormalised) direction per layer:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from emocircuits.errors import DataError
 
-Method = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""``(x_emotion [n_e, L, W], x_baseline [n_b, L, W], x_rest [n_r, L, W]) -> [L, W]``"""
+CONTRASTS = ("mean_diff", "one_vs_rest", "raw_mean")
 
 
-def mean_diff(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
-    return xe.mean(0) - xb.mean(0)
+def contrast_coefficients(
+    classes: list[str], counts: np.ndarray, baseline: str, method: str
+) -> dict[str, np.ndarray]:
+    """Each emotion's direction as coefficients over the class means: ``d = sum_c a_c m_c``.
+
+    >>> contrast_coefficients(["a", "b", "neutral"], np.ones(3), "neutral", "mean_diff")["a"]
+    array([ 1.,  0., -1.])
+    """
+    if method not in CONTRASTS:
+        raise DataError(f"unknown contrast {method!r}; choose from {', '.join(CONTRASTS)}")
+    out = {}
+    for c, emo in enumerate(classes):
+        if emo == baseline:
+            continue
+        a = np.zeros(len(classes))
+        a[c] = 1.0
+        if method == "mean_diff":
+            a[classes.index(baseline)] = -1.0
+        elif method == "one_vs_rest":
+            others = [k for k in range(len(classes)) if k != c]
+            a[others] = -counts[others] / counts[others].sum()
+        out[emo] = a
+    return out
 
 
-def one_vs_rest(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
-    return xe.mean(0) - xr.mean(0)
-
-
-def raw_mean(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
-    return xe.mean(0)
-
-
-def pca(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
+def pca(xe: np.ndarray, xb: np.ndarray) -> np.ndarray:
     d = (xe - xb.mean(0)).transpose(1, 0, 2)  # [L, n_e, W], deliberately not centred
     _, _, vh = np.linalg.svd(d, full_matrices=False)
     v = vh[:, 0]  # [L, W]
@@ -55,7 +69,7 @@ def pca(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray) -> np.ndarray:
     return v * sign[:, None] * np.abs(np.einsum("lw,lw->l", v, d.mean(1)))[:, None]
 
 
-def probe(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray, c: float = 0.1) -> np.ndarray:
+def probe(xe: np.ndarray, xb: np.ndarray, c: float = 0.1) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
     x = np.concatenate([xe, xb]).astype(np.float64)
@@ -75,13 +89,8 @@ def probe(xe: np.ndarray, xb: np.ndarray, xr: np.ndarray, c: float = 0.1) -> np.
     return out
 
 
-METHODS: dict[str, Method] = {
-    "mean_diff": mean_diff,
-    "one_vs_rest": one_vs_rest,
-    "raw_mean": raw_mean,
-    "pca": pca,
-    "probe": probe,
-}
+METHODS = (*CONTRASTS, "pca", "probe")
+"""Direction methods, by name (the CLI's choices)."""
 
 
 def emotion_directions(
@@ -103,16 +112,20 @@ def emotion_directions(
     if baseline not in present:
         raise DataError(f"baseline label {baseline!r} not in the labels ({', '.join(present)})")
     wanted = [e for e in present if e != baseline] if emotions is None else list(emotions)
-    fn, xb = METHODS[method], x[lab == baseline]
-    out = {}
     for emo in wanted:
         if emo not in present:
             raise DataError(f"emotion {emo!r} not in the labels ({', '.join(present)})")
+    if method in CONTRASTS:
+        counts = np.array([(lab == c).sum() for c in present], dtype=float)
+        means = np.stack([x[lab == c].mean(0) for c in present])  # [C, L, W]
+        coef = contrast_coefficients(present, counts, baseline, method)
+        return {e: np.einsum("c,clw->lw", coef[e], means).astype(np.float32) for e in wanted}
+    fn = pca if method == "pca" else probe
+    xb = x[lab == baseline]
+    out = {}
+    for emo in wanted:
         xe = x[lab == emo]
-        need = 2 if method in ("pca", "probe") else 1
-        if len(xe) < need or len(xb) < need:
-            raise DataError(
-                f"method {method!r} needs at least {need} rows of {emo!r} and {baseline!r}"
-            )
-        out[emo] = np.asarray(fn(xe, xb, x[lab != emo]), dtype=np.float32)
+        if len(xe) < 2 or len(xb) < 2:
+            raise DataError(f"method {method!r} needs at least 2 rows of {emo!r} and {baseline!r}")
+        out[emo] = np.asarray(fn(xe, xb), dtype=np.float32)
     return out

@@ -23,39 +23,13 @@ from typing import Any
 import numpy as np
 
 from emocircuits.errors import DataError
+from emocircuits.geometry.directions import contrast_coefficients
 from emocircuits.geometry.stats import (
     bootstrap_weights,
     class_means,
     percentile_ci,
     split_halves,
 )
-
-CONTRASTS = ("mean_diff", "one_vs_rest", "raw_mean")
-
-
-def contrast_coefficients(
-    classes: list[str], counts: np.ndarray, baseline: str, method: str
-) -> dict[str, np.ndarray]:
-    """Each emotion's direction as coefficients over the class means: ``d = sum_c a_c m_c``.
-
-    >>> contrast_coefficients(["a", "b", "neutral"], np.ones(3), "neutral", "mean_diff")["a"]
-    array([ 1.,  0., -1.])
-    """
-    if method not in CONTRASTS:
-        raise DataError(f"unknown contrast {method!r}; choose from {', '.join(CONTRASTS)}")
-    out = {}
-    for c, emo in enumerate(classes):
-        if emo == baseline:
-            continue
-        a = np.zeros(len(classes))
-        a[c] = 1.0
-        if method == "mean_diff":
-            a[classes.index(baseline)] = -1.0
-        elif method == "one_vs_rest":
-            others = [k for k in range(len(classes)) if k != c]
-            a[others] = -counts[others] / counts[others].sum()
-        out[emo] = a
-    return out
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
