@@ -261,6 +261,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reading_args(p: argparse.ArgumentParser) -> None:
+    """Which activations an analysis reads: site, position rule, baseline label."""
+    p.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
+    p.add_argument("--position", default=None, help="position rule (default: the first captured)")
+    p.add_argument("--baseline", default="neutral", help="baseline label (default neutral)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from emocircuits import __version__
     from emocircuits.capture.capture import DEFAULT_POSITIONS, DEFAULT_SITES
@@ -382,9 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("summary", help="per-layer mean differences and NCM accuracy")
     sm.add_argument("activations", help="folder written by `extract`")
-    sm.add_argument("--site", default="resid")
-    sm.add_argument("--position", default=None, help="default: the first captured")
-    sm.add_argument("--baseline", default="neutral")
+    _add_reading_args(sm)
     sm.add_argument("--folds", type=_positive, default=5)
     sm.set_defaults(func=cmd_summary)
 
@@ -407,9 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="vectors file (.safetensors; a .pkl name is written as .safetensors)",
     )
     ve.add_argument("--method", default="mean_diff", choices=METHODS)
-    ve.add_argument("--site", default="resid")
-    ve.add_argument("--position", default=None, help="default: the first captured")
-    ve.add_argument("--baseline", default="neutral")
+    _add_reading_args(ve)
     ve.set_defaults(func=cmd_vectors)
 
     si = sub.add_parser(
@@ -420,12 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         "percentile interval over prompts. One CSV row per pair and layer (the pilot's "
         "pairwise table plus interval columns). raw_mean reproduces the pilot's numbers.",
     )
-    si.add_argument("--activations", "--activations_dir", required=True)
+    si.add_argument(
+        "--activations", "--activations_dir", required=True, help="folder written by `extract`"
+    )
     si.add_argument("--out", "--output_table", required=True, help="CSV file to write")
     si.add_argument("--method", default="mean_diff", choices=CONTRASTS)
-    si.add_argument("--site", default="resid")
-    si.add_argument("--position", default=None, help="default: the first captured")
-    si.add_argument("--baseline", default="neutral")
+    _add_reading_args(si)
     si.add_argument("--n-boot", type=_positive, default=1000)
     si.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     si.set_defaults(func=cmd_similarity)
