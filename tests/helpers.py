@@ -42,3 +42,21 @@ def reference(lm, text, span):
         "emotion_word_last": h[:, word[-1]] if word else h[:, last],
         "emotion_word_mean": h[:, word].mean(1) if word else h[:, last],
     }
+
+
+def run(capsys, *argv):
+    """Run the CLI in-process: ``(exit code, stdout, stderr)``."""
+    from emocircuits.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    """The CLI's promise for bad input: one line, no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("emocircuits: error: ")
+    return lines[0]

@@ -10,28 +10,15 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import one_error_line, run
 
 import emocircuits as ec
 from emocircuits.cli import main
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("emocircuits: error: ")
-    return lines[0]
-
-
 def test_data_commands(capsys, tmp_path):
     code, out, _ = run(capsys, "data", "list")
-    assert code == 0 and "extended" in out and "anger 215" in out
+    assert code == 0 and "extended" in out and "natural" in out and "anger 354" in out
     code, out, _ = run(capsys, "data", "show", "ja", "-n", "3")
     assert code == 0 and "ja-gra-01" in out
     code, out, _ = run(capsys, "data", "export", "baseline", "--out", tmp_path / "b.jsonl")

@@ -64,10 +64,16 @@ def test_point_estimates_by_hand_and_rows():
     lab = np.array(labels)
     dg = x[lab == "gratitude"].mean(0) - x[lab == "neutral"].mean(0)
     da = x[lab == "anger"].mean(0) - x[lab == "neutral"].mean(0)
-    want = (dg * da).sum(-1) / np.linalg.norm(dg, axis=-1) / np.linalg.norm(da, axis=-1)
+    xg, xa, xn = x[lab == "gratitude"], x[lab == "anger"], x[lab == "neutral"]
+    tr = {k: v.var(0, ddof=1).sum(-1) / len(v) for k, v in (("g", xg), ("a", xa), ("n", xn))}
+    # debiased by hand: both contrasts share the neutral mean's noise tr(S_n)/n_n
+    dot = (dg * da).sum(-1) - tr["n"]
+    ng, na = (dg**2).sum(-1) - tr["g"] - tr["n"], (da**2).sum(-1) - tr["a"] - tr["n"]
+    want = dot / np.sqrt(ng * na)  # not clipped: beyond -1 here, n=20 is small
     np.testing.assert_allclose(g.cos[("gratitude", "anger")], want, rtol=1e-5)
-    xa, xn = x[lab == "anger"], x[lab == "neutral"]
-    noise = xa.var(0, ddof=1).sum(-1) / len(xa) + xn.var(0, ddof=1).sum(-1) / len(xn)
+    plain = (dg * da).sum(-1) / np.linalg.norm(dg, axis=-1) / np.linalg.norm(da, axis=-1)
+    assert (g.cos[("gratitude", "anger")] < plain).all()  # the shared noise pulled it up
+    noise = tr["a"] + tr["n"]
     want_norm = np.sqrt(np.maximum((da**2).sum(-1) - noise, 0))  # debiased, by hand
     np.testing.assert_allclose(g.norm["anger"], want_norm, rtol=1e-5)
     assert g.cos[("gratitude", "anger")][0] < -0.8

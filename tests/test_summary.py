@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from emocircuits.errors import DataError
-from emocircuits.geometry.summary import ncm_accuracy, stratified_folds, summarize
+from emocircuits.geometry.probes import stratified_folds
+from emocircuits.geometry.summary import ncm_accuracy, summarize
 
 
 def test_diff_norms_by_hand():

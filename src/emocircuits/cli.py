@@ -21,8 +21,12 @@ if TYPE_CHECKING:
 
 EPILOG = """examples:
   emocircuits data list
-  emocircuits extract --model smollm2-135m --data baseline --out runs/base-smollm2
-  emocircuits summary runs/base-smollm2 --position mean
+  emocircuits extract --model smollm2-135m --data extended --out runs/ext-smollm2
+  emocircuits summary runs/ext-smollm2 --position mean
+  emocircuits geometry --activations runs/ext-smollm2 --out runs/ext-smollm2-geometry
+  emocircuits extract --data natural --out runs/nat-smollm2
+  emocircuits probe --train runs/ext-smollm2 --test runs/nat-smollm2 --out probe.json
+  emocircuits plot probe.json
 """
 
 
@@ -249,6 +253,151 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- geometry
+def cmd_geometry(args: argparse.Namespace) -> int:
+    import json
+
+    from emocircuits.capture import load_activations
+    from emocircuits.geometry.analysis import analyze, write_analysis
+
+    acts = load_activations(args.activations)
+    other = load_activations(args.compare) if args.compare else None
+    sites = list(args.sites) if args.sites else None
+    for site in sites or []:
+        acts.get(site, acts.positions[0])  # names a site that was not captured
+    res = analyze(
+        acts,
+        other=other,
+        sites=sites,
+        position=args.position,
+        baseline=args.baseline,
+        n_boot=args.n_boot,
+        n_splits=args.n_splits,
+        n_perm=args.n_perm,
+        folds=args.folds,
+        seed=args.seed,
+    )
+    out = write_analysis(res, args.out)
+    paths = []
+    if not args.no_plots:
+        from emocircuits.plots.analysis import plot_geometry
+
+        paths = plot_geometry(out, site="resid" if "resid" in res.summary["sites"] else None)
+    h = res.summary["headline"]
+    print(json.dumps(h, indent=1))
+    print(
+        f"wrote {out}: {', '.join(sorted(res.tables))} (.csv), probes_cv.json, summary.json"
+        + (f", {len(paths) // 2} figures in {out / 'figures'}" if paths else "")
+        + f" in {res.summary['seconds']['total']} s"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------- plot
+def cmd_plot(args: argparse.Namespace) -> int:
+    from emocircuits.geometry.vectors import safetensors_path
+    from emocircuits.plots.analysis import plot_geometry, plot_probe, plot_vectors
+
+    if (args.input is None) == (args.input_flag is None):
+        raise EmocircuitsError("give one input: a geometry folder, a probe JSON or a vectors file")
+    target = Path(args.input or args.input_flag)
+    if target.suffix in (".pkl", ".pickle", ".safetensors"):
+        out = args.out or target.parent / f"{safetensors_path(target).stem}-plots"
+        paths = plot_vectors(safetensors_path(target), out)
+    elif target.is_file():
+        paths = plot_probe(target, args.out)
+    elif not target.is_dir():
+        raise EmocircuitsError(f"no such file or folder: {target}")
+    else:
+        paths = plot_geometry(
+            target, args.out, site=args.site, position=args.position, method=args.method
+        )
+    if args.activations is not None:
+        from emocircuits.capture import load_activations
+        from emocircuits.plots.analysis import plot_projection
+        from emocircuits.plots.geometry import save_figure
+
+        acts = load_activations(args.activations)
+        layers = acts.layers(args.site)
+        layer = args.layer if args.layer is not None else layers[len(layers) // 2]
+        if layer not in layers:
+            raise EmocircuitsError(
+                f"layer {layer} out of range (layers {layers[0]}..{layers[-1]})",
+                where=str(acts.path),
+            )
+        position = args.position or ("mean" if "mean" in acts.positions else acts.positions[0])
+        fig = plot_projection(
+            acts.get(args.site, position),
+            acts.labels,
+            layers.index(layer),
+            title=f"classes at layer {layer} · {acts.manifest['model'].get('name')} · "
+            f"{args.site}/{position}",
+            baseline=args.baseline,
+        )
+        out = Path(args.out) if args.out else (target if target.is_dir() else target.parent)
+        paths += save_figure(fig, out / f"projection-{args.site}-{position}-layer{layer}")
+    print(f"wrote {len(paths)} files ({len(paths) // 2} figures, PNG + SVG):")
+    for p in paths[::2]:
+        print(f"  {p.with_suffix('')}.{{png,svg}}")
+    return 0
+
+
+# -------------------------------------------------------------------------------- probe
+def cmd_probe(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from emocircuits.capture import load_activations
+    from emocircuits.capture.store import atomic_write_json
+    from emocircuits.geometry.probes import run_probes
+
+    train = load_activations(args.train)
+    test = load_activations(args.test) if args.test else None
+    rep = run_probes(
+        train,
+        test,
+        site=args.site,
+        position=args.position,
+        methods=args.methods,
+        folds=args.folds,
+        c=args.C,
+        level=args.level,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, rep.to_json())
+    how = f"trained on {train.path}, tested on {test.path}" if test else f"{args.folds}-fold"
+    table = Table(
+        title=f"probe accuracy by layer · {rep.site}/{rep.position} · {how}",
+        caption=f"chance {rep.chance:.2f}; [..]: {rep.level:.0%} Wilson interval over "
+        f"{rep.n_test} test rows; lexical baseline = layer 0, mean-pooled",
+    )
+    table.add_column("layer", justify="right")
+    for m in rep.results:
+        table.add_column(m, justify="right")
+    for i, layer in enumerate(rep.layers):
+        cells = []
+        for r in rep.results.values():
+            mark = " ◀ best" if layer == r["best_layer"] else ""
+            mark += " (cv pick)" if test and layer == r["selected_layer"] else ""
+            cells.append(
+                f"{r['accuracy'][i]:.2f} [{r['ci_low'][i]:.2f}, {r['ci_high'][i]:.2f}]{mark}"
+            )
+        table.add_row(str(layer), *cells)
+    if not args.quiet:
+        Console().print(table)
+    for m, r in rep.results.items():
+        lex = (rep.lexical or {}).get(m)
+        print(
+            f"{m}: best layer {r['best_layer']} accuracy {r['best_accuracy']:.3f} "
+            f"(layer 0: {r['layer0_accuracy']:.3f}"
+            + (f", lexical baseline {lex:.3f}" if lex is not None else "")
+            + f", chance {rep.chance:.2f}, Bonferroni p {r['best_p_value_bonferroni']:.1e})"
+        )
+    print(f"wrote {out}")
+    return 0
+
+
 # ------------------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
     from emocircuits.models import BUILTINS, SUPPORTED
@@ -259,6 +408,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     print("supported architectures (config.model_type): " + ", ".join(SUPPORTED))
     print("also accepted: a local folder, a .gguf file, or a Hugging Face hub id")
     return 0
+
+
+def _add_activations_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--activations", "--activations_dir", required=True, help="folder written by `extract`"
+    )
 
 
 def _add_reading_args(p: argparse.ArgumentParser) -> None:
@@ -273,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     from emocircuits.capture.capture import DEFAULT_POSITIONS, DEFAULT_SITES
     from emocircuits.capture.positions import RULES
     from emocircuits.geometry.directions import CONTRASTS, METHODS
+    from emocircuits.geometry.probes import PROBES
     from emocircuits.models import DEFAULT_MODEL
 
     p = _Parser(
@@ -402,9 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pca (leading component of the uncentred emotion-vs-baseline differences), probe "
         "(logistic-regression weights). The pilot's flag spellings are accepted.",
     )
-    ve.add_argument(
-        "--activations", "--activations_dir", required=True, help="folder written by `extract`"
-    )
+    _add_activations_arg(ve)
     ve.add_argument(
         "--out",
         "--output",
@@ -423,15 +577,93 @@ def build_parser() -> argparse.ArgumentParser:
         "percentile interval over prompts. One CSV row per pair and layer (the pilot's "
         "pairwise table plus interval columns). raw_mean reproduces the pilot's numbers.",
     )
-    si.add_argument(
-        "--activations", "--activations_dir", required=True, help="folder written by `extract`"
-    )
+    _add_activations_arg(si)
     si.add_argument("--out", "--output_table", required=True, help="CSV file to write")
     si.add_argument("--method", default="mean_diff", choices=CONTRASTS)
     _add_reading_args(si)
     si.add_argument("--n-boot", type=_positive, default=1000)
     si.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     si.set_defaults(func=cmd_similarity)
+
+    ge = sub.add_parser(
+        "geometry",
+        help="the whole within-model analysis of an activation folder (tables + figures)",
+        description="Every within-model analysis, for every site and position rule captured: "
+        "cosines, norms and distances with bootstrap intervals (mean_diff, one_vs_rest, and "
+        "the pilot's raw_mean), split-half and bootstrap stability, the shared-component "
+        "diagnosis, agreement between methods, position rules and presets, emotion "
+        "subspaces across layers with the k/d and label-permutation nulls, and k-fold "
+        "probes. Writes CSV tables, probes_cv.json, summary.json and figures "
+        "(docs/FORMAT.md). No model is run.",
+    )
+    _add_activations_arg(ge)
+    ge.add_argument("--out", "--output_dir", required=True, help="output folder")
+    ge.add_argument("--compare", default=None, help="a folder of the same model on another dataset")
+    ge.add_argument("--sites", type=_csv, default=None, help="sites (default: all captured)")
+    ge.add_argument(
+        "--position", default=None, help="main position rule (default mean, if captured)"
+    )
+    ge.add_argument("--baseline", default="neutral", help="baseline label (default neutral)")
+    ge.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
+    ge.add_argument("--n-splits", type=_positive, default=100, help="random half splits")
+    ge.add_argument("--n-perm", type=_positive, default=200, help="label permutations")
+    ge.add_argument("--folds", type=_positive, default=5)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--no-plots", action="store_true", help="tables only")
+    ge.set_defaults(func=cmd_geometry)
+
+    pl = sub.add_parser(
+        "plot",
+        help="figures (PNG + SVG) from a geometry folder, a probe file or a vectors file",
+        description="Draws, without recomputing, the figures of a folder written by "
+        "`geometry` (norms, distances, similarity heatmaps with intervals, stability, shared "
+        "component, subspace overlap, probe accuracy), of a JSON file written by `probe` "
+        "(accuracy by layer with chance and the lexical baseline), or of a vectors file "
+        "written by `vectors` (the pilot's norms, distances and heatmaps). With "
+        "--activations, also a 2-D projection of the classes at --layer. The pilot's "
+        "`--vectors_file X.pkl --output_dir DIR` works (X.safetensors is read).",
+    )
+    pl.add_argument("input", nargs="?", default=None, help="geometry folder or probe JSON file")
+    pl.add_argument(
+        "--input",
+        "--vectors_file",
+        dest="input_flag",
+        default=None,
+        help="same as the positional argument (--vectors_file: the pilot's spelling)",
+    )
+    pl.add_argument("--out", "--output_dir", default=None, help="figure folder")
+    pl.add_argument("--site", default="resid")
+    pl.add_argument("--position", default=None)
+    pl.add_argument("--method", default="mean_diff", choices=CONTRASTS)
+    pl.add_argument("--activations", default=None, help="folder for the 2-D projection")
+    pl.add_argument("--layer", type=int, default=None, help="layer of the projection")
+    pl.add_argument("--baseline", default="neutral")
+    pl.set_defaults(func=cmd_plot)
+
+    pr = sub.add_parser(
+        "probe",
+        help="probe accuracy per layer: k-fold, or trained on one folder and tested on another",
+        description="Linear probes at every layer: multinomial logistic regression (L2, "
+        "features standardised on the training rows) and the nearest-class-mean classifier. "
+        "With --test, trains on --train and tests on --test (transfer to a differently "
+        "written set: the honest estimate); without, k-fold within --train. The JSON has, "
+        "per method, the accuracy at every layer with its Wilson interval and binomial "
+        "p-value against chance, the best layer, the layer chosen by k-fold on the training "
+        "folder, layer 0 and the lexical baseline (layer 0, mean-pooled). See docs/FORMAT.md.",
+    )
+    pr.add_argument("--train", required=True, help="activation folder to train on")
+    pr.add_argument("--test", default=None, help="activation folder to test on (same model)")
+    pr.add_argument("--out", required=True, help="JSON file to write")
+    pr.add_argument(
+        "--methods", type=_csv, default=PROBES, help=f"comma list of {','.join(PROBES)}"
+    )
+    pr.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
+    pr.add_argument("--position", default=None, help="position rule (default: the first captured)")
+    pr.add_argument("--folds", type=_positive, default=5)
+    pr.add_argument("--C", type=float, default=0.1, help="inverse L2 strength (default 0.1)")
+    pr.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pr.add_argument("--quiet", action="store_true", help="no table, only the summary lines")
+    pr.set_defaults(func=cmd_probe)
 
     mo = sub.add_parser("models", help="built-in models and supported architectures")
     mo.set_defaults(func=cmd_models)

@@ -149,10 +149,15 @@ class ActivationStore:
         (``heads``: ``[n_rows, n_layers, n_heads, head_dim]``; ``all``: rows are tokens,
         see :meth:`token_index`)."""
         if site not in self.sites:
-            raise CaptureError(f"site {site!r} was not captured here (sites: {self.sites})")
+            raise CaptureError(
+                f"site {site!r} was not captured here (sites: {', '.join(self.sites)})",
+                where=str(self.path),
+            )
         if position not in self.positions:
             raise CaptureError(
-                f"position {position!r} was not captured here (positions: {self.positions})"
+                f"position {position!r} was not captured here "
+                f"(positions: {', '.join(self.positions)})",
+                where=str(self.path),
             )
         return self._read(f"{site}/{position}")
 

@@ -60,33 +60,36 @@ def contrast_coefficients(
 
 
 def pca(xe: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    import torch
+
+    from emocircuits.geometry.subspaces import top_eigenpairs
+
     d = (xe - xb.mean(0)).transpose(1, 0, 2)  # [L, n_e, W], deliberately not centred
-    _, _, vh = np.linalg.svd(d, full_matrices=False)
-    v = vh[:, 0]  # [L, W]
-    sign = np.sign(np.einsum("lw,lw->l", v, d.mean(1)))
-    sign[sign == 0] = 1.0
+    dt = torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))
+    _, u = top_eigenpairs(dt @ dt.transpose(-1, -2), 1)  # leading eigenvector of the Gram
+    v = (dt.transpose(-1, -2) @ u)[..., 0].double().numpy()  # [L, W]
+    v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-30)
+    proj = np.einsum("lw,lw->l", v, d.mean(1))
+    sign = np.where(proj < 0, -1.0, 1.0)
     # scale by the mean projection so norms are comparable to mean_diff's
-    return v * sign[:, None] * np.abs(np.einsum("lw,lw->l", v, d.mean(1)))[:, None]
+    return v * (sign * np.abs(proj))[:, None]
 
 
 def probe(xe: np.ndarray, xb: np.ndarray, c: float = 0.1) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
+    from emocircuits.geometry.probes import fit_probe
 
-    x = np.concatenate([xe, xb]).astype(np.float64)
-    y = np.r_[np.ones(len(xe)), np.zeros(len(xb))]
+    x = np.concatenate([xe, xb])
+    y = ["emotion"] * len(xe) + ["baseline"] * len(xb)
     # Standardise by the pooled *within-class* std: the L2 penalty is then isotropic with
     # respect to the noise. (The total std would inflate exactly the emotion dimensions and
     # bias the weights away from them.)
     within = np.concatenate([xe - xe.mean(0), xb - xb.mean(0)]).astype(np.float64)
     sd = np.sqrt((within**2).sum(0) / max(1, len(x) - 2))  # [L, W]
     sd = np.where(sd > 0, sd, 1.0)
-    mu = x.mean(0)
-    out = np.empty(x.shape[1:])
-    for layer in range(x.shape[1]):
-        z = (x[:, layer] - mu[layer]) / sd[layer]
-        clf = LogisticRegression(C=c, max_iter=2000).fit(z, y)
-        out[layer] = clf.coef_[0] / sd[layer]  # the readout vector in activation space
-    return out
+    z = (x - x.mean(0)) / sd
+    # two-class multinomial with C/2 is binary logistic regression with C (all layers at once)
+    p = fit_probe(z, y, "logreg", c=c / 2, standardize=False)
+    return (p.w[..., 0] - p.w[..., 1]) / sd  # the readout vector in activation space
 
 
 METHODS = (*CONTRASTS, "pca", "probe")

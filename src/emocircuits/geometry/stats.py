@@ -32,15 +32,19 @@ def bootstrap_weights(
 def class_means(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Resampled class means ``[n_boot, n_classes, *x.shape[1:]]`` from
     :func:`bootstrap_weights` (one matrix product)."""
-    flat = x.reshape(len(x), -1).astype(np.float32)
-    out = np.einsum("bcn,nf->bcf", weights, flat, optimize=True)
-    return out.reshape(*weights.shape[:2], *x.shape[1:])
+    flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+    n_boot, n_classes, _ = weights.shape
+    out = np.empty((n_boot, n_classes, flat.shape[1]), dtype=np.float32)
+    for c in range(n_classes):  # one GEMM per class over its own rows only
+        rows = np.flatnonzero(weights[:, c].any(0))
+        out[:, c] = weights[:, c, rows] @ flat[rows]
+    return out.reshape(n_boot, n_classes, *x.shape[1:])
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval over axis 0."""
+    """Percentile interval over axis 0 (NaN replicates, undefined statistics, ignored)."""
     a = (1 - level) / 2
-    return np.quantile(samples, a, axis=0), np.quantile(samples, 1 - a, axis=0)
+    return np.nanquantile(samples, a, axis=0), np.nanquantile(samples, 1 - a, axis=0)
 
 
 def split_halves(labels: np.ndarray, n_splits: int = 100, seed: int = 0) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from emocircuits.errors import DataError
+from emocircuits.geometry.probes import cross_validated
 
 
 @dataclass
@@ -33,16 +34,6 @@ class LayerSummary:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Fold number per row, each class spread evenly over the ``k`` folds."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(labels), dtype=np.int64)
-    for lab in np.unique(labels):
-        idx = np.flatnonzero(labels == lab)
-        fold[rng.permutation(idx)] = np.arange(len(idx)) % k
-    return fold
-
-
 def ncm_accuracy(
     x: np.ndarray,
     labels: np.ndarray,
@@ -61,21 +52,7 @@ def ncm_accuracy(
     >>> ncm_accuracy(x, y, k=2).tolist()
     [1.0]
     """
-    classes, y = np.unique(labels, return_inverse=True)
-    fold = stratified_folds(y, k, seed)
-    correct = np.zeros(x.shape[1])
-    for f in range(k):
-        test, train = fold == f, fold != f
-        xtr, xte = x[train], x[test]
-        if standardize:
-            mu, sd = xtr.mean(0), xtr.std(0)
-            sd = np.where(sd > 0, sd, 1.0)
-            xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
-        ytr = y[train]
-        means = np.stack([xtr[ytr == c].mean(0) for c in range(len(classes))])  # C, L, W
-        d = ((xte[:, None] - means[None]) ** 2).sum(-1)  # n_test, C, L
-        correct += (d.argmin(1) == y[test][:, None]).sum(0)
-    return correct / len(y)
+    return cross_validated(x, labels, "ncm", k=k, seed=seed, standardize=standardize)
 
 
 def summarize(

@@ -1,0 +1,333 @@
+"""The whole within-model analysis of one activation folder (RQ1), as tidy tables.
+
+:func:`analyze` computes, for every site and position rule captured (no model is run):
+
+- ``similarity``: cosines between emotion directions, debiased direction norms and
+  class-mean distances per layer with bootstrap intervals, for ``mean_diff``,
+  ``one_vs_rest`` and the pilot's ``raw_mean`` (labelled);
+- ``stability``: split-half cosine of each direction with itself (mean and 2.5-97.5%
+  over random halves), its full-sample projection (:func:`~.similarity.half_to_full`) and
+  the bootstrap self-cosine;
+- ``shared``: the shared-component diagnosis of raw means (cosine of each class mean with
+  the global mean; raw vs centred cosines between class means);
+- ``agreement``: directions from other methods (``one_vs_rest``, ``pca``, ``probe``), other
+  position rules, other sites' ... against ``mean_diff`` at the main rule, and against the
+  same directions from a second folder (another preset) when given;
+- ``subspaces``: overlap between the ``between`` emotion subspaces of every pair of layers,
+  of the main rule and each other rule, and of the two folders, with the analytic k/d null,
+  a label-permutation null and p-values;
+- ``probes``: k-fold logistic-regression and nearest-class-mean accuracy per layer.
+
+:func:`write_analysis` saves the tables (CSV), the probes (JSON) and ``summary.json``;
+the plots are drawn from those files (:mod:`emocircuits.plots.analysis`), so a figure
+can be redrawn without recomputing.
+
+>>> res = analyze(load_activations("runs/ext-smollm2"))   # doctest: +SKIP
+>>> write_analysis(res, "runs/ext-smollm2-geometry")      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emocircuits.capture.store import (
+    ActivationStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    is_token_key,
+)
+from emocircuits.errors import DataError
+from emocircuits.geometry.probes import cross_validated
+from emocircuits.geometry.similarity import (
+    agreement,
+    geometries,
+    half_to_full,
+    shared_component,
+    split_half_stability,
+)
+from emocircuits.geometry.subspaces import overlap_test
+
+SIMILARITY_METHODS = ("mean_diff", "one_vs_rest", "raw_mean")
+STABILITY_METHODS = ("mean_diff", "one_vs_rest")
+AGREEMENT_METHODS = ("one_vs_rest", "pca", "probe")
+
+
+@dataclass
+class Analysis:
+    """Tidy tables (lists of flat dicts) of one folder's within-model analysis."""
+
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    probes: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _f(v: Any) -> float:
+    return round(float(v), 6)
+
+
+def analyze(
+    acts: ActivationStore,
+    *,
+    other: ActivationStore | None = None,
+    sites: list[str] | None = None,
+    positions: list[str] | None = None,
+    position: str | None = None,
+    baseline: str = "neutral",
+    n_boot: int = 1000,
+    n_splits: int = 100,
+    n_perm: int = 200,
+    folds: int = 5,
+    probe_sites: tuple[str, ...] = ("resid",),
+    seed: int = 0,
+) -> Analysis:
+    """Every within-model analysis of ``acts`` (see the module docstring). ``position`` is
+    the main rule (default ``mean`` when captured: mean-pooled directions steer best);
+    ``other`` a folder of the same model on another dataset (e.g. ``baseline`` vs
+    ``extended``). k-fold probes run on ``probe_sites`` (``emocircuits probe`` for more).
+    """
+    t0 = time.perf_counter()
+    sites = sites or [s for s in acts.sites if s != "heads"]
+    positions = positions or [p for p in acts.positions if not is_token_key(f"x/{p}")]
+    if position is None:
+        position = "mean" if "mean" in positions else positions[0]
+    if position not in positions:
+        raise DataError(f"position {position!r} is not among {positions}", where=str(acts.path))
+    labels = acts.labels
+    if baseline not in labels:
+        raise DataError(f"baseline label {baseline!r} not in the labels", where=str(acts.path))
+    res = Analysis()
+    t = res.tables
+    for key in ("similarity", "stability", "shared", "agreement", "subspaces"):
+        t[key] = []
+    timings: dict[str, float] = {}
+
+    def tick(name: str, start: float) -> None:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+    for site in sites:
+        layers = acts.layers(site)
+        for pos in positions:
+            x = acts.get(site, pos)
+            where = {"site": site, "position": pos}
+            s = time.perf_counter()
+            gs = geometries(
+                x, labels, SIMILARITY_METHODS, layers=layers, baseline=baseline,
+                n_boot=n_boot, seed=seed,
+            )  # fmt: skip
+            for method, g in gs.items():
+                for row in g.rows():
+                    t["similarity"].append({**where, **row})
+                for e in g.norm:
+                    for i, layer in enumerate(layers):
+                        t["stability"].append({
+                            **where, "method": method, "emotion": e, "layer": layer,
+                            "measure": "norm", "value": _f(g.norm[e][i]),
+                            "lo": _f(g.norm_lo[e][i]), "hi": _f(g.norm_hi[e][i]),
+                        })  # fmt: skip
+                        t["stability"].append({
+                            **where, "method": method, "emotion": e, "layer": layer,
+                            "measure": "bootstrap_self_cos", "value": _f(g.self_cos[e][i]),
+                            "lo": _f(g.self_cos_lo[e][i]), "hi": 1.0,
+                        })  # fmt: skip
+            tick("similarity+norms", s)
+            s = time.perf_counter()
+            for method in STABILITY_METHODS:
+                sh = split_half_stability(
+                    x, labels, method=method, baseline=baseline, n_splits=n_splits, seed=seed
+                )
+                for e, v in sh.items():
+                    mean, lo, hi = v.mean(0), *np.quantile(v, [0.025, 0.975], axis=0)
+                    full = half_to_full(mean)
+                    for i, layer in enumerate(layers):
+                        t["stability"].append({
+                            **where, "method": method, "emotion": e, "layer": layer,
+                            "measure": "split_half_cos", "value": _f(mean[i]),
+                            "lo": _f(lo[i]), "hi": _f(hi[i]),
+                        })  # fmt: skip
+                        t["stability"].append({
+                            **where, "method": method, "emotion": e, "layer": layer,
+                            "measure": "full_sample_cos_est", "value": _f(full[i]),
+                            "lo": _f(half_to_full(lo[i])), "hi": _f(half_to_full(hi[i])),
+                        })  # fmt: skip
+            tick("stability", s)
+            s = time.perf_counter()
+            sc = shared_component(x, labels, layers=layers)
+            for c, v in sc.along_global.items():
+                for i, layer in enumerate(layers):
+                    t["shared"].append({
+                        **where, "layer": layer, "class_1": c, "class_2": "",
+                        "measure": "cos_with_global_mean", "value": _f(v[i]),
+                    })  # fmt: skip
+            for (a, b), v in sc.raw_cos.items():
+                for i, layer in enumerate(layers):
+                    for measure, arr in (("raw_cos", v), ("centred_cos", sc.centred_cos[(a, b)])):
+                        t["shared"].append({
+                            **where, "layer": layer, "class_1": a, "class_2": b,
+                            "measure": measure, "value": _f(arr[i]),
+                        })  # fmt: skip
+            tick("shared", s)
+
+        # agreement and subspaces, against the main position rule of this site
+        x = acts.get(site, position)
+        s = time.perf_counter()
+        comparisons: list[tuple[str, np.ndarray, list[str], str]] = [
+            (f"method:{m}", x, labels, m) for m in AGREEMENT_METHODS
+        ]
+        comparisons += [(f"position:{p}", acts.get(site, p), labels, "mean_diff")
+                        for p in positions if p != position]  # fmt: skip
+        if other is not None and site in other.sites and position in other.positions:
+            comparisons.append(
+                (f"data:{other.manifest['dataset'].get('source', other.path)}",
+                 other.get(site, position), other.labels, "mean_diff")
+            )  # fmt: skip
+        for name, xb, lb, mb in comparisons:
+            if xb.shape[1:] != x.shape[1:]:
+                continue
+            ag = agreement(
+                x, labels, xb, lb, method_b=mb, baseline=baseline, label_a="mean_diff",
+                label_b=name, layers=layers, n_boot=min(n_boot, 200), seed=seed,
+            )  # fmt: skip
+            for e, v in ag.cos.items():
+                for i, layer in enumerate(layers):
+                    t["agreement"].append({
+                        "site": site, "position": position, "reference": "mean_diff",
+                        "compared": name, "emotion": e, "layer": layer, "cos": _f(v[i]),
+                        "lo": _f(ag.lo[e][i]), "hi": _f(ag.hi[e][i]),
+                        "random_band": _f(ag.random_band),
+                    })  # fmt: skip
+        tick("agreement", s)
+        s = time.perf_counter()
+        tests = [("layers", None, None)]
+        tests += [(f"position:{p}", acts.get(site, p), labels) for p in positions if p != position]
+        if other is not None and site in other.sites and position in other.positions:
+            tests.append((comparisons[-1][0], other.get(site, position), other.labels))
+        for name, xb, lb in tests:
+            if xb is not None and xb.shape[1:] != x.shape[1:]:
+                continue
+            ot = overlap_test(x, labels, xb, lb, kind="between", baseline=baseline,
+                              n_perm=n_perm, seed=seed)  # fmt: skip
+            la = layers
+            for i, layer_a in enumerate(la):
+                cols = range(len(la)) if name == "layers" else [i]
+                for j in cols:
+                    t["subspaces"].append({
+                        "site": site, "position": position, "compared": name,
+                        "kind": ot.kind, "k": ot.k, "layer_a": layer_a, "layer_b": la[j],
+                        "overlap": _f(ot.overlap[i, j]),
+                        "min_angle_deg": _f(ot.angles[i, j].min()),
+                        "max_angle_deg": _f(ot.angles[i, j].max()),
+                        "null_mean": _f(ot.null_mean[i, j]), "null_95": _f(ot.null_hi[i, j]),
+                        "p_value": _f(ot.p_value[i, j]), "analytic_null": _f(ot.analytic),
+                        "n_perm": ot.n_perm,
+                    })  # fmt: skip
+        tick("subspaces", s)
+        if site in probe_sites:
+            s = time.perf_counter()
+            res.probes[site] = {
+                m: [_f(v) for v in cross_validated(x, labels, m, k=folds, seed=seed)]
+                for m in ("logreg", "ncm")
+            }
+            tick("probes", s)
+    m = acts.manifest
+    res.probes = {
+        "format": "emocircuits.probe_cv",
+        "mode": "cross_validation",
+        "position": position,
+        "folds": folds,
+        "layers": {site: acts.layers(site) for site in sites},
+        "chance": max(labels.count(c) for c in set(labels)) / len(labels),
+        "sites": res.probes,
+    }
+    res.summary = {
+        "format": "emocircuits.geometry",
+        "version": 1,
+        "main_position": position,
+        "sites": sites,
+        "positions": positions,
+        "baseline": baseline,
+        "n_boot": n_boot,
+        "n_splits": n_splits,
+        "n_perm": n_perm,
+        "seed": seed,
+        "activations": str(acts.path),
+        "other": str(other.path) if other is not None else None,
+        "model": m.get("model", {}),
+        "dtype": m.get("dtype"),
+        "dataset": m.get("dataset", {}),
+        "n_per_label": {c: labels.count(c) for c in dict.fromkeys(labels)},
+        "seconds": {k: round(v, 2) for k, v in timings.items()}
+        | {"total": round(time.perf_counter() - t0, 2)},
+        "headline": _headline(res, position),
+    }
+    return res
+
+
+def _headline(res: Analysis, position: str) -> dict[str, Any]:
+    """A few numbers that answer RQ1 at a glance (residual stream, main rule)."""
+    stab = [r for r in res.tables["stability"]
+            if r["site"] == "resid" and r["position"] == position
+            and r["method"] == "mean_diff" and r["measure"] == "split_half_cos"]  # fmt: skip
+    out: dict[str, Any] = {}
+    if stab:
+        layers = sorted({r["layer"] for r in stab})
+        mid = layers[len(layers) // 4 : 3 * len(layers) // 4 + 1]
+        vals = [r["value"] for r in stab if r["layer"] in mid]
+        out["split_half_mean_diff_middle_layers"] = {
+            "layers": [mid[0], mid[-1]], "min": min(vals), "mean": _f(np.mean(vals)),
+        }  # fmt: skip
+    shared = [r for r in res.tables["shared"] if r["site"] == "resid" and r["position"] == position]
+    raw = [r["value"] for r in shared if r["measure"] == "raw_cos"]
+    cen = [r["value"] for r in shared if r["measure"] == "centred_cos"]
+    if raw:
+        out["raw_mean_cos_median"] = _f(np.median(raw))
+        out["centred_mean_cos_median"] = _f(np.median(cen))
+    if "resid" in res.probes.get("sites", {}):
+        acc = res.probes["sites"]["resid"]
+        layers = res.probes["layers"]["resid"]
+        for mth, v in acc.items():
+            i = int(np.argmax(v))
+            out[f"cv_{mth}"] = {"best_layer": layers[i], "best": v[i], "layer0": v[0]}
+    return out
+
+
+def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def write_analysis(res: Analysis, out: str | Path) -> Path:
+    """Write ``{table}.csv``, ``probes_cv.json`` and ``summary.json`` (last) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in res.tables.items():
+        atomic_write_bytes(out / f"{name}.csv", _csv_bytes(rows))
+    atomic_write_json(out / "probes_cv.json", res.probes)
+    atomic_write_json(out / "summary.json", res.summary)
+    return out
+
+
+def read_table(folder: str | Path, name: str) -> list[dict[str, Any]]:
+    """Rows of a saved table with numbers parsed back (``""`` stays a string)."""
+    path = Path(folder) / f"{name}.csv"
+    if not path.is_file():
+        raise DataError(f"no {name}.csv in {folder} (not a geometry folder?)")
+    rows = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                with contextlib.suppress(ValueError):
+                    row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+            rows.append(row)
+    return rows
