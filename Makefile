@@ -25,18 +25,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/emocircuits extract --model smollm2-135m --data baseline --out $(DEMO_OUT)
 	$(BIN)/emocircuits summary $(DEMO_OUT) --position mean
+	$(BIN)/emocircuits geometry --activations $(DEMO_OUT) --out $(DEMO_OUT)-geometry
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench conftest.py
+	$(BIN)/ruff format --check src tests bench conftest.py
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench conftest.py
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench conftest.py
+	$(BIN)/ruff check --fix src tests bench conftest.py
 
 bench: $(STAMP)
 	$(PIP) install -q -c constraints.txt "$(TORCH_SPEC)" -r bench/requirements.txt

@@ -255,8 +255,6 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- geometry
 def cmd_geometry(args: argparse.Namespace) -> int:
-    import json
-
     from emocircuits.capture import load_activations
     from emocircuits.geometry.analysis import analyze, write_analysis
 
@@ -283,8 +281,33 @@ def cmd_geometry(args: argparse.Namespace) -> int:
         from emocircuits.plots.analysis import plot_geometry
 
         paths = plot_geometry(out, site="resid" if "resid" in res.summary["sites"] else None)
-    h = res.summary["headline"]
-    print(json.dumps(h, indent=1))
+    h, pos = res.summary["headline"], res.summary["main_position"]
+    if "split_half_mean_diff_middle_layers" in h:
+        sh = h["split_half_mean_diff_middle_layers"]
+        print(
+            f"stability: split-half cosine of mean_diff directions (resid/{pos}), layers "
+            f"{sh['layers'][0]}-{sh['layers'][1]}: min {sh['min']:.2f}, mean {sh['mean']:.2f}"
+        )
+        if sh["min"] < 0.9:
+            n = min(res.summary["n_per_label"].values())
+            print(
+                f"  (below 0.9: with {n} prompts in the smallest class the directions are "
+                "still noisy; split-half cosine grows with the number of prompts)"
+            )
+    if "raw_mean_cos_median" in h:
+        print(
+            f"shared component: raw class means have median cosine "
+            f"{h['raw_mean_cos_median']:.2f} (the pilot's 'all 0.99'); after removing the "
+            f"global mean {h['centred_mean_cos_median']:.2f}"
+        )
+    for m in ("logreg", "ncm"):
+        if f"cv_{m}" in h:
+            c = h[f"cv_{m}"]
+            print(
+                f"{res.probes['folds']}-fold {m} probe (resid/{pos}): best {c['best']:.2f} at "
+                f"layer {c['best_layer']}, layer 0 {c['layer0']:.2f}, chance "
+                f"{res.probes['chance']:.2f} (transfer to other text: `emocircuits probe`)"
+            )
     print(
         f"wrote {out}: {', '.join(sorted(res.tables))} (.csv), probes_cv.json, summary.json"
         + (f", {len(paths) // 2} figures in {out / 'figures'}" if paths else "")

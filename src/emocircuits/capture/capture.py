@@ -273,7 +273,7 @@ def capture(
     """Capture in memory; arrays in input order (for small runs and tests).
 
     >>> acts = capture(lm, ["Thank you!", "The bus is late."])  # doctest: +SKIP
-    >>> acts["resid/last"].shape
+    >>> acts["resid/last"].shape  # doctest: +SKIP
     (2, 31, 576)
     """
     parts = list(iter_capture(lm, texts, spec, spans=spans))

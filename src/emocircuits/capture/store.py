@@ -67,7 +67,7 @@ class ActivationStore:
     """A finished activation folder, read lazily.
 
     >>> acts = load_activations("runs/baseline-smollm2")  # doctest: +SKIP
-    >>> acts.get("resid", "last").shape      # [n_rows, n_layers + 1, width]
+    >>> acts.get("resid", "last").shape      # [n_rows, n_layers + 1, width]  # doctest: +SKIP
     (200, 31, 576)
     >>> acts.labels[:2], acts.ids[:2]        # doctest: +SKIP
     """

@@ -90,7 +90,7 @@ def presets() -> dict[str, Path]:
     """Shipped preset names and their files.
 
     >>> sorted(presets())
-    ['baseline', 'extended', 'ja']
+    ['baseline', 'extended', 'ja', 'natural']
     """
     root = files("emocircuits.data").joinpath("presets")
     return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".jsonl")}

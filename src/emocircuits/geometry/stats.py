@@ -2,7 +2,7 @@
 intervals, split halves. No Python loop over resamples where a matrix product does.
 
 >>> w = bootstrap_weights(np.array(["a", "a", "b"]), n_boot=4, seed=0)
->>> w.shape, np.allclose(w.sum(1), 2)   # per-class weights: each class sums to 1
+>>> w.shape, np.allclose(w.sum(-1), 1)   # per-class weights: each class sums to 1
 ((4, 2, 3), True)
 """
 

@@ -156,7 +156,7 @@ def architecture(model: nn.Module) -> Architecture:
     """Resolve the parts of a transformers causal LM (or its base model).
 
     >>> arch = architecture(model)  # doctest: +SKIP
-    >>> arch.n_layers, arch.width, arch.n_heads
+    >>> arch.n_layers, arch.width, arch.n_heads  # doctest: +SKIP
     (30, 576, 9)
     """
     config = model.config

@@ -274,8 +274,8 @@ def layer_norms(
 ) -> Figure:
     """One line per emotion over layers, with its interval band when ``lo``/``hi`` are given.
 
-    >>> g = geometry(...)  # doctest: +SKIP
-    >>> fig = layer_norms(g.layers, g.norm, g.norm_lo, g.norm_hi, title="SmolLM2: norms")
+    >>> g = geometry(x, labels)  # doctest: +SKIP
+    >>> fig = layer_norms(g.layers, g.norm, g.norm_lo, g.norm_hi, title="norms")  # doctest: +SKIP
     """
     fig, ax, x, series = _layer_figure(layers, norms, lo, hi, title=title, ylabel=ylabel)
     _curves(ax, x, series)
