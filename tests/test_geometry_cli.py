@@ -144,3 +144,20 @@ def test_bad_input_gets_one_line(folders, capsys, tmp_path):
         code, _, err = run(capsys, *argv)
         assert code == 2 and message in one_error_line(err), (argv, err)
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "g").exists()
+
+
+def test_geometry_with_per_emotion_subspaces(folders, capsys):
+    root, base, _, _ = folders
+    out = root / "geo-within"
+    code, _, _ = run(
+        capsys, "geometry", "--activations", base.path, "--out", out, "--sites", "resid",
+        "--subspace", "within", "--k", 2, "--n-boot", 50, "--n-perm", 10, "--n-splits", 10,
+        "--no-plots",
+    )  # fmt: skip
+    assert code == 0
+    sub = read_table(out, "subspaces")
+    assert {r["subspace"] for r in sub} == {"gratitude", "anger", "apology"}
+    assert {r["k"] for r in sub} == {2} and {r["kind"] for r in sub} == {"within"}
+    assert all(r["analytic_null"] == pytest.approx(2 / base.manifest["width"]) for r in sub)
+    assert json.loads((out / "summary.json").read_text())["subspace"]["kind"] == "within"
+    assert not (out / "figures").exists()

@@ -273,6 +273,9 @@ def cmd_geometry(args: argparse.Namespace) -> int:
         n_splits=args.n_splits,
         n_perm=args.n_perm,
         folds=args.folds,
+        subspace=args.subspace,
+        k=args.k,
+        var=args.var,
         seed=args.seed,
     )
     out = write_analysis(res, args.out)
@@ -452,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     from emocircuits.capture.positions import RULES
     from emocircuits.geometry.directions import CONTRASTS, METHODS
     from emocircuits.geometry.probes import PROBES
+    from emocircuits.geometry.subspaces import KINDS
     from emocircuits.models import DEFAULT_MODEL
 
     p = _Parser(
@@ -631,6 +635,22 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--n-splits", type=_positive, default=100, help="random half splits")
     ge.add_argument("--n-perm", type=_positive, default=200, help="label permutations")
     ge.add_argument("--folds", type=_positive, default=5)
+    ge.add_argument(
+        "--subspace",
+        choices=KINDS,
+        default="between",
+        help="between: span of the class-mean contrasts (k <= classes-1); within: the PCA "
+        "subspace of each emotion's prompts around the baseline mean (the pilot's; slower)",
+    )
+    ge.add_argument(
+        "--k", type=_positive, default=None, help="subspace dimension (default: by --var)"
+    )
+    ge.add_argument(
+        "--var",
+        type=float,
+        default=0.5,
+        help="with no --k: smallest k explaining this share of the squared norm (default 0.5)",
+    )
     ge.add_argument("--seed", type=int, default=0)
     ge.add_argument("--no-plots", action="store_true", help="tables only")
     ge.set_defaults(func=cmd_geometry)

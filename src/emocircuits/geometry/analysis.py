@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,12 +87,18 @@ def analyze(
     n_perm: int = 200,
     folds: int = 5,
     probe_sites: tuple[str, ...] = ("resid",),
+    subspace: str = "between",
+    k: int | None = None,
+    var: float = 0.5,
     seed: int = 0,
 ) -> Analysis:
     """Every within-model analysis of ``acts`` (see the module docstring). ``position`` is
     the main rule (default ``mean`` when captured: mean-pooled directions steer best);
     ``other`` a folder of the same model on another dataset (e.g. ``baseline`` vs
     ``extended``). k-fold probes run on ``probe_sites`` (``emocircuits probe`` for more).
+    ``subspace``: ``between`` (one subspace of the class-mean contrasts, ``k`` <= classes-1)
+    or ``within`` (one per emotion, ``k`` given or chosen by explained variance ``var``;
+    slower: its permutation null recomputes a PCA per permutation).
     """
     t0 = time.perf_counter()
     sites = sites or [s for s in acts.sites if s != "heads"]
@@ -209,18 +216,24 @@ def analyze(
         tests += [(f"position:{p}", acts.get(site, p), labels) for p in positions if p != position]
         if other is not None and site in other.sites and position in other.positions:
             tests.append((comparisons[-1][0], other.get(site, position), other.labels))
-        for name, xb, lb in tests:
+        kinds = [("between", None)] if subspace == "between" else [
+            ("within", e) for e in dict.fromkeys(labels) if e != baseline
+        ]  # fmt: skip
+        for (name, xb, lb), (kind, emotion) in itertools.product(tests, kinds):
             if xb is not None and xb.shape[1:] != x.shape[1:]:
                 continue
-            ot = overlap_test(x, labels, xb, lb, kind="between", baseline=baseline,
-                              n_perm=n_perm, seed=seed)  # fmt: skip
+            ot = overlap_test(
+                x, labels, xb, lb, kind=kind, emotion=emotion, k=k, var=var,
+                baseline=baseline, n_perm=n_perm, seed=seed,
+            )  # fmt: skip
             la = layers
             for i, layer_a in enumerate(la):
                 cols = range(len(la)) if name == "layers" else [i]
                 for j in cols:
                     t["subspaces"].append({
                         "site": site, "position": position, "compared": name,
-                        "kind": ot.kind, "k": ot.k, "layer_a": layer_a, "layer_b": la[j],
+                        "kind": ot.kind, "subspace": ot.name, "k": ot.k,
+                        "layer_a": layer_a, "layer_b": la[j],
                         "overlap": _f(ot.overlap[i, j]),
                         "min_angle_deg": _f(ot.angles[i, j].min()),
                         "max_angle_deg": _f(ot.angles[i, j].max()),
@@ -256,6 +269,7 @@ def analyze(
         "n_boot": n_boot,
         "n_splits": n_splits,
         "n_perm": n_perm,
+        "subspace": {"kind": subspace, "k": k, "var": var},
         "seed": seed,
         "activations": str(acts.path),
         "other": str(other.path) if other is not None else None,

@@ -254,6 +254,7 @@ def overlap_test(
     kind: str = "between",
     emotion: str | None = None,
     k: int | None = 3,
+    var: float = 0.5,
     baseline: str = "neutral",
     n_perm: int = 200,
     seed: int = 0,
@@ -282,7 +283,7 @@ def overlap_test(
     if kind == "within" and (emotion is None or emotion not in classes or emotion == baseline):
         raise DataError(f"kind 'within' needs an emotion, one of {classes}")
     name = emotion if kind == "within" else "emotions"
-    sa = emotion_subspaces(xa, la, kind=kind, k=k, baseline=baseline)
+    sa = emotion_subspaces(xa, la, kind=kind, k=k, var=var, baseline=baseline)
     kk = sa.k
     sb = emotion_subspaces(xb, lb, kind=kind, k=kk, baseline=baseline)
     a, b = sa.bases[name], sb.bases[name]  # [L, d, k]

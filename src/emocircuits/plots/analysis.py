@@ -140,24 +140,23 @@ def plot_geometry(
     )  # fmt: skip
     paths += save_figure(fig, out / f"shared-component-{stem}")
 
-    sub = [
-        r
-        for r in read_table(folder, "subspaces")
-        if r["site"] == site and r["compared"] == "layers"
-    ]
-    if sub:
-        layers = sorted({r["layer_a"] for r in sub})
+    sub = [r for r in read_table(folder, "subspaces")
+           if r["site"] == site and r["compared"] == "layers"]  # fmt: skip
+    for name in dict.fromkeys(r.get("subspace", "emotions") for r in sub):
+        rows = [r for r in sub if r.get("subspace", "emotions") == name]
+        layers = sorted({r["layer_a"] for r in rows})
         mat = np.full((len(layers), len(layers)), np.nan)
-        for r in sub:
+        for r in rows:
             mat[layers.index(r["layer_a"]), layers.index(r["layer_b"])] = r["overlap"]
-        k = sub[0]["k"]
+        what = "emotion subspaces" if name == "emotions" else f"{name} subspaces (PCA)"
         fig = subspace_overlap(
             mat, [str(v) for v in layers], [str(v) for v in layers],
-            title=f"overlap of {k}-dim emotion subspaces between layers · {model} "
-            f"{site}/{sub[0]['position']}",
-            xlabel="layer", ylabel="layer", null=sub[0]["analytic_null"],
+            title=f"overlap of {rows[0]['k']}-dim {what} between layers\n{model} · "
+            f"{site}/{rows[0]['position']} · permutation null in subspaces.csv",
+            xlabel="layer", ylabel="layer", null=rows[0]["analytic_null"],
         )  # fmt: skip
-        paths += save_figure(fig, out / f"subspace-layers-{site}")
+        suffix = "" if name == "emotions" else f"-{name}"
+        paths += save_figure(fig, out / f"subspace-layers-{site}{suffix}")
 
     probes_path = folder / "probes_cv.json"
     if probes_path.is_file():
