@@ -72,6 +72,7 @@ def test_geometry_writes_every_table_summary_and_figure(folders, capsys):
                  "similarity-raw_mean-resid-mean", "shared-component-resid-mean",
                  "subspace-layers-resid", "probes-cv-resid"):  # fmt: skip
         assert f"{stem}.png" in figures and f"{stem}.svg" in figures, figures
+    assert any(f.startswith("projection-resid-mean-layer") for f in figures), figures
 
 
 def test_probe_transfer_json_and_plot(folders, capsys, tmp_path):

@@ -151,7 +151,7 @@ def _site_array(args: argparse.Namespace) -> tuple[ActivationStore, str, np.ndar
     from emocircuits.capture import load_activations
 
     acts = load_activations(args.activations)
-    position = args.position or acts.positions[0]
+    position = args.position or acts.default_position
     return acts, position, acts.get(args.site, position)
 
 
@@ -283,7 +283,23 @@ def cmd_geometry(args: argparse.Namespace) -> int:
     if not args.no_plots:
         from emocircuits.plots.analysis import plot_geometry
 
-        paths = plot_geometry(out, site="resid" if "resid" in res.summary["sites"] else None)
+        site = "resid" if "resid" in res.summary["sites"] else res.summary["sites"][0]
+        paths = plot_geometry(out, site=site)
+        best = res.summary["headline"].get("cv_logreg", {}).get("best_layer")
+        if best is not None:  # the classes at the layer the k-fold probe likes best
+            from emocircuits.plots.analysis import plot_projection
+            from emocircuits.plots.geometry import save_figure
+
+            pos = res.summary["main_position"]
+            fig = plot_projection(
+                acts.get(site, pos),
+                acts.labels,
+                acts.layers(site).index(best),
+                title=f"classes at layer {best} (best k-fold probe) · "
+                f"{acts.manifest['model'].get('name')} · {site}/{pos}",
+                baseline=args.baseline,
+            )
+            paths += save_figure(fig, out / "figures" / f"projection-{site}-{pos}-layer{best}")
     h, pos = res.summary["headline"], res.summary["main_position"]
     if "split_half_mean_diff_middle_layers" in h:
         sh = h["split_half_mean_diff_middle_layers"]
@@ -351,7 +367,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 f"layer {layer} out of range (layers {layers[0]}..{layers[-1]})",
                 where=str(acts.path),
             )
-        position = args.position or ("mean" if "mean" in acts.positions else acts.positions[0])
+        position = args.position or acts.default_position
         fig = plot_projection(
             acts.get(args.site, position),
             acts.labels,
@@ -445,7 +461,9 @@ def _add_activations_arg(p: argparse.ArgumentParser) -> None:
 def _add_reading_args(p: argparse.ArgumentParser) -> None:
     """Which activations an analysis reads: site, position rule, baseline label."""
     p.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
-    p.add_argument("--position", default=None, help="position rule (default: the first captured)")
+    p.add_argument(
+        "--position", default=None, help="position rule (default mean if captured, else the first)"
+    )
     p.add_argument("--baseline", default="neutral", help="baseline label (default neutral)")
 
 
@@ -655,6 +673,33 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--no-plots", action="store_true", help="tables only")
     ge.set_defaults(func=cmd_geometry)
 
+    pr = sub.add_parser(
+        "probe",
+        help="probe accuracy per layer: k-fold, or trained on one folder and tested on another",
+        description="Linear probes at every layer: multinomial logistic regression (L2, "
+        "features standardised on the training rows) and the nearest-class-mean classifier. "
+        "With --test, trains on --train and tests on --test (transfer to a differently "
+        "written set: the honest estimate); without, k-fold within --train. The JSON has, "
+        "per method, the accuracy at every layer with its Wilson interval and binomial "
+        "p-value against chance, the best layer, the layer chosen by k-fold on the training "
+        "folder, layer 0 and the lexical baseline (layer 0, mean-pooled). See docs/FORMAT.md.",
+    )
+    pr.add_argument("--train", required=True, help="activation folder to train on")
+    pr.add_argument("--test", default=None, help="activation folder to test on (same model)")
+    pr.add_argument("--out", required=True, help="JSON file to write")
+    pr.add_argument(
+        "--methods", type=_csv, default=PROBES, help=f"comma list of {','.join(PROBES)}"
+    )
+    pr.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
+    pr.add_argument(
+        "--position", default=None, help="position rule (default mean if captured, else the first)"
+    )
+    pr.add_argument("--folds", type=_positive, default=5)
+    pr.add_argument("--C", type=float, default=0.1, help="inverse L2 strength (default 0.1)")
+    pr.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pr.add_argument("--quiet", action="store_true", help="no table, only the summary lines")
+    pr.set_defaults(func=cmd_probe)
+
     pl = sub.add_parser(
         "plot",
         help="figures (PNG + SVG) from a geometry folder, a probe file or a vectors file",
@@ -675,38 +720,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="same as the positional argument (--vectors_file: the pilot's spelling)",
     )
     pl.add_argument("--out", "--output_dir", default=None, help="figure folder")
-    pl.add_argument("--site", default="resid")
-    pl.add_argument("--position", default=None)
-    pl.add_argument("--method", default="mean_diff", choices=CONTRASTS)
+    pl.add_argument("--site", default="resid", help="site to draw (default resid)")
+    pl.add_argument("--position", default=None, help="position rule (default: the main one)")
+    pl.add_argument(
+        "--method", default="mean_diff", choices=CONTRASTS, help="direction method drawn"
+    )
     pl.add_argument("--activations", default=None, help="folder for the 2-D projection")
     pl.add_argument("--layer", type=int, default=None, help="layer of the projection")
     pl.add_argument("--baseline", default="neutral")
     pl.set_defaults(func=cmd_plot)
-
-    pr = sub.add_parser(
-        "probe",
-        help="probe accuracy per layer: k-fold, or trained on one folder and tested on another",
-        description="Linear probes at every layer: multinomial logistic regression (L2, "
-        "features standardised on the training rows) and the nearest-class-mean classifier. "
-        "With --test, trains on --train and tests on --test (transfer to a differently "
-        "written set: the honest estimate); without, k-fold within --train. The JSON has, "
-        "per method, the accuracy at every layer with its Wilson interval and binomial "
-        "p-value against chance, the best layer, the layer chosen by k-fold on the training "
-        "folder, layer 0 and the lexical baseline (layer 0, mean-pooled). See docs/FORMAT.md.",
-    )
-    pr.add_argument("--train", required=True, help="activation folder to train on")
-    pr.add_argument("--test", default=None, help="activation folder to test on (same model)")
-    pr.add_argument("--out", required=True, help="JSON file to write")
-    pr.add_argument(
-        "--methods", type=_csv, default=PROBES, help=f"comma list of {','.join(PROBES)}"
-    )
-    pr.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
-    pr.add_argument("--position", default=None, help="position rule (default: the first captured)")
-    pr.add_argument("--folds", type=_positive, default=5)
-    pr.add_argument("--C", type=float, default=0.1, help="inverse L2 strength (default 0.1)")
-    pr.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    pr.add_argument("--quiet", action="store_true", help="no table, only the summary lines")
-    pr.set_defaults(func=cmd_probe)
 
     mo = sub.add_parser("models", help="built-in models and supported architectures")
     mo.set_defaults(func=cmd_models)

@@ -106,6 +106,12 @@ class ActivationStore:
     def positions(self) -> list[str]:
         return list(self.manifest["positions"])
 
+    @property
+    def default_position(self) -> str:
+        """The rule analyses read unless told otherwise: ``mean`` when captured (mean-pooled
+        content tokens: the most robust readout), else the first captured."""
+        return "mean" if "mean" in self.positions else self.positions[0]
+
     def layers(self, site: str) -> list[int]:
         """Layer numbers along axis 1 of ``get(site, ...)``."""
         return list(self.manifest["layers"][site])

@@ -10,9 +10,9 @@
   the bootstrap self-cosine;
 - ``shared``: the shared-component diagnosis of raw means (cosine of each class mean with
   the global mean; raw vs centred cosines between class means);
-- ``agreement``: directions from other methods (``one_vs_rest``, ``pca``, ``probe``), other
-  position rules, other sites' ... against ``mean_diff`` at the main rule, and against the
-  same directions from a second folder (another preset) when given;
+- ``agreement``: directions from other methods (``one_vs_rest``; ``pca`` and ``probe`` on the
+  probed sites) and other position rules against ``mean_diff`` at the main rule, and
+  against the same directions from a second folder (another preset) when given;
 - ``subspaces``: overlap between the ``between`` emotion subspaces of every pair of layers,
   of the main rule and each other rule, and of the two folders, with the analytic k/d null,
   a label-permutation null and p-values;
@@ -46,6 +46,7 @@ from emocircuits.capture.store import (
     is_token_key,
 )
 from emocircuits.errors import DataError
+from emocircuits.geometry.directions import CONTRASTS
 from emocircuits.geometry.probes import cross_validated
 from emocircuits.geometry.similarity import (
     agreement,
@@ -185,8 +186,11 @@ def analyze(
         # agreement and subspaces, against the main position rule of this site
         x = acts.get(site, position)
         s = time.perf_counter()
+        # the fitted methods (pca, probe) are compared where the probes run (resid by
+        # default): their fits are most of this stage's time
+        methods = [m for m in AGREEMENT_METHODS if site in probe_sites or m in CONTRASTS]
         comparisons: list[tuple[str, np.ndarray, list[str], str]] = [
-            (f"method:{m}", x, labels, m) for m in AGREEMENT_METHODS
+            (f"method:{m}", x, labels, m) for m in methods
         ]
         comparisons += [(f"position:{p}", acts.get(site, p), labels, "mean_diff")
                         for p in positions if p != position]  # fmt: skip

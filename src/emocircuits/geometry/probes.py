@@ -323,7 +323,14 @@ def run_probes(
     >>> run_probes(ext, nat).best("logreg")  # doctest: +SKIP
     (15, 0.86)
     """
-    position = position or train.positions[0]
+    if position is None:  # mean if both folders have it, else the first rule they share
+        common = [p for p in train.positions if test is None or p in test.positions]
+        if not common:
+            raise DataError(
+                f"{train.path} and {test.path} share no position rule "
+                f"({', '.join(train.positions)} vs {', '.join(test.positions)})"
+            )
+        position = "mean" if "mean" in common else common[0]
     for m in methods:
         if m not in PROBES:
             raise DataError(f"unknown probe {m!r}; choose from {', '.join(PROBES)}")

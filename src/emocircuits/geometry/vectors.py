@@ -126,7 +126,7 @@ def compute_vectors(
     baseline: str = "neutral",
 ) -> EmotionVectors:
     """Directions for every emotion of an activation folder (no model is run)."""
-    position = position or acts.positions[0]
+    position = position or acts.default_position
     raw = emotion_directions(
         acts.get(site, position), acts.labels, method=method, baseline=baseline
     )
