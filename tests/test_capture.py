@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIGS
-from helpers import close, reference
 
 import emocircuits as ec
 from emocircuits.capture.capture import (
@@ -19,6 +17,9 @@ from emocircuits.capture.capture import (
 )
 from emocircuits.capture.hooks import count_hooks, hooked
 from emocircuits.errors import CaptureError
+
+from conftest import TINY_CONFIGS
+from helpers import close, reference
 
 ARCHS = sorted(TINY_CONFIGS)
 RULES = ("last", "mean", "emotion_word_first", "emotion_word_last", "emotion_word_mean", "all")

@@ -10,10 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import one_error_line, run
 
 import emocircuits as ec
 from emocircuits.cli import main
+
+from helpers import one_error_line, run
 
 
 def test_data_commands(capsys, tmp_path):

@@ -8,10 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from helpers import one_error_line, run
 
 import emocircuits as ec
 from emocircuits.geometry.analysis import read_table
+
+from helpers import one_error_line, run
 
 
 @pytest.fixture(scope="module")

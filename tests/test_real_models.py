@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 import pytest
-from helpers import close, reference
 
 import emocircuits as ec
 from emocircuits.capture.capture import CaptureSpec, capture
 from emocircuits.models.loading import builtin_gguf, sha256_file
+
+from helpers import close, reference
 
 pytestmark = pytest.mark.real
 RULES = ("last", "mean", "emotion_word_first", "emotion_word_last", "emotion_word_mean")
