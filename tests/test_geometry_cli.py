@@ -99,6 +99,12 @@ def test_probe_transfer_json_and_plot(folders, capsys, tmp_path):
     code, stdout, _ = run(capsys, "plot", out, "--out", tmp_path / "fig")
     assert code == 0 and (tmp_path / "fig" / "probe.png").is_file()
     assert "chance" in (tmp_path / "fig" / "probe.svg").read_text()
+    code, _, _ = run(
+        capsys, "probe", "--train", base.path, "--test", nat.path, "--out", tmp_path / "raw.json",
+        "--no-standardize", "--methods", "ncm", "--quiet",
+    )  # fmt: skip
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert code == 0 and raw["settings"]["standardize"] is False and set(raw["methods"]) == {"ncm"}
     # k-fold mode without --test
     code, _, _ = run(capsys, "probe", "--train", base.path, "--out", tmp_path / "cv.json")
     assert code == 0 and json.loads((tmp_path / "cv.json").read_text())["mode"] == (

@@ -403,6 +403,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         methods=args.methods,
         folds=args.folds,
         c=args.C,
+        standardize=not args.no_standardize,
         level=args.level,
     )
     out = Path(args.out)
@@ -697,6 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--folds", type=_positive, default=5)
     pr.add_argument("--C", type=float, default=0.1, help="inverse L2 strength (default 0.1)")
     pr.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pr.add_argument(
+        "--no-standardize",
+        action="store_true",
+        help="fit on raw (centred) features instead of per-dimension z-scores; this weakens "
+        "the layer-0 lexical baseline much more than the deeper layers",
+    )
     pr.add_argument("--quiet", action="store_true", help="no table, only the summary lines")
     pr.set_defaults(func=cmd_probe)
 

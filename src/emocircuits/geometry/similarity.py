@@ -70,7 +70,14 @@ def _inner_products(
         h = xl @ f.float().transpose(-1, -2)  # [L, n, C]: each row against each class mean
         rb = torch.einsum("bcn,lnd->blcd", w, h).double()
         return ff, qb.numpy(), rb.numpy()
-    b = torch.from_numpy(class_means(x, weights)).permute(0, 2, 1, 3)  # [B, L, C, W]
+    # resampled class means laid out [B, L, C, W] (one GEMM per class over its own rows),
+    # so that the inner products are one batched product over contiguous blocks
+    n_boot, n_classes, _ = weights.shape
+    flat = torch.from_numpy(np.ascontiguousarray(x.reshape(n, -1), dtype=np.float32))
+    b = torch.empty(n_boot, x.shape[1], n_classes, width)
+    for c in range(n_classes):
+        rows = torch.from_numpy(np.flatnonzero(weights[:, c].any(0)))
+        b[:, :, c, :] = (w[:, c, rows] @ flat[rows]).view(n_boot, x.shape[1], width)
     qb = (b @ b.transpose(-1, -2)).double()
     rb = (b @ f.float().transpose(-1, -2)).double()
     return ff, qb.numpy(), rb.numpy()
