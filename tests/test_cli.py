@@ -144,3 +144,19 @@ def test_real_process_exit_status_and_help(tmp_path):
         r.stderr.strip()
         == f"emocircuits: error: {bad}:2: not valid JSON (Expecting value at column 1)"
     )
+
+
+def test_a_file_without_emotion_words_extracts_with_the_default_rules(capsys, tiny_dir, tmp_path):
+    """A held-out file often has only text and emotion: the default rules that need an
+    emotion word are dropped with a note; asking for one explicitly is an error."""
+    data = tmp_path / "heldout.jsonl"
+    rows = [{"text": f"sentence number {i} here", "emotion": e} for i, e in
+            enumerate(["anger", "neutral"] * 4)]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["extract", "--model", tiny_dir("gpt2"), "--data", data, "--quiet"]
+    code, _, err = run(capsys, *base, "--out", tmp_path / "a")
+    assert code == 0 and "note: " in err and "capturing last, mean" in err
+    assert ec.load_activations(tmp_path / "a").positions == ["last", "mean"]
+    code, _, err = run(capsys, *base, "--out", tmp_path / "b", "--positions", "emotion_word")
+    assert code == 2 and "no row of" in one_error_line(err)
+    assert not (tmp_path / "b").exists()

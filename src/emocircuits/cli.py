@@ -106,11 +106,20 @@ def cmd_data(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- extract
 def cmd_extract(args: argparse.Namespace) -> int:
     from emocircuits.capture import CaptureSpec, extract
+    from emocircuits.capture.capture import DEFAULT_POSITIONS
     from emocircuits.data import load_dataset
     from emocircuits.models import load_model
 
     ds = load_dataset(args.data, min_per_class=args.min_per_class)  # fail before loading
     sites = args.sites + (("heads",) if args.heads and "heads" not in args.sites else ())
+    if args.positions == DEFAULT_POSITIONS and not any(e.emotion_word for e in ds.examples):
+        # a file without emotion words (e.g. a held-out set): the default rules that need
+        # them are dropped; asked for explicitly, they remain an error
+        args.positions = tuple(p for p in args.positions if not p.startswith("emotion_word"))
+        print(
+            f"note: {args.data} has no emotion_word field; capturing {', '.join(args.positions)}",
+            file=sys.stderr,
+        )
     spec = CaptureSpec(
         sites=sites,
         positions=args.positions,
