@@ -68,6 +68,9 @@ def test_geometry_writes_every_table_summary_and_figure(folders, capsys):
     probes = json.loads((out / "probes_cv.json").read_text())
     assert set(probes["sites"]["resid"]) == {"logreg", "ncm"}
     assert len(probes["sites"]["resid"]["logreg"]) == n_layers
+    acc, ci = probes["sites"]["resid"]["ncm"], probes["ci"]["resid"]["ncm"]
+    assert all(lo <= a <= hi for lo, a, hi in zip(ci["low"], acc, ci["high"], strict=True))
+    assert len(probes["p_value"]["resid"]["logreg"]) == n_layers
     figures = sorted(p.name for p in (out / "figures").iterdir())
     for stem in ("norms-resid-mean", "stability-resid-mean", "distances-resid-mean",
                  "similarity-raw_mean-resid-mean", "shared-component-resid-mean",

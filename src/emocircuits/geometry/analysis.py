@@ -47,7 +47,7 @@ from emocircuits.capture.store import (
 )
 from emocircuits.errors import DataError
 from emocircuits.geometry.directions import CONTRASTS
-from emocircuits.geometry.probes import cross_validated
+from emocircuits.geometry.probes import binomial_p, cross_validated, wilson_interval
 from emocircuits.geometry.similarity import (
     agreement,
     geometries,
@@ -254,14 +254,28 @@ def analyze(
             }
             tick("probes", s)
     m = acts.manifest
+    chance = max(labels.count(c) for c in set(labels)) / len(labels)
+    intervals, p_values = {}, {}
+    for site, accs in res.probes.items():
+        intervals[site], p_values[site] = {}, {}
+        for method, acc in accs.items():
+            lo, hi = wilson_interval(np.array(acc), len(labels))
+            intervals[site][method] = {"low": [_f(v) for v in lo], "high": [_f(v) for v in hi]}
+            p_values[site][method] = [
+                float(v) for v in binomial_p(np.array(acc), len(labels), chance)
+            ]
     res.probes = {
         "format": "emocircuits.probe_cv",
         "mode": "cross_validation",
         "position": position,
         "folds": folds,
         "layers": {site: acts.layers(site) for site in sites},
-        "chance": max(labels.count(c) for c in set(labels)) / len(labels),
+        "chance": chance,
         "sites": res.probes,
+        # 95% Wilson intervals and binomial p-values against chance over all rows (each
+        # row is tested once across the folds)
+        "ci": intervals,
+        "p_value": p_values,
     }
     res.summary = {
         "format": "emocircuits.geometry",

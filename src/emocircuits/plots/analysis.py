@@ -167,8 +167,11 @@ def plot_geometry(
             lexical = (
                 {m: float(v[layers.index(0)]) for m, v in acc.items()} if 0 in layers else None
             )
+            ci = pj.get("ci", {}).get(site, {})
+            lo = {m: np.array(v["low"]) for m, v in ci.items()} or None
+            hi = {m: np.array(v["high"]) for m, v in ci.items()} or None
             fig = probe_accuracy(
-                layers, acc, chance=pj["chance"],
+                layers, acc, chance=pj["chance"], lo=lo, hi=hi,
                 lexical=lexical if pj["position"] == "mean" else None,
                 title=f"{pj['folds']}-fold probe accuracy · {model} · {data} · "
                 f"{site}/{pj['position']}",
