@@ -146,6 +146,8 @@ def test_bad_input_gets_one_line(folders, capsys, tmp_path):
          "site 'heads' was not captured"),
         (("geometry", "--activations", base.path, "--out", tmp_path / "g", "--baseline", "calm"),
          "baseline label 'calm'"),
+        (("geometry", "--activations", base.path, "--compare", other.path, "--out",
+          tmp_path / "g"), "another model"),
         (("plot", base.path), "not a geometry folder"),
         (("plot", tmp_path / "missing"), "no such file or folder"),
         (("plot", root / "geo-out", "--activations", base.path, "--layer", "99"),

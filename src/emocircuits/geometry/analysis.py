@@ -47,7 +47,12 @@ from emocircuits.capture.store import (
 )
 from emocircuits.errors import DataError
 from emocircuits.geometry.directions import CONTRASTS
-from emocircuits.geometry.probes import binomial_p, cross_validated, wilson_interval
+from emocircuits.geometry.probes import (
+    binomial_p,
+    check_same_model,
+    cross_validated,
+    wilson_interval,
+)
 from emocircuits.geometry.similarity import (
     agreement,
     geometries,
@@ -109,6 +114,9 @@ def analyze(
     if position not in positions:
         raise DataError(f"position {position!r} is not among {positions}", where=str(acts.path))
     labels = acts.labels
+    if other is not None:
+        for site in sites:
+            check_same_model(acts, other, site, position)
     if baseline not in labels:
         raise DataError(f"baseline label {baseline!r} not in the labels", where=str(acts.path))
     res = Analysis()

@@ -335,7 +335,7 @@ def run_probes(
         if m not in PROBES:
             raise DataError(f"unknown probe {m!r}; choose from {', '.join(PROBES)}")
     if test is not None:
-        _check_compatible(train, test, site, position)
+        check_same_model(train, test, site, position)
         check_classes(train.labels, test.labels)
     else:
         check_classes(train.labels, train.labels, min_per_class=folds)
@@ -409,8 +409,9 @@ def _provenance(acts: ActivationStore) -> dict[str, Any]:
     }
 
 
-def _check_compatible(a: ActivationStore, b: ActivationStore, site: str, position: str) -> None:
-    """A probe trained on one folder applies to another only for the same model and site."""
+def check_same_model(a: ActivationStore, b: ActivationStore, site: str, position: str) -> None:
+    """Two folders are comparable direction by direction only for the same model, site and
+    layers (a probe, a direction or a subspace from one applies to the other)."""
     for acts in (a, b):
         acts.get(site, position)  # names the missing site or rule, and where
     ma, mb = a.manifest, b.manifest
@@ -420,5 +421,5 @@ def _check_compatible(a: ActivationStore, b: ActivationStore, site: str, positio
         raise DataError(
             f"{b.path} was captured from another model or layers ({idb[0]} "
             f"{b.layers(site)[:3]}...) than {a.path} ({ida[0]} {a.layers(site)[:3]}...); "
-            "a probe only transfers between folders of the same model"
+            "only folders of the same model compare here (across models: emocircuits compare)"
         )
