@@ -207,12 +207,13 @@ def analyze(
                 (f"data:{other.manifest['dataset'].get('source', other.path)}",
                  other.get(site, position), other.labels, "mean_diff")
             )  # fmt: skip
+        cache: dict = {}  # the reference side's resampled means, computed once per site
         for name, xb, lb, mb in comparisons:
             if xb.shape[1:] != x.shape[1:]:
                 continue
             ag = agreement(
                 x, labels, xb, lb, method_b=mb, baseline=baseline, label_a="mean_diff",
-                label_b=name, layers=layers, n_boot=min(n_boot, 200), seed=seed,
+                label_b=name, layers=layers, n_boot=min(n_boot, 200), seed=seed, cache=cache,
             )  # fmt: skip
             for e, v in ag.cos.items():
                 for i, layer in enumerate(layers):

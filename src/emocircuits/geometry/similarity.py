@@ -356,6 +356,7 @@ def agreement(
     n_boot: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    cache: dict | None = None,
 ) -> Agreement:
     """Do two ways of finding a direction agree? E.g. ``mean_diff`` vs ``probe`` on the same
     rows, the ``mean`` vs ``last`` rule, or the ``baseline`` vs ``extended`` preset.
@@ -365,7 +366,9 @@ def agreement(
     share, from the within-class cross-covariance) and the interval comes from a stratified
     bootstrap: the same resample on both sides when the rows are the same prompts (same
     labels, same count), independent resamples otherwise. Other methods get the plain
-    cosine as a point estimate (lo = hi = cos).
+    cosine as a point estimate (lo = hi = cos). ``cache``: a dict kept across calls on the
+    same arrays (one reference against several others) so that their resampled class means
+    are computed once.
     """
     from emocircuits.geometry.directions import CONTRASTS, emotion_directions
 
@@ -391,7 +394,7 @@ def agreement(
         out.lo[e], out.hi[e] = out.cos[e].copy(), out.cos[e].copy()
     if method_a in CONTRASTS and method_b in CONTRASTS:
         _debiased_agreement(out, xa, labels_a, xb, labels_b, method_a, method_b, baseline,
-                            n_boot, level, seed)  # fmt: skip
+                            n_boot, level, seed, cache)  # fmt: skip
     return out
 
 
@@ -407,18 +410,25 @@ def _debiased_agreement(
     n_boot: int,
     level: float,
     seed: int,
+    cache: dict | None,
 ) -> None:
     la, lb = np.asarray(labels_a), np.asarray(labels_b)
     paired = len(la) == len(lb) and bool((la == lb).all())
     sides = []
     for x, lab, method, s in ((xa, la, method_a, seed), (xb, lb, method_b, seed + 1)):
-        classes = list(dict.fromkeys(lab.tolist()))
-        counts = np.array([(lab == c).sum() for c in classes], dtype=float)
-        groups = [x[lab == c] for c in classes]
-        full = np.stack([g.mean(0, dtype=np.float64) for g in groups])  # [C, L, W]
-        var0 = np.stack([g.var(0, dtype=np.float64).sum(-1) for g in groups])  # [C, L]
-        w = bootstrap_weights(lab, n_boot, seed if paired else s, classes) if n_boot else None
-        boot = class_means(x, w) if w is not None else None
+        key = (id(x), x.shape, n_boot, seed if paired else s)
+        if cache is None or key not in cache:
+            classes = list(dict.fromkeys(lab.tolist()))
+            counts = np.array([(lab == c).sum() for c in classes], dtype=float)
+            groups = [x[lab == c] for c in classes]
+            full = np.stack([g.mean(0, dtype=np.float64) for g in groups])  # [C, L, W]
+            var0 = np.stack([g.var(0, dtype=np.float64).sum(-1) for g in groups])  # [C, L]
+            w = bootstrap_weights(lab, n_boot, key[-1], classes) if n_boot else None
+            boot = class_means(x, w) if w is not None else None
+            stats = (classes, counts, groups, full, var0, boot, x)  # x pins its id
+            if cache is not None:
+                cache[key] = stats
+        classes, counts, groups, full, var0, boot, _ = stats if cache is None else cache[key]
         coef = contrast_coefficients(classes, counts, baseline, method)
         sides.append((counts, groups, full, var0, coef, boot))
     (ca, ga, fa, v0a, coa, ba), (cb, gb, fb, v0b, cob, bb) = sides
