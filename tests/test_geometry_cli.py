@@ -134,7 +134,7 @@ def test_plot_with_the_pilots_flags_and_a_projection(folders, capsys, tmp_path):
 
 
 def test_bad_input_gets_one_line(folders, capsys, tmp_path):
-    root, base, nat, other = folders
+    _, base, nat, other = folders
     cases = [
         (("probe", "--train", base.path, "--test", other.path, "--out", tmp_path / "x.json"),
          "another model"),
@@ -148,15 +148,18 @@ def test_bad_input_gets_one_line(folders, capsys, tmp_path):
          "baseline label 'calm'"),
         (("geometry", "--activations", base.path, "--compare", other.path, "--out",
           tmp_path / "g"), "another model"),
+        (("geometry", "--activations", base.path, "--out", tmp_path / "g", "--folds", "60"),
+         "has 50 training rows; a probe needs at least 60"),
         (("plot", base.path), "not a geometry folder"),
         (("plot", tmp_path / "missing"), "no such file or folder"),
-        (("plot", root / "geo-out", "--activations", base.path, "--layer", "99"),
+        (("plot", tmp_path / "v.safetensors", "--activations", base.path, "--layer", "99"),
          "layer 99 out of range"),
     ]  # fmt: skip
     for argv, message in cases:
         code, _, err = run(capsys, *argv)
         assert code == 2 and message in one_error_line(err), (argv, err)
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "g").exists()
+    assert not (tmp_path / "v-plots").exists()  # nothing drawn before the bad layer was seen
 
 
 def test_geometry_with_per_emotion_subspaces(folders, capsys):

@@ -352,21 +352,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if (args.input is None) == (args.input_flag is None):
         raise EmocircuitsError("give one input: a geometry folder, a probe JSON or a vectors file")
     target = Path(args.input or args.input_flag)
-    if target.suffix in (".pkl", ".pickle", ".safetensors"):
-        out = args.out or target.parent / f"{safetensors_path(target).stem}-plots"
-        paths = plot_vectors(safetensors_path(target), out)
-    elif target.is_file():
-        paths = plot_probe(target, args.out)
-    elif not target.is_dir():
+    is_vectors = target.suffix in (".pkl", ".pickle", ".safetensors")
+    if not is_vectors and not target.exists():
         raise EmocircuitsError(f"no such file or folder: {target}")
+    if is_vectors:
+        out = Path(args.out or target.parent / f"{safetensors_path(target).stem}-plots")
     else:
-        paths = plot_geometry(
-            target, args.out, site=args.site, position=args.position, method=args.method
-        )
-    if args.activations is not None:
+        out = Path(args.out) if args.out else (target if target.is_dir() else target.parent)
+    projection = None
+    if args.activations is not None:  # checked before anything is drawn
         from emocircuits.capture import load_activations
         from emocircuits.plots.analysis import plot_projection
-        from emocircuits.plots.geometry import save_figure
 
         acts = load_activations(args.activations)
         layers = acts.layers(args.site)
@@ -377,16 +373,29 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 where=str(acts.path),
             )
         position = args.position or acts.default_position
-        fig = plot_projection(
-            acts.get(args.site, position),
-            acts.labels,
-            layers.index(layer),
-            title=f"classes at layer {layer} · {acts.manifest['model'].get('name')} · "
-            f"{args.site}/{position}",
-            baseline=args.baseline,
+        projection = (
+            plot_projection(
+                acts.get(args.site, position),
+                acts.labels,
+                layers.index(layer),
+                title=f"classes at layer {layer} · {acts.manifest['model'].get('name')} · "
+                f"{args.site}/{position}",
+                baseline=args.baseline,
+            ),
+            f"projection-{args.site}-{position}-layer{layer}",
         )
-        out = Path(args.out) if args.out else (target if target.is_dir() else target.parent)
-        paths += save_figure(fig, out / f"projection-{args.site}-{position}-layer{layer}")
+    if is_vectors:
+        paths = plot_vectors(safetensors_path(target), out)
+    elif target.is_file():
+        paths = plot_probe(target, out)
+    else:
+        paths = plot_geometry(
+            target, args.out, site=args.site, position=args.position, method=args.method
+        )
+    if projection is not None:
+        from emocircuits.plots.geometry import save_figure
+
+        paths += save_figure(projection[0], out / projection[1])
     print(f"wrote {len(paths)} files ({len(paths) // 2} figures, PNG + SVG):")
     for p in paths[::2]:
         print(f"  {p.with_suffix('')}.{{png,svg}}")

@@ -49,6 +49,7 @@ from emocircuits.errors import DataError
 from emocircuits.geometry.directions import CONTRASTS
 from emocircuits.geometry.probes import (
     binomial_p,
+    check_classes,
     check_same_model,
     cross_validated,
     wilson_interval,
@@ -109,6 +110,12 @@ def analyze(
     t0 = time.perf_counter()
     sites = sites or [s for s in acts.sites if s != "heads"]
     positions = positions or [p for p in acts.positions if not is_token_key(f"x/{p}")]
+    if not sites or not positions:
+        raise DataError(
+            "nothing to analyse: needs a resid/attn/mlp site and a per-prompt position rule "
+            f"(captured: sites {acts.sites}, positions {acts.positions})",
+            where=str(acts.path),
+        )
     if position is None:
         position = "mean" if "mean" in positions else positions[0]
     if position not in positions:
@@ -119,6 +126,8 @@ def analyze(
             check_same_model(acts, other, site, position)
     if baseline not in labels:
         raise DataError(f"baseline label {baseline!r} not in the labels", where=str(acts.path))
+    if any(site in probe_sites for site in sites):
+        check_classes(labels, labels, min_per_class=folds)
     res = Analysis()
     t = res.tables
     for key in ("similarity", "stability", "shared", "agreement", "subspaces"):
