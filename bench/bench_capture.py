@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2 = "gpt2-small-random"
@@ -93,13 +94,8 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"nproc": os.cpu_count(), "platform": platform.platform()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    if cpu_model():
+        info["cpu"] = cpu_model()
     try:
         import psutil
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FOLDERS = ("runs/dev/base-smollm2", "runs/dev/ext3-smollm2")
@@ -73,13 +74,8 @@ def machine(threads: int) -> dict[str, Any]:
         "numpy": np.__version__,
         "torch": torch.__version__,
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    if cpu_model():
+        info["cpu"] = cpu_model()
     try:
         import sklearn
 
