@@ -39,21 +39,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_model
+from _machine import CPU_PER_WALL, FOREIGN, Meter, _cos, cpu_model, finish, spread, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FOLDERS = ("runs/dev/base-smollm2", "runs/dev/ext3-smollm2")
 METHODS = ("mean_diff", "one_vs_rest", "raw_mean")
 SITE, POSITION = "resid", "mean"
 TARGET_S = 10.0
-SLOW_S = 5.0  # a call slower than this is timed once, not best of 3
 ANALYSES = ("similarity+norms", "stability", "shared", "agreement", "subspaces", "probes")
 
 
@@ -90,67 +89,6 @@ def machine(threads: int) -> dict[str, Any]:
     except ImportError:
         pass
     return info
-
-
-CPU_PER_WALL: list[float] = []  # this process, per timed call
-FOREIGN: list[float] = []  # cores used by other processes during each timed call
-
-
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy (``/proc/stat``; 0 where unavailable)."""
-    try:
-        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class Meter:
-    """Wall time, this process's CPU per wall second and the cores other processes used
-    meanwhile (machine busy time minus ours): above ~0.2 the timing is not clean."""
-
-    def __enter__(self) -> Meter:
-        self.b0, self.o0, self.t0 = _busy_seconds(), _own_seconds(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.t0
-        own = _own_seconds() - self.o0
-        self.cpu_per_wall = own / self.wall
-        self.foreign = max(0.0, (_busy_seconds() - self.b0 - own) / self.wall)
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Best of ``repeats`` wall times (one run if the first takes more than SLOW_S)."""
-    best, out, meter = float("inf"), None, None
-    for i in range(repeats):
-        with Meter() as m:
-            out = fn()
-        if m.wall < best:
-            best, meter = m.wall, m
-        if i == 0 and best > SLOW_S:
-            break
-    assert meter is not None
-    CPU_PER_WALL.append(meter.cpu_per_wall)
-    FOREIGN.append(meter.foreign)
-    return best, out
-
-
-def spread(n: int, k: int) -> list[int]:
-    """``k`` evenly spaced indices out of ``range(n)`` (all of them if ``k >= n``)."""
-    if k >= n:
-        return list(range(n))
-    return [int(i) for i in np.linspace(0, n - 1, k).round().astype(int)]
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
 # --------------------------------------------------------------------------- baselines
@@ -582,21 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for res in results["folders"]:
         print_tables(res)
     log()
-    worst = max(FOREIGN)
-    log(
-        f"cpu/wall of the timed calls in this process: {min(CPU_PER_WALL):.2f}-"
-        f"{max(CPU_PER_WALL):.2f} with {args.threads} threads; other processes used at most "
-        f"{worst:.2f} cores during a timed call"
-        + ("; WARNING: timings inflated by other processes, re-run" if worst > 0.2 else "")
-    )
-    results["cpu_per_wall"] = CPU_PER_WALL
-    results["other_cores"] = FOREIGN
-    results["loadavg_end"] = os.getloadavg()
-    results["seconds"] = time.perf_counter() - t_start
-    log()
-    log(f"total {results['seconds']:.0f}s; load average at end {os.getloadavg()[0]:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    finish(results, args.threads, t_start, args.json)
     return 0
 
 

@@ -137,3 +137,9 @@ def tiny(tiny_dir):
 @pytest.fixture(scope="session")
 def smollm2():
     return ec.load_model("smollm2-135m", progress=False)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """Gemma 3 270M from its PyPI GGUF (about a minute to load: load it once)."""
+    return ec.load_model("gemma3-270m", progress=False)

@@ -63,8 +63,8 @@ def test_smollm2_provenance_and_cache(smollm2):
         assert cos.min() > 0.98, (key, cos.min())
 
 
-def test_gemma3_capture_equals_transformers():
-    lm = ec.load_model("gemma3-270m", progress=False)
+def test_gemma3_capture_equals_transformers(gemma3):
+    lm = gemma3
     assert (lm.arch.n_layers, lm.arch.width, lm.arch.model_type) == (18, 640, "gemma3_text")
     assert lm.provenance["dequantised_from"] == "Q4_K_M"
     assert lm.tokenizer.padding_side == "left" and lm.tokenizer.bos_token == "<bos>"

@@ -59,8 +59,8 @@ def test_directions_are_split_half_stable_and_raw_means_all_alike(smollm2_runs):
 
 
 @pytest.fixture(scope="module")
-def gemma3_runs(tmp_path_factory):
-    lm = ec.load_model("gemma3-270m", progress=False)
+def gemma3_runs(gemma3, tmp_path_factory):
+    lm = gemma3
     root = tmp_path_factory.mktemp("rq1g")
     en = ec.extract(lm, ec.load_dataset("baseline"), root / "en", SPEC, progress=False)
     ja = ec.extract(lm, ec.load_dataset("ja"), root / "ja", SPEC, progress=False)

@@ -1,9 +1,40 @@
 """Comparing emotion representations across models (RQ2), with basis-free measures only:
 coordinate i of one model means nothing in another.
 
-Work in progress for issue 4: so far linear CKA with the unbiased HSIC estimator.
+- :mod:`~emocircuits.compare.cka`: linear CKA (unbiased HSIC) over every layer pair;
+- :mod:`~emocircuits.compare.rsa`: RSA of emotion centroids, mutual k-nearest neighbours;
+- :mod:`~emocircuits.compare.maps`: Procrustes and ridge maps, mapped emotion directions,
+  identification, subspace overlap;
+- :mod:`~emocircuits.compare.naive`: the pilot's coordinate-wise table, beside its random
+  null, to show why it means nothing;
+- :mod:`~emocircuits.compare.analysis`: all of it for two or more folders, and the files.
+
+Every statistic but the naive table is unchanged when one model's activations are rotated
+or scaled; every one comes with a null (:mod:`~emocircuits.compare.perm`).
 """
 
-from emocircuits.compare.cka import linear_cka, unbiased_hsic
+from emocircuits.compare.analysis import Comparison, align_rows, compare_models, write_comparison
+from emocircuits.compare.cka import cka_null, linear_cka, unbiased_hsic
+from emocircuits.compare.maps import MAPS, MapResult, compare_directions, split_rows
+from emocircuits.compare.naive import naive_table, random_cosines
+from emocircuits.compare.rsa import RSA, knn_indices, mutual_knn, rsa
 
-__all__ = ["linear_cka", "unbiased_hsic"]
+__all__ = [
+    "MAPS",
+    "RSA",
+    "Comparison",
+    "MapResult",
+    "align_rows",
+    "cka_null",
+    "compare_directions",
+    "compare_models",
+    "knn_indices",
+    "linear_cka",
+    "mutual_knn",
+    "naive_table",
+    "random_cosines",
+    "rsa",
+    "split_rows",
+    "unbiased_hsic",
+    "write_comparison",
+]

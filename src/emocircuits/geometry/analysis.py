@@ -348,7 +348,8 @@ def _headline(res: Analysis, position: str) -> dict[str, Any]:
     return out
 
 
-def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """A tidy table (list of flat dicts with the same keys) as CSV bytes."""
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -357,15 +358,25 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def write_analysis(res: Analysis, out: str | Path) -> Path:
-    """Write ``{table}.csv``, ``probes_cv.json`` and ``summary.json`` (last) into ``out``."""
+def write_tables(
+    out: str | Path, tables: dict[str, list[dict[str, Any]]], json_files: dict[str, Any]
+) -> Path:
+    """Write ``{name}.csv`` per table, then the JSON files in order (the last one, by
+    convention ``summary.json``, marks the folder complete); every file atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in res.tables.items():
-        atomic_write_bytes(out / f"{name}.csv", _csv_bytes(rows))
-    atomic_write_json(out / "probes_cv.json", res.probes)
-    atomic_write_json(out / "summary.json", res.summary)
+    for name, rows in tables.items():
+        atomic_write_bytes(out / f"{name}.csv", csv_bytes(rows))
+    for name, obj in json_files.items():
+        atomic_write_json(out / name, obj)
     return out
+
+
+def write_analysis(res: Analysis, out: str | Path) -> Path:
+    """Write ``{table}.csv``, ``probes_cv.json`` and ``summary.json`` (last) into ``out``."""
+    return write_tables(
+        out, res.tables, {"probes_cv.json": res.probes, "summary.json": res.summary}
+    )
 
 
 def read_table(folder: str | Path, name: str) -> list[dict[str, Any]]:

@@ -11,6 +11,12 @@ colour per emotion, direct labels, interval bands, layer 0 marked as the lexical
 [PosixPath('figures/norms.png'), PosixPath('figures/norms.svg')]
 """
 
+from emocircuits.plots.compare import (
+    cka_heatmap,
+    identification_curves,
+    map_quality,
+    mapped_cosines,
+)
 from emocircuits.plots.geometry import (
     PALETTE,
     distance_curves,
@@ -26,9 +32,13 @@ from emocircuits.plots.geometry import (
 
 __all__ = [
     "PALETTE",
+    "cka_heatmap",
     "distance_curves",
+    "identification_curves",
     "label_color",
     "layer_norms",
+    "map_quality",
+    "mapped_cosines",
     "probe_accuracy",
     "projection_2d",
     "save_figure",

@@ -267,3 +267,113 @@ def plot_vectors(path: str | Path, out: str | Path) -> list[Path]:
         out / f"{stem}-similarity",
     )
     return paths
+
+
+# ------------------------------------------------------------------------- comparisons
+def _truthy(v: Any) -> bool:
+    return str(v).strip().lower() in ("true", "1")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def plot_comparison(folder: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Figures of a folder written by ``emocircuits compare``, per model pair: CKA over
+    every layer pair, mapped-direction cosines with both nulls, identification and map
+    quality by layer.
+
+    >>> plot_comparison("runs/compare")  # doctest: +SKIP
+    [PosixPath('runs/compare/figures/smollm2_vs_gemma3-cka.png'), ...]
+    """
+    from emocircuits.plots.compare import (
+        cka_heatmap,
+        identification_curves,
+        map_quality,
+        mapped_cosines,
+    )
+
+    folder = Path(folder)
+    out = Path(out) if out is not None else folder / "figures"
+    grid, maps, dirs = (read_table(folder, n) for n in ("layer_pairs", "maps", "directions"))
+    paths: list[Path] = []
+    pairs = list(dict.fromkeys((r["model_a"], r["model_b"]) for r in grid))
+    for ma, mb in pairs:
+        stem = out / f"{_safe(ma)}_vs_{_safe(mb)}"
+        rows = [r for r in grid if (r["model_a"], r["model_b"]) == (ma, mb)]
+        la = sorted({r["layer_a"] for r in rows})
+        lb = sorted({r["layer_b"] for r in rows})
+        cka, p = np.full((len(la), len(lb)), np.nan), np.full((len(la), len(lb)), np.nan)
+        best = np.zeros(len(la), dtype=int)
+        for r in rows:
+            a, b = la.index(r["layer_a"]), lb.index(r["layer_b"])
+            cka[a, b] = r["cka"] if r["cka"] != "" else np.nan
+            p[a, b] = r["cka_p"] if r["cka_p"] != "" else np.nan
+            if _truthy(r["matched"]):
+                best[a] = b
+        fig = cka_heatmap(cka, la, lb, name_a=ma, name_b=mb, best_b=best, p=p)
+        paths += save_figure(fig, f"{stem}-cka")
+        mrows = [r for r in maps if (r["model_a"], r["model_b"]) == (ma, mb)]
+        by_map: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in mrows:
+            by_map[r["map"]].append(r)
+        acc, acc_p, r2 = {}, {}, {}
+        for m, rs in by_map.items():
+            layers = [r["layer_a"] for r in rs]
+            acc[m] = np.array([r["identification"] for r in rs], float)
+            acc_p[m] = np.array([r["identification_p"] for r in rs], float)
+            r2[m] = np.array([r["r2"] for r in rs], float)
+            drows = [r for r in dirs if (r["model_a"], r["model_b"], r["map"]) == (ma, mb, m)]
+            emotions = list(dict.fromkeys(r["emotion"] for r in drows))
+
+            def col(key: str, drows: list = drows, emotions: list = emotions) -> np.ndarray:
+                return np.array([[r[key] for r in drows if r["emotion"] == e] for e in emotions])
+
+            fig = mapped_cosines(
+                layers,
+                dict(zip(emotions, col("cos"), strict=True)),
+                null_lo=col("shuffle_null_lo").min(0),
+                null_hi=col("shuffle_null_hi").max(0),
+                perm_lo=col("perm_null_lo").min(0),
+                perm_hi=col("perm_null_hi").max(0),
+                title=f"{m} map {ma} → {mb}: cos(W v_A, v_B) per emotion (held-out rows)",
+                xlabel=f"layer of {ma} (each with its best-matching layer of {mb})",
+            )
+            paths += save_figure(fig, f"{stem}-{m}-cosines")
+        if acc:
+            chance = 1.0 / max(1, len({r["emotion"] for r in dirs}))
+            fig = identification_curves(
+                layers, acc, chance=chance, p=acc_p,
+                title=f"Cross-model identification {ma} → {mb}",
+            )  # fmt: skip
+            paths += save_figure(fig, f"{stem}-identification")
+            fig = map_quality(layers, r2, title=f"Held-out R² of the maps {ma} → {mb}")
+            paths += save_figure(fig, f"{stem}-r2")
+    return paths
+
+
+def plot_naive(rows_by_emotion: dict[str, dict[str, tuple]], out: str | Path) -> list[Path]:
+    """The pilot's naive cosines by layer, one figure per emotion, each pair a curve, with
+    the random-vector 95% band. ``rows_by_emotion``: ``{emotion: {pair: (layers, cos,
+    width)}}``."""
+    from emocircuits.compare.naive import random_cosines
+    from emocircuits.plots.compare import mapped_cosines
+
+    paths: list[Path] = []
+    for emo, curves in rows_by_emotion.items():
+        layers, _, width = next(iter(curves.values()))
+        null = random_cosines(width, 1)[:, 0]
+        lo, hi = np.quantile(null, [0.025, 0.975])
+        fig = mapped_cosines(
+            layers,
+            {pair: c for pair, (_, c, _) in curves.items()},
+            null_lo=np.full(len(layers), lo),
+            null_hi=np.full(len(layers), hi),
+            title=f"Naive cross-model cosine of {emo} directions (coordinate-dependent: "
+            "means nothing)",
+            ylabel="raw cosine, coordinate by coordinate",
+            xlabel="layer",
+            null_label=f"two random vectors of width {width} (95%)",
+        )
+        paths += save_figure(fig, Path(out) / f"naive-{_safe(emo)}")
+    return paths

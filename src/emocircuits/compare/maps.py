@@ -1,0 +1,372 @@
+"""Direction-level comparison through fitted maps from model A's activations to model B's.
+
+Coordinates of two models mean nothing to each other, so an emotion direction of A is
+compared with B's only after mapping it with a map fitted on *other* stimuli:
+
+- the rows are split, stratified by label, into ``fit`` rows (the maps are fitted there)
+  and ``held`` rows (the emotion directions are computed there and R^2 is measured there);
+- both models are centred on the fit rows and scaled to unit mean squared norm, so no
+  statistic depends on a model's basis or scale;
+- ``procrustes``: both models reduced to their top-``dim`` principal components (fitted on
+  the fit rows), then the orthogonal map (with one scale factor) from A's to B's. Cosines
+  are measured in B's principal subspace, and ``reach`` is the share of B's direction that
+  lies in it (what the map can reach at all);
+- ``ridge``: a linear map from all of A to all of B, its penalty chosen by leave-one-out
+  cross-validation on the fit rows (closed form). Its predictions lie in the span of B's
+  fit rows (all of B when there are more fit rows than dimensions), so B's directions are
+  compared there, and ``reach`` is again the share of them inside.
+
+For each emotion, ``cos(W v_A, v_B)`` has two nulls: **shuffled pairs** (the map refitted on
+fit rows of B shuffled against A: any map's chance agreement) and **label permutation** (the
+held rows' labels permuted, the same way in both models, and the directions recomputed: how
+well *any* contrast of these stimuli maps, i.e. whether emotion directions map better than
+arbitrary ones). Identification asks whether each mapped direction is closest to B's
+direction of the same emotion (chance ``1/E``); its exact null relabels B's emotions. The
+subspace spanned by the class means (``C - 1`` dimensions) is compared after mapping by the
+mean squared cosine of the principal angles, against ``k/d`` and the label-permutation null.
+Identification has only ``E!`` relabelings (3 emotions: p >= 1/6), so **decoding** asks the
+same question with the power of every held row: is A's activation of a held-out prompt,
+mapped into B, nearest to B's centroid (from the fit rows) of its own label? Chance is
+``1/C``, the p-value binomial; ``decode_self`` is B's own accuracy with the same centroids
+(the ceiling).
+
+>>> rng = np.random.default_rng(0); y = np.repeat(["a", "b", "neutral"], 30)
+>>> x = rng.normal(size=(90, 1, 12)) + 3 * (y == "a")[:, None, None] * rng.normal(size=12)
+>>> fit, held = split_rows(y, seed=0)
+>>> q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+>>> r = compare_directions(x, x @ q, y, [(0, 0)], fit=fit, held=held, n_perm=50, n_shuffle=20)
+>>> bool(r["procrustes"].cos.min() > 0.999), float(r["ridge"].ident[0])
+(True, 1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from emocircuits.compare.perm import permutations, relabelings
+from emocircuits.errors import DataError
+from emocircuits.geometry.directions import contrast_coefficients
+from emocircuits.geometry.probes import stratified_folds
+
+MAPS = ("procrustes", "ridge")
+"""Map kinds, by name."""
+
+
+def split_rows(labels: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint row indices ``(fit, held)``, each about half of every label.
+
+    >>> split_rows(["a", "b"] * 4)[0].size
+    4
+    """
+    fold = stratified_folds(np.asarray(labels), 2, seed)
+    return np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)
+
+
+@dataclass
+class MapResult:
+    """One map kind's comparison at each matched layer pair (``layers_a[i]`` of A with
+    ``layers_b[i]`` of B). Arrays are ``[L]`` or ``[L, E]``; nulls carry the replicates
+    first: ``cos_shuffle`` ``[n_shuffle, L, E]``, ``cos_perm`` ``[n_perm, L, E]``,
+    ``ident_null`` ``[relabelings, L]``, ``overlap_perm`` ``[n_perm, L]``. ``r2_null`` is
+    the shuffled-pair null of the held-out R^2 (``None`` where it is not computed: for
+    ridge the reference is the mean predictor, R^2 = 0)."""
+
+    name: str
+    layers_a: list[int]
+    layers_b: list[int]
+    emotions: list[str]
+    dim: int
+    k: int
+    r2: np.ndarray
+    r2_null: np.ndarray | None
+    lam: np.ndarray | None
+    cos: np.ndarray
+    reach: np.ndarray
+    cos_shuffle: np.ndarray
+    cos_perm: np.ndarray
+    ident: np.ndarray
+    ident_null: np.ndarray
+    ident_exact: bool
+    overlap: np.ndarray
+    overlap_perm: np.ndarray
+    decode: np.ndarray
+    decode_self: np.ndarray
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _normalised(x: np.ndarray, fit: np.ndarray):
+    """Centred on the fit rows and scaled to unit mean squared norm there (float64)."""
+    torch = _torch()
+    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    t = t - t[fit].mean(0)
+    return t / t[fit].pow(2).sum(1).mean().sqrt().clamp_min(1e-300)
+
+
+def _dir_stats(ma, mb, coef):
+    """Cosines ``[P, E]`` of contrasts ``coef`` ``[E, C]`` of class means ``ma``/``mb``
+    ``[P, C, D]`` (same D), and the overlap ``[P]`` of the spans of the centred means."""
+    torch = _torch()
+    ma, mb, coef = ma.double(), mb.double(), coef.double()  # tiny; float32 breaks the pinv
+    da, db = torch.einsum("ec,pcd->ped", coef, ma), torch.einsum("ec,pcd->ped", coef, mb)
+    cos = (da * db).sum(-1) / (da.norm(dim=-1) * db.norm(dim=-1)).clamp_min(1e-300)
+    ca, cb = ma - ma.mean(1, keepdim=True), mb - mb.mean(1, keepdim=True)
+    t = _pinv_sqrt(ca @ ca.transpose(1, 2)) @ (ca @ cb.transpose(1, 2))
+    t = t @ _pinv_sqrt(cb @ cb.transpose(1, 2))
+    return cos, t.pow(2).sum((1, 2)) / (ma.shape[1] - 1)
+
+
+def _pinv_sqrt(g):
+    torch = _torch()
+    val, vec = torch.linalg.eigh(g)
+    keep = val > 1e-10 * val.amax(-1, keepdim=True).clamp_min(1e-300)
+    inv = torch.where(keep, val.clamp_min(1e-300).rsqrt(), torch.zeros_like(val))
+    return (vec * inv[..., None, :]) @ vec.transpose(-1, -2)
+
+
+def _nearest_centroid(x, centroids) -> np.ndarray:
+    """Index of the nearest (Euclidean) centroid ``[C, D]`` for each row of ``x``."""
+    d = (x * x).sum(1, keepdim=True) - 2 * x @ centroids.T + (centroids**2).sum(1)[None]
+    return d.argmin(1).numpy()
+
+
+def _cos_rows(a, b):
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)
+
+
+def _loo_penalty(u, s, y) -> float:
+    """The ridge penalty (on a log grid relative to the mean squared singular value) with
+    the smallest leave-one-out error, in closed form from the SVD ``x = u diag(s) v^T``:
+    the residual of row ``i`` left out is ``(y_i - yhat_i) / (1 - H_ii)``, where the hat
+    matrix includes the centring (``1/n``): without it, centred rows are linearly dependent
+    and leaving one out looks free. (Generalised cross-validation fails when there are fewer
+    rows than dimensions: it prefers the interpolating map, whose held-out R^2 is far below
+    0.)"""
+    torch = _torch()
+    grid = (s**2).mean() * torch.logspace(-6, 3, 19, dtype=s.dtype)
+    uf, yf, uy = u.float(), y.float(), (u.T @ y).float()
+    best, best_err = float(grid[0]), float("inf")
+    for lam in grid:
+        h = (s**2 / (s**2 + lam)).float()
+        lev = (uf**2 * h).sum(1) + 1.0 / len(uf)  # H_ii, with the (unpenalised) centring
+        resid = yf - (uf * h) @ uy
+        err = float((resid.pow(2).sum(1) / (1 - lev).clamp_min(1e-6) ** 2).sum())
+        if err < best_err:
+            best, best_err = float(lam), err
+    return best
+
+
+def compare_directions(
+    xa: np.ndarray,
+    xb: np.ndarray,
+    labels: Sequence[str],
+    pairs: Sequence[tuple[int, int]],
+    *,
+    fit: np.ndarray,
+    held: np.ndarray,
+    method: str = "one_vs_rest",
+    baseline: str = "neutral",
+    dim: int | None = None,
+    n_perm: int = 1000,
+    n_shuffle: int = 200,
+    maps: Sequence[str] = MAPS,
+    layers_a: Sequence[int] | None = None,
+    layers_b: Sequence[int] | None = None,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, MapResult]:
+    """Fit each map in ``maps`` at each layer pair ``(ia, ib)`` of ``pairs`` (indices along
+    axis 1 of ``xa`` ``[n, La, Wa]`` and ``xb`` ``[n, Lb, Wb]``, same rows) on the ``fit``
+    rows, and compare the emotion directions of the ``held`` rows (see the module
+    docstring). ``n_perm`` label permutations (and ridge's shuffled pairs), ``n_shuffle``
+    Procrustes refits on shuffled pairs (one SVD each)."""
+    torch = _torch()
+    for m in maps:
+        if m not in MAPS:
+            raise DataError(f"unknown map {m!r}; choose from {', '.join(MAPS)}")
+    lab = np.asarray(labels)
+    if len(np.intersect1d(fit, held)):
+        raise DataError("the map's fit rows and the direction rows must be disjoint")
+    held_lab = lab[held]
+    classes = list(dict.fromkeys(held_lab.tolist()))
+    if baseline not in classes:
+        raise DataError(f"baseline label {baseline!r} not in the labels ({', '.join(classes)})")
+    counts = np.array([(held_lab == c).sum() for c in classes], dtype=float)
+    coef_d = contrast_coefficients(classes, counts, baseline, method)
+    emotions = list(coef_d)
+    coef = torch.from_numpy(np.stack([coef_d[e] for e in emotions]))
+    n_fit, wa, wb = len(fit), xa.shape[-1], xb.shape[-1]
+    d = int(min(dim or max(2, min(64, n_fit // 4)), wa, wb, n_fit - 1))
+    # class-mean operators of the held rows: [0] the real labels, [1:] permuted ones
+    perm_lab = held_lab[permutations(len(held), n_perm, seed + 1)]
+    onehot = np.concatenate([held_lab[None], perm_lab])[:, None, :] == np.array(classes)[:, None]
+    avg = torch.from_numpy(onehot / counts[:, None]).float()  # [1 + P, C, n_held]
+    avg64 = avg[0:1].double()
+    shuffles = torch.from_numpy(permutations(n_fit, n_shuffle, seed + 2))
+    shuffles_r = torch.from_numpy(permutations(n_fit, n_perm, seed + 2))
+    relabel, exact = relabelings(len(emotions), n_perm, seed + 3)
+    fit_t, held_t = torch.from_numpy(fit), torch.from_numpy(held)
+    fit_lab = lab[fit]
+    fit_avg = torch.from_numpy(
+        np.stack([(fit_lab == c) / max(1, (fit_lab == c).sum()) for c in classes])
+    ).double()  # [C, n_fit]: B's centroids for decoding
+    truth = np.array([classes.index(v) for v in held_lab])
+
+    cache: dict[tuple[str, int], tuple] = {}
+
+    def prepared(side: str, x: np.ndarray, i: int):
+        if (side, i) not in cache:
+            t = _normalised(x[:, i], fit_t)
+            u, s, vt = torch.linalg.svd(t[fit_t], full_matrices=False)
+            mean = avg64[0] @ t[held_t]  # real class means [C, W]
+            mean_p = avg[1:] @ t[held_t].float()  # permuted [P, C, W]
+            cache[(side, i)] = (t, u, s, vt, mean, mean_p)
+        return cache[(side, i)]
+
+    out: dict[str, dict[str, list]] = {m: {} for m in maps}
+
+    def put(m: str, **kw) -> None:
+        for key, v in kw.items():
+            out[m].setdefault(key, []).append(v)
+
+    for step, (ia, ib) in enumerate(pairs):
+        ta, ua, sa, vta, mean_a, perm_a = prepared("a", xa, ia)
+        tb, _, sb, vtb, mean_b, perm_b = prepared("b", xb, ib)
+        dir_b = coef.double() @ mean_b  # [E, Wb] B's real directions
+        if "procrustes" in maps:
+            va, vb = vta[:d].T, vtb[:d].T
+            za, zb = ta @ va, tb @ vb
+            m_fit = za[fit_t].T @ zb[fit_t]
+            u, s, vt = torch.linalg.svd(m_fit)
+            rot = u @ vt
+            za_sq = za[fit_t].pow(2).sum()
+            scale = s.sum() / za_sq
+            zh_a, zh_b = za[held_t], zb[held_t]
+            tot = (zh_b - zh_b.mean(0)).pow(2).sum()
+            r2 = 1 - (scale * zh_a @ rot - zh_b).pow(2).sum() / tot
+            cos, ov = _dir_stats((mean_a @ va @ rot)[None], (mean_b @ vb)[None], coef)
+            cos_p, ov_p = _dir_stats(perm_a @ va.float() @ rot.float(), perm_b @ vb.float(), coef)
+            # shuffled pairs: the map refitted with B's fit rows shuffled
+            zf_b = zb[fit_t].float()
+            m_p = torch.einsum("nd,pne->pde", za[fit_t].float(), zf_b[shuffles])
+            u_p, s_p, vt_p = torch.linalg.svd(m_p)
+            rot_p = u_p @ vt_p
+            da = (coef.double() @ mean_a @ va).float()  # A's real directions, PCA coords
+            db = (dir_b @ vb).float()
+            cos_s = _cos_rows(torch.einsum("ed,pdf->pef", da, rot_p), db[None])
+            scale_p = s_p.sum(-1).double() / za_sq
+            cross = (zh_a.T @ zh_b).float()
+            res_p = (
+                scale_p**2 * zh_a.pow(2).sum()
+                - 2 * scale_p * (rot_p * cross).sum((1, 2)).double()
+                + zh_b.pow(2).sum()
+            )
+            reach = db.double().norm(dim=-1) / dir_b.norm(dim=-1).clamp_min(1e-300)
+            cent = fit_avg @ zb[fit_t]
+            decode = (_nearest_centroid(scale * zh_a @ rot, cent) == truth).mean()
+            decode_self = (_nearest_centroid(zh_b, cent) == truth).mean()
+            put(
+                "procrustes",
+                dim=d,
+                r2=float(r2),
+                r2_null=(1 - res_p / tot).numpy(),
+                lam=None,
+                cos=cos[0].numpy(),
+                reach=reach.numpy(),
+                cos_shuffle=cos_s.numpy(),
+                cos_perm=cos_p.numpy(),
+                ov=float(ov[0]),
+                ov_p=ov_p.numpy(),
+                cmat=_cos_matrix((da.double() @ rot), db.double()),
+                decode=decode,
+                decode_self=decode_self,
+            )
+        if "ridge" in maps:
+            y = tb[fit_t]
+            uy = ua.T @ y  # [r, Wb]
+            lam = _loo_penalty(ua, sa, y)
+            g = sa / (sa**2 + lam)
+            w = vta.T @ (g[:, None] * uy)  # [Wa, Wb]
+            hb = tb[held_t]
+            tot = (hb - hb.mean(0)).pow(2).sum()
+            r2 = 1 - (ta[held_t] @ w - hb).pow(2).sum() / tot
+            # ridge predictions lie in the span of B's fit rows: compare B's directions there
+            span = vtb[sb > 1e-10 * sb.max()]  # [rank, Wb] orthonormal rows
+            rank = len(span)
+            mean_b_r = mean_b @ span.T @ span
+            perm_b_r = perm_b @ span.T.float() @ span.float()
+            dir_b_r = coef.double() @ mean_b_r
+            cos, ov = _dir_stats((mean_a @ w)[None], mean_b_r[None], coef)
+            cos_p, ov_p = _dir_stats(perm_a @ w.float(), perm_b_r, coef)
+            dir_a = coef.double() @ mean_a  # [E, Wa]
+            c = ua @ (g[:, None] * (vta @ dir_a.T))  # [n_fit, E]: v_A W = c^T Y
+            inv = torch.argsort(shuffles_r, 1)
+            cent = fit_avg @ y
+            decode = (_nearest_centroid(ta[held_t] @ w, cent) == truth).mean()
+            decode_self = (_nearest_centroid(hb, cent) == truth).mean()
+            mapped = torch.einsum("pne,nw->pew", c.float()[inv], y.float())
+            cos_s = _cos_rows(mapped, dir_b_r.float()[None])
+            reach = dir_b_r.norm(dim=-1) / dir_b.norm(dim=-1).clamp_min(1e-300)
+            put(
+                "ridge",
+                r2=float(r2),
+                r2_null=None,
+                lam=lam,
+                dim=rank,
+                cos=cos[0].numpy(),
+                reach=reach.numpy(),
+                cos_shuffle=cos_s.numpy(),
+                cos_perm=cos_p.numpy(),
+                ov=float(ov[0]),
+                ov_p=ov_p.numpy(),
+                cmat=_cos_matrix(dir_a @ w, dir_b_r),
+                decode=decode,
+                decode_self=decode_self,
+            )
+        if progress is not None:
+            progress(step)
+
+    la = [int(i) for i, _ in pairs] if layers_a is None else [layers_a[i] for i, _ in pairs]
+    lb = [int(j) for _, j in pairs] if layers_b is None else [layers_b[j] for _, j in pairs]
+    results = {}
+    for m, v in out.items():
+        best = np.stack([c.argmax(1) for c in v["cmat"]])  # [L, E] B emotion nearest to each
+        ident = (best == np.arange(len(emotions))).mean(1)
+        ident_null = (best[None] == relabel[:, None, :]).mean(2)  # [R, L]
+        results[m] = MapResult(
+            name=m,
+            layers_a=la,
+            layers_b=lb,
+            emotions=emotions,
+            dim=int(min(v["dim"])),
+            k=len(classes) - 1,
+            r2=np.array(v["r2"]),
+            r2_null=None if v["r2_null"][0] is None else np.stack(v["r2_null"], 1),
+            lam=None if v["lam"][0] is None else np.array(v["lam"]),
+            cos=np.stack(v["cos"]),
+            reach=np.stack(v["reach"]),
+            cos_shuffle=np.stack(v["cos_shuffle"], 1),
+            cos_perm=np.stack(v["cos_perm"], 1),
+            ident=ident,
+            ident_null=ident_null,
+            ident_exact=exact,
+            overlap=np.array(v["ov"]),
+            overlap_perm=np.stack(v["ov_p"], 1),
+            decode=np.array(v["decode"], dtype=float),
+            decode_self=np.array(v["decode_self"], dtype=float),
+        )
+    return results
+
+
+def _cos_matrix(a, b) -> np.ndarray:
+    """``[E, E]`` cosines between rows of ``a`` and rows of ``b``."""
+    a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    return (a @ b.T).numpy()
