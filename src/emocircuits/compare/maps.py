@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,120 @@ def _loo_penalty(u, s, y) -> float:
     return best
 
 
+@dataclass
+class _Layer:
+    """One model's layer, prepared: normalised rows ``t``, the SVD of its fit rows, and the
+    class means of the held rows for the real labels (float64) and the permuted ones."""
+
+    t: Any
+    u: Any
+    s: Any
+    vt: Any
+    mean: Any
+    mean_perm: Any
+
+
+@dataclass
+class _Setup:
+    """What every layer pair shares: rows, contrasts, nulls' permutations, decoding."""
+
+    fit: Any
+    held: Any
+    coef: Any  # [E, C] contrast coefficients over the class means
+    shuffles: Any  # [n_shuffle, n_fit] Procrustes refits
+    shuffles_ridge: Any  # [n_perm, n_fit]
+    fit_avg: Any  # [C, n_fit] class-mean operator of the fit rows
+    truth: np.ndarray  # class index of each held row
+
+
+def _procrustes(a: _Layer, b: _Layer, d: int, st: _Setup) -> dict[str, Any]:
+    """Orthogonal map (with one scale) between the top-``d`` principal coordinates."""
+    torch = _torch()
+    coef, fit, held = st.coef.double(), st.fit, st.held
+    va, vb = a.vt[:d].T, b.vt[:d].T
+    za, zb = a.t @ va, b.t @ vb
+    u, s, vt = torch.linalg.svd(za[fit].T @ zb[fit])
+    rot = u @ vt
+    za_sq = za[fit].pow(2).sum()
+    scale = s.sum() / za_sq
+    zh_a, zh_b = za[held], zb[held]
+    tot = (zh_b - zh_b.mean(0)).pow(2).sum()
+    r2 = 1 - (scale * zh_a @ rot - zh_b).pow(2).sum() / tot
+    cos, ov = _dir_stats((a.mean @ va @ rot)[None], (b.mean @ vb)[None], st.coef)
+    cos_p, ov_p = _dir_stats(
+        a.mean_perm @ va.float() @ rot.float(), b.mean_perm @ vb.float(), st.coef
+    )
+    da, db = coef @ a.mean @ va, coef @ b.mean @ vb  # real directions, PCA coordinates
+    # shuffled pairs: the map refitted with B's fit rows shuffled (batched SVDs)
+    m_p = torch.einsum("nd,pne->pde", za[fit].float(), zb[fit].float()[st.shuffles])
+    u_p, s_p, vt_p = torch.linalg.svd(m_p)
+    rot_p = u_p @ vt_p
+    cos_s = _cos_rows(torch.einsum("ed,pdf->pef", da.float(), rot_p), db.float()[None])
+    scale_p = s_p.sum(-1).double() / za_sq
+    res_p = (
+        scale_p**2 * zh_a.pow(2).sum()
+        - 2 * scale_p * (rot_p * (zh_a.T @ zh_b).float()).sum((1, 2)).double()
+        + zh_b.pow(2).sum()
+    )
+    cent = st.fit_avg @ zb[fit]
+    return {
+        "dim": d,
+        "r2": float(r2),
+        "r2_null": (1 - res_p / tot).numpy(),
+        "lam": None,
+        "cos": cos[0].numpy(),
+        "reach": (db.norm(dim=-1) / (coef @ b.mean).norm(dim=-1).clamp_min(1e-300)).numpy(),
+        "cos_shuffle": cos_s.numpy(),
+        "cos_perm": cos_p.numpy(),
+        "ov": float(ov[0]),
+        "ov_p": ov_p.numpy(),
+        "cmat": _cos_matrix(da @ rot, db),
+        "decode": (_nearest_centroid(scale * zh_a @ rot, cent) == st.truth).mean(),
+        "decode_self": (_nearest_centroid(zh_b, cent) == st.truth).mean(),
+    }
+
+
+def _ridge(a: _Layer, b: _Layer, st: _Setup) -> dict[str, Any]:
+    """Ridge map from all of A to all of B; B's directions compared in the span of its fit
+    rows, where every prediction lies."""
+    torch = _torch()
+    coef, fit, held = st.coef.double(), st.fit, st.held
+    y = b.t[fit]
+    uy = a.u.T @ y  # [r, Wb]
+    lam = _loo_penalty(a.u, a.s, y)
+    g = a.s / (a.s**2 + lam)
+    w = a.vt.T @ (g[:, None] * uy)  # [Wa, Wb]
+    hb = b.t[held]
+    tot = (hb - hb.mean(0)).pow(2).sum()
+    r2 = 1 - (a.t[held] @ w - hb).pow(2).sum() / tot
+    span = b.vt[b.s > 1e-10 * b.s.max()]  # [rank, Wb] orthonormal rows
+    mean_b = b.mean @ span.T @ span
+    perm_b = b.mean_perm @ span.T.float() @ span.float()
+    cos, ov = _dir_stats((a.mean @ w)[None], mean_b[None], st.coef)
+    cos_p, ov_p = _dir_stats(a.mean_perm @ w.float(), perm_b, st.coef)
+    dir_a, dir_b = coef @ a.mean, coef @ mean_b
+    # a map refitted on shuffled pairs sends v_A to c^T P Y, with c = U g V^T v_A
+    c = a.u @ (g[:, None] * (a.vt @ dir_a.T))  # [n_fit, E]
+    inv = torch.argsort(st.shuffles_ridge, 1)
+    mapped = torch.einsum("pne,nw->pew", c.float()[inv], y.float())
+    cent = st.fit_avg @ y
+    return {
+        "dim": len(span),
+        "r2": float(r2),
+        "r2_null": None,
+        "lam": lam,
+        "cos": cos[0].numpy(),
+        "reach": (dir_b.norm(dim=-1) / (coef @ b.mean).norm(dim=-1).clamp_min(1e-300)).numpy(),
+        "cos_shuffle": _cos_rows(mapped, dir_b.float()[None]).numpy(),
+        "cos_perm": cos_p.numpy(),
+        "ov": float(ov[0]),
+        "ov_p": ov_p.numpy(),
+        "cmat": _cos_matrix(dir_a @ w, dir_b),
+        "decode": (_nearest_centroid(a.t[held] @ w, cent) == st.truth).mean(),
+        "decode_self": (_nearest_centroid(hb, cent) == st.truth).mean(),
+    }
+
+
 def compare_directions(
     xa: np.ndarray,
     xb: np.ndarray,
@@ -185,8 +300,10 @@ def compare_directions(
     """Fit each map in ``maps`` at each layer pair ``(ia, ib)`` of ``pairs`` (indices along
     axis 1 of ``xa`` ``[n, La, Wa]`` and ``xb`` ``[n, Lb, Wb]``, same rows) on the ``fit``
     rows, and compare the emotion directions of the ``held`` rows (see the module
-    docstring). ``n_perm`` label permutations (and ridge's shuffled pairs), ``n_shuffle``
-    Procrustes refits on shuffled pairs (one SVD each)."""
+    docstring). ``dim``: Procrustes' principal components (default ``min(64, fit rows / 4)``:
+    an orthogonal map of ``d^2 / 2`` parameters overfits few rows). ``n_perm`` label
+    permutations (and ridge's shuffled pairs), ``n_shuffle`` Procrustes refits on shuffled
+    pairs (one SVD each)."""
     torch = _torch()
     for m in maps:
         if m not in MAPS:
@@ -194,142 +311,48 @@ def compare_directions(
     lab = np.asarray(labels)
     if len(np.intersect1d(fit, held)):
         raise DataError("the map's fit rows and the direction rows must be disjoint")
-    held_lab = lab[held]
+    held_lab, fit_lab = lab[held], lab[fit]
     classes = list(dict.fromkeys(held_lab.tolist()))
     if baseline not in classes:
         raise DataError(f"baseline label {baseline!r} not in the labels ({', '.join(classes)})")
     counts = np.array([(held_lab == c).sum() for c in classes], dtype=float)
     coef_d = contrast_coefficients(classes, counts, baseline, method)
     emotions = list(coef_d)
-    coef = torch.from_numpy(np.stack([coef_d[e] for e in emotions]))
-    n_fit, wa, wb = len(fit), xa.shape[-1], xb.shape[-1]
-    d = int(min(dim or max(2, min(64, n_fit // 4)), wa, wb, n_fit - 1))
+    n_fit = len(fit)
+    d = int(min(dim or max(2, min(64, n_fit // 4)), xa.shape[-1], xb.shape[-1], n_fit - 1))
     # class-mean operators of the held rows: [0] the real labels, [1:] permuted ones
     perm_lab = held_lab[permutations(len(held), n_perm, seed + 1)]
     onehot = np.concatenate([held_lab[None], perm_lab])[:, None, :] == np.array(classes)[:, None]
     avg = torch.from_numpy(onehot / counts[:, None]).float()  # [1 + P, C, n_held]
-    avg64 = avg[0:1].double()
-    shuffles = torch.from_numpy(permutations(n_fit, n_shuffle, seed + 2))
-    shuffles_r = torch.from_numpy(permutations(n_fit, n_perm, seed + 2))
+    st = _Setup(
+        fit=torch.from_numpy(fit),
+        held=torch.from_numpy(held),
+        coef=torch.from_numpy(np.stack([coef_d[e] for e in emotions])),
+        shuffles=torch.from_numpy(permutations(n_fit, n_shuffle, seed + 2)),
+        shuffles_ridge=torch.from_numpy(permutations(n_fit, n_perm, seed + 2)),
+        fit_avg=torch.from_numpy(
+            np.stack([(fit_lab == c) / max(1, (fit_lab == c).sum()) for c in classes])
+        ).double(),
+        truth=np.array([classes.index(v) for v in held_lab]),
+    )
     relabel, exact = relabelings(len(emotions), n_perm, seed + 3)
-    fit_t, held_t = torch.from_numpy(fit), torch.from_numpy(held)
-    fit_lab = lab[fit]
-    fit_avg = torch.from_numpy(
-        np.stack([(fit_lab == c) / max(1, (fit_lab == c).sum()) for c in classes])
-    ).double()  # [C, n_fit]: B's centroids for decoding
-    truth = np.array([classes.index(v) for v in held_lab])
+    cache: dict[tuple[str, int], _Layer] = {}
 
-    cache: dict[tuple[str, int], tuple] = {}
-
-    def prepared(side: str, x: np.ndarray, i: int):
+    def prepared(side: str, x: np.ndarray, i: int) -> _Layer:
         if (side, i) not in cache:
-            t = _normalised(x[:, i], fit_t)
-            u, s, vt = torch.linalg.svd(t[fit_t], full_matrices=False)
-            mean = avg64[0] @ t[held_t]  # real class means [C, W]
-            mean_p = avg[1:] @ t[held_t].float()  # permuted [P, C, W]
-            cache[(side, i)] = (t, u, s, vt, mean, mean_p)
+            t = _normalised(x[:, i], st.fit)
+            u, s, vt = torch.linalg.svd(t[st.fit], full_matrices=False)
+            h = t[st.held]
+            cache[(side, i)] = _Layer(t, u, s, vt, avg[0].double() @ h, avg[1:] @ h.float())
         return cache[(side, i)]
 
     out: dict[str, dict[str, list]] = {m: {} for m in maps}
-
-    def put(m: str, **kw) -> None:
-        for key, v in kw.items():
-            out[m].setdefault(key, []).append(v)
-
     for step, (ia, ib) in enumerate(pairs):
-        ta, ua, sa, vta, mean_a, perm_a = prepared("a", xa, ia)
-        tb, _, sb, vtb, mean_b, perm_b = prepared("b", xb, ib)
-        dir_b = coef.double() @ mean_b  # [E, Wb] B's real directions
-        if "procrustes" in maps:
-            va, vb = vta[:d].T, vtb[:d].T
-            za, zb = ta @ va, tb @ vb
-            m_fit = za[fit_t].T @ zb[fit_t]
-            u, s, vt = torch.linalg.svd(m_fit)
-            rot = u @ vt
-            za_sq = za[fit_t].pow(2).sum()
-            scale = s.sum() / za_sq
-            zh_a, zh_b = za[held_t], zb[held_t]
-            tot = (zh_b - zh_b.mean(0)).pow(2).sum()
-            r2 = 1 - (scale * zh_a @ rot - zh_b).pow(2).sum() / tot
-            cos, ov = _dir_stats((mean_a @ va @ rot)[None], (mean_b @ vb)[None], coef)
-            cos_p, ov_p = _dir_stats(perm_a @ va.float() @ rot.float(), perm_b @ vb.float(), coef)
-            # shuffled pairs: the map refitted with B's fit rows shuffled
-            zf_b = zb[fit_t].float()
-            m_p = torch.einsum("nd,pne->pde", za[fit_t].float(), zf_b[shuffles])
-            u_p, s_p, vt_p = torch.linalg.svd(m_p)
-            rot_p = u_p @ vt_p
-            da = (coef.double() @ mean_a @ va).float()  # A's real directions, PCA coords
-            db = (dir_b @ vb).float()
-            cos_s = _cos_rows(torch.einsum("ed,pdf->pef", da, rot_p), db[None])
-            scale_p = s_p.sum(-1).double() / za_sq
-            cross = (zh_a.T @ zh_b).float()
-            res_p = (
-                scale_p**2 * zh_a.pow(2).sum()
-                - 2 * scale_p * (rot_p * cross).sum((1, 2)).double()
-                + zh_b.pow(2).sum()
-            )
-            reach = db.double().norm(dim=-1) / dir_b.norm(dim=-1).clamp_min(1e-300)
-            cent = fit_avg @ zb[fit_t]
-            decode = (_nearest_centroid(scale * zh_a @ rot, cent) == truth).mean()
-            decode_self = (_nearest_centroid(zh_b, cent) == truth).mean()
-            put(
-                "procrustes",
-                dim=d,
-                r2=float(r2),
-                r2_null=(1 - res_p / tot).numpy(),
-                lam=None,
-                cos=cos[0].numpy(),
-                reach=reach.numpy(),
-                cos_shuffle=cos_s.numpy(),
-                cos_perm=cos_p.numpy(),
-                ov=float(ov[0]),
-                ov_p=ov_p.numpy(),
-                cmat=_cos_matrix((da.double() @ rot), db.double()),
-                decode=decode,
-                decode_self=decode_self,
-            )
-        if "ridge" in maps:
-            y = tb[fit_t]
-            uy = ua.T @ y  # [r, Wb]
-            lam = _loo_penalty(ua, sa, y)
-            g = sa / (sa**2 + lam)
-            w = vta.T @ (g[:, None] * uy)  # [Wa, Wb]
-            hb = tb[held_t]
-            tot = (hb - hb.mean(0)).pow(2).sum()
-            r2 = 1 - (ta[held_t] @ w - hb).pow(2).sum() / tot
-            # ridge predictions lie in the span of B's fit rows: compare B's directions there
-            span = vtb[sb > 1e-10 * sb.max()]  # [rank, Wb] orthonormal rows
-            rank = len(span)
-            mean_b_r = mean_b @ span.T @ span
-            perm_b_r = perm_b @ span.T.float() @ span.float()
-            dir_b_r = coef.double() @ mean_b_r
-            cos, ov = _dir_stats((mean_a @ w)[None], mean_b_r[None], coef)
-            cos_p, ov_p = _dir_stats(perm_a @ w.float(), perm_b_r, coef)
-            dir_a = coef.double() @ mean_a  # [E, Wa]
-            c = ua @ (g[:, None] * (vta @ dir_a.T))  # [n_fit, E]: v_A W = c^T Y
-            inv = torch.argsort(shuffles_r, 1)
-            cent = fit_avg @ y
-            decode = (_nearest_centroid(ta[held_t] @ w, cent) == truth).mean()
-            decode_self = (_nearest_centroid(hb, cent) == truth).mean()
-            mapped = torch.einsum("pne,nw->pew", c.float()[inv], y.float())
-            cos_s = _cos_rows(mapped, dir_b_r.float()[None])
-            reach = dir_b_r.norm(dim=-1) / dir_b.norm(dim=-1).clamp_min(1e-300)
-            put(
-                "ridge",
-                r2=float(r2),
-                r2_null=None,
-                lam=lam,
-                dim=rank,
-                cos=cos[0].numpy(),
-                reach=reach.numpy(),
-                cos_shuffle=cos_s.numpy(),
-                cos_perm=cos_p.numpy(),
-                ov=float(ov[0]),
-                ov_p=ov_p.numpy(),
-                cmat=_cos_matrix(dir_a @ w, dir_b_r),
-                decode=decode,
-                decode_self=decode_self,
-            )
+        a, b = prepared("a", xa, ia), prepared("b", xb, ib)
+        for m in maps:
+            res = _procrustes(a, b, d, st) if m == "procrustes" else _ridge(a, b, st)
+            for key, v in res.items():
+                out[m].setdefault(key, []).append(v)
         if progress is not None:
             progress(step)
 
