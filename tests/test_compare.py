@@ -208,3 +208,21 @@ def test_naive_null_is_a_random_rotation_of_the_second_model():
     assert len(rows) == 1  # m3 has another width: no naive row for it
     assert rows[0]["mean"] == pytest.approx(1.0) and rows[0]["p_random"] == 0.0
     assert rows[0]["random_mean_hi"] < 0.5 and "coordinate-dependent" in rows[0]["basis"]
+
+
+def test_ridge_r2_is_tested_by_a_sign_test_over_held_out_rows():
+    from emocircuits.compare.analysis import _gain_p
+
+    gain = np.array([[5.0, 1, 1, 1, 1, 1, 1, 1, -100, -1], [1.0] * 10])
+    p = _gain_p(gain)
+    assert p[0] == pytest.approx(56 / 1024)  # P(at least 8 heads of 10)
+    assert p[1] == pytest.approx(1 / 1024)  # the -100 outlier does not matter, only signs
+
+
+def test_naive_rows_carry_the_one_layer_random_vector_range():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(4, 100)), rng.normal(size=(4, 100))
+    (row,) = naive_table({"m1": {"x": a}, "m2": {"x": b}})
+    half = 1.96 / np.sqrt(100)  # cos of two random vectors in R^100: sd 1/sqrt(100)
+    assert row["random_vector_lo"] == pytest.approx(-half, abs=0.02)
+    assert row["random_vector_hi"] == pytest.approx(half, abs=0.02)

@@ -369,6 +369,9 @@ def _map_rows(tables: dict[str, list], r: MapResult, na: str, nb: str, n_held: i
     if r.r2_null is not None:
         r_lo, r_hi = null_band(r.r2_null)
         r_p = perm_p(r.r2, r.r2_null)
+    else:  # ridge: against the mean predictor
+        r_lo = r_hi = np.zeros(len(r.r2))
+        r_p = _gain_p(r.r2_gain)
     for li, (a, b) in enumerate(zip(r.layers_a, r.layers_b, strict=True)):
         row = {
             "model_a": na,
@@ -378,9 +381,9 @@ def _map_rows(tables: dict[str, list], r: MapResult, na: str, nb: str, n_held: i
             "layer_b": b,
             "dim": r.dim,
             "r2": _f(r.r2[li]),
-            "r2_null_lo": _f(r_lo[li]) if r.r2_null is not None else 0.0,
-            "r2_null_hi": _f(r_hi[li]) if r.r2_null is not None else 0.0,
-            "r2_p": _f(r_p[li]) if r.r2_null is not None else None,
+            "r2_null_lo": _f(r_lo[li]),
+            "r2_null_hi": _f(r_hi[li]),
+            "r2_p": _f(r_p[li]),
             "lambda": _f(r.lam[li]) if r.lam is not None else None,
             "identification": _f(r.ident[li]),
             "chance": _f(1 / len(r.emotions)),
@@ -478,14 +481,29 @@ def _map_headlines(r: MapResult, nb: str, held_labels: np.ndarray) -> dict[str, 
             r.r2.mean(), r.r2_null.mean(1), f"maps refitted on shuffled pairs ({len(r.r2_null)})"
         ) | {"statistic": f"mean over layers of held-out R^2 (top-{r.dim} PCA coordinates)"}
     else:
+        p = float(_gain_p(r.r2_gain.mean(0, keepdims=True))[0])
         out[f"{m}_r2"] = {
             "value": _f(r.r2.mean()),
-            "null": "mean predictor (R^2 = 0)",
+            "null": "mean predictor (R^2 = 0); p: sign test over the held-out rows of the "
+            "squared-error gain over it",
             "null_mean": 0.0,
-            "beyond_chance": bool(r.r2.mean() > 0),
+            "null_95": [0.0, 0.0],
+            "p": _f(p),
+            "effect": _f(r.r2.mean()),
+            "beyond_chance": bool(p < ALPHA),
             "statistic": "mean over layers of held-out R^2",
         }
     return out
+
+
+def _gain_p(gain: np.ndarray) -> np.ndarray:
+    """Sign test per row of ``gain`` ``[L, n]``: p of at least that many held-out prompts
+    predicted better than by the mean, if each were a coin flip. (Robust: one prompt with a
+    huge activation dominates R^2 and would swamp a t-test.)"""
+    from scipy.stats import binom
+
+    n = gain.shape[1]
+    return binom.sf((gain > 0).sum(1) - 1, n, 0.5)
 
 
 def write_comparison(res: Comparison, out: str | Path) -> Path:

@@ -72,8 +72,9 @@ class MapResult:
     ``layers_b[i]`` of B). Arrays are ``[L]`` or ``[L, E]``; nulls carry the replicates
     first: ``cos_shuffle`` ``[n_shuffle, L, E]``, ``cos_perm`` ``[n_perm, L, E]``,
     ``ident_null`` ``[relabelings, L]``, ``overlap_perm`` ``[n_perm, L]``. ``r2_null`` is
-    the shuffled-pair null of the held-out R^2 (``None`` where it is not computed: for
-    ridge the reference is the mean predictor, R^2 = 0)."""
+    the shuffled-pair null of the held-out R^2 (Procrustes; refitting ridge per shuffle
+    costs a product over the full widths, so ridge is tested against the mean predictor
+    instead: ``r2_gain`` ``[L, n_held]`` is each held row's squared-error gain over it)."""
 
     name: str
     layers_a: list[int]
@@ -83,6 +84,7 @@ class MapResult:
     k: int
     r2: np.ndarray
     r2_null: np.ndarray | None
+    r2_gain: np.ndarray | None
     lam: np.ndarray | None
     cos: np.ndarray
     reach: np.ndarray
@@ -224,6 +226,7 @@ def _procrustes(a: _Layer, b: _Layer, d: int, st: _Setup) -> dict[str, Any]:
         "dim": d,
         "r2": float(r2),
         "r2_null": (1 - res_p / tot).numpy(),
+        "r2_gain": None,
         "lam": None,
         "cos": cos[0].numpy(),
         "reach": (db.norm(dim=-1) / (coef @ b.mean).norm(dim=-1).clamp_min(1e-300)).numpy(),
@@ -249,7 +252,8 @@ def _ridge(a: _Layer, b: _Layer, st: _Setup) -> dict[str, Any]:
     w = a.vt.T @ (g[:, None] * uy)  # [Wa, Wb]
     hb = b.t[held]
     tot = (hb - hb.mean(0)).pow(2).sum()
-    r2 = 1 - (a.t[held] @ w - hb).pow(2).sum() / tot
+    err = (a.t[held] @ w - hb).pow(2).sum(1)
+    r2 = 1 - err.sum() / tot
     span = b.vt[b.s > 1e-10 * b.s.max()]  # [rank, Wb] orthonormal rows
     mean_b = b.mean @ span.T @ span
     perm_b = b.mean_perm @ span.T.float() @ span.float()
@@ -265,6 +269,7 @@ def _ridge(a: _Layer, b: _Layer, st: _Setup) -> dict[str, Any]:
         "dim": len(span),
         "r2": float(r2),
         "r2_null": None,
+        "r2_gain": ((hb - hb.mean(0)).pow(2).sum(1) - err).numpy(),
         "lam": lam,
         "cos": cos[0].numpy(),
         "reach": (dir_b.norm(dim=-1) / (coef @ b.mean).norm(dim=-1).clamp_min(1e-300)).numpy(),
@@ -372,6 +377,7 @@ def compare_directions(
             k=len(classes) - 1,
             r2=np.array(v["r2"]),
             r2_null=None if v["r2_null"][0] is None else np.stack(v["r2_null"], 1),
+            r2_gain=None if v["r2_gain"][0] is None else np.stack(v["r2_gain"]),
             lam=None if v["lam"][0] is None else np.array(v["lam"]),
             cos=np.stack(v["cos"]),
             reach=np.stack(v["reach"]),

@@ -81,6 +81,12 @@ def naive_table(
                     round(float(hi), 6),
                 )
             row["p_random"] = round(float((np.abs(null["mean"]) >= abs(obs["mean"])).mean()), 6)
+            # one layer's cosine of two independent random vectors of this width (95%)
+            lo, hi = null_band(random_cosines(a.shape[-1], 1, seed=seed)[:, 0])
+            row["random_vector_lo"], row["random_vector_hi"] = (
+                round(float(lo), 6),
+                round(float(hi), 6),
+            )
             row["width"], row["layers"] = a.shape[-1], len(a)
             row["basis"] = "coordinate-dependent: not a similarity between models"
             rows.append(row)
