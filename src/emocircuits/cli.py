@@ -611,6 +611,79 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- steer
+def cmd_steer(args: argparse.Namespace) -> int:
+    import json
+
+    from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
+    from emocircuits.data import load_dataset
+    from emocircuits.data.dataset import load_prompts
+    from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
+    from emocircuits.interventions import typical_norms
+    from emocircuits.interventions.run import steer_prompts, summarize
+    from emocircuits.models import load_model
+
+    prompts = load_prompts(args.prompts)  # fail before loading the model
+    vecs = EmotionVectors.load(args.vectors)
+    if args.emotion not in vecs.directions:
+        raise EmocircuitsError(
+            f"no {args.emotion!r} direction in {args.vectors} (has {', '.join(vecs.emotions)})"
+        )
+    if not args.layer or not args.alpha:
+        raise EmocircuitsError(
+            "give --layer and --alpha (recommended settings from `steer-sweep` do not exist "
+            "yet; METHODS.md: SmolLM2 layer 15, alpha 0.125-0.5)"
+        )
+    for layer in args.layer:
+        if layer not in vecs.layers:
+            raise EmocircuitsError(
+                f"layer {layer} is not in {args.vectors} "
+                f"(layers {vecs.layers[0]}-{vecs.layers[-1]})"
+            )
+    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    ref = [e.text for e in load_dataset("baseline").examples][:: max(1, 200 // 64)]
+    scales = typical_norms(lm, ref)
+    n_runs = 1 + 2 * len(args.layer) * len(args.alpha)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n_runs, desc="steer", unit="condition", disable=args.quiet) as bar:
+        rows = steer_prompts(
+            lm, prompts, vecs, args.emotion, layers=args.layer, alphas=args.alpha,
+            scales=scales, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            where=args.where, seed=args.seed, progress=lambda _: bar.update(1),
+        )  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(
+        out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    )
+    summary = summarize(rows)
+    meta = {
+        "format": "emocircuits.steer",
+        "version": 1,
+        "model": lm.provenance,
+        "vectors": {"file": str(safetensors_path(args.vectors)), **vecs.meta()},
+        "emotion": args.emotion,
+        "scales": {"what": "median residual norm over content tokens of 64 baseline prompts",
+                   "values": [round(float(v), 4) for v in scales]},
+        "settings": {"layers": args.layer, "alphas": args.alpha, "where": args.where,
+                     "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                     "decoding": "greedy", "prompts": str(args.prompts), "n_prompts": len(prompts)},
+        "summary": summary,
+    }  # fmt: skip
+    atomic_write_json(out.with_suffix(".summary.json"), meta)
+    print(f"{'condition':10s} {'layer':>5s} {'alpha':>6s}  {'VADER change [95%]':24s} "
+          f"{'marker ' + args.emotion:>16s}  ppl ratio")  # fmt: skip
+    for r in summary:
+        layer = "-" if r["layer"] is None else str(r["layer"])
+        ch = f"{r['vader_change']:+.3f} [{r['vader_change_lo']:+.3f}, {r['vader_change_hi']:+.3f}]"
+        mk = r.get(f"marker_{args.emotion}", float("nan"))
+        print(f"{r['condition']:10s} {layer:>5s} {r['alpha']:6.3f}  {ch:24s} {mk:16.2f}  "
+              f"{r['perplexity_ratio_median']:.2f}")  # fmt: skip
+    print(f"wrote {out} ({len(rows)} rows) and {out.with_suffix('.summary.json')}")
+    return 0
+
+
 # ------------------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
     from emocircuits.models import BUILTINS, SUPPORTED
@@ -979,6 +1052,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="pilot: naive table CSV to write (default OUT/cross_model_similarity.csv)",
     )
     co.set_defaults(func=cmd_compare)
+
+    st = sub.add_parser(
+        "steer",
+        help="continue prompts with an emotion direction added, and score the text",
+        description="Adds alpha * s_l * (unit direction) to the residual stream at each "
+        "--layer (s_l: the median residual norm there over content tokens of 64 baseline "
+        "prompts, so alphas compare across layers and models) while the model continues "
+        "each prompt (greedy, KV cache, batched). Conditions: none (unsteered), direction, "
+        "and random (a random unit direction, same layer and alpha). Each JSONL row has the "
+        "prompt, condition, layer, alpha, the continuation (new text only), VADER compound, "
+        "emotion-marker hits, repetition and the perplexity under the unsteered model; "
+        "FILE.summary.json has means with bootstrap intervals per condition. Vectors come "
+        "from `emocircuits vectors` (e.g. --method one_vs_rest on `extended`, mean rule).",
+    )
+    st.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in name, folder, .gguf file or hub id (default {DEFAULT_MODEL})",
+    )
+    st.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    st.add_argument("--emotion", required=True, help="which direction to add")
+    st.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with text")
+    st.add_argument("--out", required=True, help="JSONL file to write")
+    st.add_argument("--layer", type=int, nargs="+", default=None, help="residual layer(s)")
+    st.add_argument(
+        "--alpha", type=float, nargs="+", default=None, help="strength(s), x typical norm"
+    )
+    st.add_argument("--max-new-tokens", type=_positive, default=30)
+    st.add_argument("--batch-size", type=_positive, default=8)
+    st.add_argument(
+        "--where",
+        choices=("all", "new"),
+        default="all",
+        help="add at every position (default) or only at generated tokens",
+    )
+    st.add_argument("--seed", type=int, default=0, help="random-direction control (default 0)")
+    st.add_argument("--trust-remote-code", action="store_true")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=cmd_steer)
 
     mo = sub.add_parser("models", help="built-in models and supported architectures")
     mo.set_defaults(func=cmd_models)

@@ -208,3 +208,43 @@ def load_dataset(
     examples = parse_jsonl(raw, source)
     check_counts(examples, source, min_per_class=min_per_class, baseline=baseline)
     return Dataset(tuple(examples), source, hashlib.sha256(raw).hexdigest())
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts to continue: a ``.txt`` file (one per non-empty line) or JSONL objects with a
+    ``text`` field (a dataset file works; other fields are ignored). Problems name
+    ``file:line``.
+
+    >>> load_prompts("prompts.txt")[:1]  # doctest: +SKIP
+    ['The meeting was moved to Thursday.']
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"no prompt file {p}")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError("not UTF-8 text", where=str(p)) from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if p.suffix != ".jsonl":
+            out.append(line.strip())
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"not valid JSON ({e.msg} at column {e.colno})", where=f"{p}:{n}"
+            ) from None
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("text"), str)
+            or not obj["text"].strip()
+        ):
+            raise DataError("expected an object with a non-empty string 'text'", where=f"{p}:{n}")
+        out.append(obj["text"])
+    if not out:
+        raise DataError("no prompts (the file is empty)", where=f"{p}:1")
+    return out

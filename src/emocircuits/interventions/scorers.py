@@ -1,0 +1,106 @@
+"""Scorers of generated text that do not depend on the steered model.
+
+- :func:`vader`: VADER compound sentiment (Hutto & Gilbert 2014; the ``vadersentiment``
+  package ships its lexicon), in [-1, 1];
+- :func:`marker_rate`: whether a text contains a marker word of an emotion (:data:`MARKERS`,
+  matched on lowercase word prefixes, so ``apolog`` matches apologise / apologize /
+  apology);
+- fluency: :func:`distinct_n` (share of distinct word n-grams over a set of texts) and
+  :func:`repetition` (share of a text's word trigrams that already occurred in it).
+
+Words are split by the project (:func:`words`): lowercase runs of letters and apostrophes,
+so nothing needs NLTK data.
+
+>>> round(float(vader(["Thank you, this is wonderful!"])[0]), 2) > 0.5
+True
+>>> marker_rate(["I'm so sorry about that.", "Fine."], "apology").tolist()
+[1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import cache
+
+import numpy as np
+
+from emocircuits.errors import DataError
+
+MARKERS: dict[str, tuple[str, ...]] = {
+    "gratitude": ("thank", "grateful", "gratitude", "appreciat", "thankful", "indebted"),
+    "apology": ("sorry", "apolog", "forgive", "regret", "my fault", "my bad", "pardon"),
+    "anger": (
+        "angry",
+        "anger",
+        "furious",
+        "hate",
+        "rage",
+        "outrag",
+        "annoy",
+        "livid",
+        "infuriat",
+        "mad at",
+        "sick of",
+        "fed up",
+    ),
+}
+"""Emotion-marker word prefixes (two-word entries match as a phrase)."""
+
+_WORD = re.compile(r"[a-z']+")
+
+
+def words(text: str) -> list[str]:
+    """Lowercase words (letters and apostrophes); the project's own tokenizer."""
+    return _WORD.findall(text.lower())
+
+
+@cache
+def _analyzer():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def vader(texts: Sequence[str]) -> np.ndarray:
+    """VADER compound score of each text."""
+    a = _analyzer()
+    return np.array([a.polarity_scores(t)["compound"] for t in texts], dtype=float)
+
+
+def marker_rate(texts: Sequence[str], emotion: str) -> np.ndarray:
+    """1.0 where a text contains a marker of ``emotion``, else 0.0."""
+    if emotion not in MARKERS:
+        raise DataError(f"no marker words for {emotion!r} (known: {', '.join(MARKERS)})")
+    out = []
+    for t in texts:
+        ws = words(t)
+        joined = " " + " ".join(ws) + " "
+        hit = any(
+            (f" {m}" in joined) if " " in m else any(w.startswith(m) for w in ws)
+            for m in MARKERS[emotion]
+        )
+        out.append(float(hit))
+    return np.array(out)
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct word n-grams over all n-grams of ``texts`` (1.0: no n-gram repeats)."""
+    grams = [
+        tuple(ws[i : i + n]) for t in texts for ws in [words(t)] for i in range(len(ws) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """Share of a text's word n-grams that already occurred earlier in it (0: none)."""
+    ws = words(text)
+    grams = [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)]
+    if not grams:
+        return 0.0
+    seen: set[tuple[str, ...]] = set()
+    repeats = 0
+    for g in grams:
+        repeats += g in seen
+        seen.add(g)
+    return repeats / len(grams)

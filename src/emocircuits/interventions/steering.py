@@ -1,0 +1,139 @@
+"""Steering: add ``alpha * s_l * v`` to the residual stream at layer ``l`` while the model
+runs (``generate`` and its KV cache included), and take it out again on exit.
+
+- ``v`` is the unit emotion direction; ``s_l`` is the **typical residual norm** at layer
+  ``l``: the median L2 norm of the residual stream over content tokens (the first token of
+  each text, the attention sink, excluded) of a set of texts (:func:`typical_norms`). So
+  ``alpha`` is a fraction of the usual size of the stream there: the same alpha means the
+  same relative push at every layer and in every model.
+- Layers use the activation-folder numbering: layer ``l >= 1`` is the output of block
+  ``l - 1`` (what ``resid`` layer ``l`` captures), layer 0 the embedding output.
+- ``where="all"`` adds at every position, prompt and generated tokens alike;
+  ``where="new"`` only at generated tokens (forward passes that continue a KV cache).
+- The model is never modified: a forward hook per steered block, removed on exit, also
+  after an exception.
+
+>>> with steering(lm, [Steer(layer=15, vector=v, alpha=0.25, scale=s[15])]):  # doctest: +SKIP
+...     out = lm.model.generate(**inputs, max_new_tokens=30, do_sample=False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from emocircuits.capture.hooks import hooked
+from emocircuits.errors import CaptureError
+
+if TYPE_CHECKING:
+    from emocircuits.models.loading import LoadedModel
+
+WHERE = ("all", "new")
+
+
+@dataclass
+class Steer:
+    """One addition: ``alpha * scale * vector / |vector|`` at residual layer ``layer``."""
+
+    layer: int
+    vector: Any  # [width] array or tensor
+    alpha: float
+    scale: float = 1.0
+
+    def delta(self, width: int) -> Any:
+        import torch
+
+        v = torch.as_tensor(np.asarray(self.vector, dtype=np.float64)).flatten()
+        if v.numel() != width:
+            raise CaptureError(f"steering vector has {v.numel()} values, the model {width}")
+        n = float(v.norm())
+        if n == 0:
+            raise CaptureError(f"steering vector for layer {self.layer} is zero")
+        return v / n * (self.alpha * self.scale)
+
+
+@contextmanager
+def steering(lm: LoadedModel, steers: Sequence[Steer], *, where: str = "all") -> Iterator[None]:
+    """Add each :class:`Steer` to the residual stream for the duration of the block."""
+    import torch
+
+    if where not in WHERE:
+        raise CaptureError(f"unknown steering position {where!r}; choose from {', '.join(WHERE)}")
+    arch = lm.arch
+    by_layer: dict[int, Any] = {}
+    for s in steers:
+        layer = arch.normalize_layer(s.layer, "resid")
+        d = s.delta(arch.width)
+        by_layer[layer] = by_layer.get(layer, 0) + d
+    state = {"decoding": False}
+
+    def model_pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        cache = kwargs.get("past_key_values")
+        state["decoding"] = cache is not None and _cached_length(cache) > 0
+
+    def add(delta: torch.Tensor):
+        def apply(h: torch.Tensor) -> torch.Tensor:
+            if where == "new" and not state["decoding"]:
+                return h
+            return h + delta.to(h.dtype)
+
+        def forward(module: Any, args: Any, output: Any) -> Any:
+            if isinstance(output, tuple | list):
+                return (apply(output[0]), *output[1:])
+            return apply(output)
+
+        def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+            if args:
+                return (apply(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": apply(kwargs["hidden_states"])}
+
+        return forward, pre
+
+    hooks: list = [(lm.model, "pre", model_pre)]
+    for layer, delta in by_layer.items():
+        forward, pre = add(delta)
+        if layer == 0:
+            hooks.append((arch.blocks[0], "pre", pre))
+        else:
+            hooks.append((arch.blocks[layer - 1], "forward", forward))
+    with hooked(hooks):
+        yield
+
+
+def _cached_length(cache: Any) -> int:
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    try:  # legacy tuple of (key, value) per layer
+        return int(cache[0][0].shape[-2])
+    except (TypeError, IndexError, AttributeError):
+        return 0
+
+
+def typical_norms(lm: LoadedModel, texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
+    """``[n_layers + 1]`` median residual norm per layer over the content tokens of
+    ``texts`` (each text's first token, the attention sink, left out): the ``s_l`` that
+    makes steering strengths comparable across layers and models.
+
+    >>> s = typical_norms(lm, ["Thanks for the help.", "The bus is late."])  # doctest: +SKIP
+    """
+    from emocircuits.capture.capture import CaptureSpec, capture
+
+    acts = capture(
+        lm, list(texts), CaptureSpec(sites=("resid",), positions=("all",), batch_size=batch_size)
+    )
+    x, pos = acts["resid/all"], acts["all/pos"]
+    keep = pos > _first_positions(acts["all/row"], pos)
+    if not keep.any():
+        keep = np.ones(len(pos), dtype=bool)
+    return np.median(np.linalg.norm(x[keep], axis=-1), axis=0)
+
+
+def _first_positions(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Each token's row's first position (the attention sink)."""
+    first = np.full(rows.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, rows, pos)
+    return first[rows]

@@ -1,0 +1,129 @@
+"""A steering run on a tiny model: the conditions, the unsteered rows equal plain greedy
+generation, perplexity equals a computation by hand, the summary pairs prompts; the CLI
+writes JSONL + summary and refuses bad input with one line, writing nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import emocircuits as ec
+from emocircuits.geometry import compute_vectors
+from emocircuits.interventions import typical_norms
+from emocircuits.interventions.run import generate, perplexity, steer_prompts, summarize
+
+from helpers import one_error_line, run
+
+PROMPTS = ["The meeting moved to Thursday.", "I went to the store and", "Here is the plan:"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny, tiny_dir, tmp_path_factory):
+    lm = tiny("gpt2")
+    lm.provenance["folder"] = str(tiny_dir("gpt2"))
+    root = tmp_path_factory.mktemp("steer")
+    spec = ec.CaptureSpec(sites=("resid",), positions=("mean",))
+    acts = ec.extract(lm, ec.load_dataset("baseline"), root / "acts", spec, progress=False)
+    vecs = compute_vectors(acts, method="one_vs_rest")
+    path = vecs.save(root / "v.safetensors")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return lm, vecs, path, root
+
+
+def test_rows_conditions_and_the_unsteered_baseline(setup):
+    lm, vecs, _, _ = setup
+    scales = typical_norms(lm, PROMPTS)
+    rows = steer_prompts(lm, PROMPTS, vecs, "anger", layers=[1, 2], alphas=[0.5, 2.0],
+                         scales=scales, max_new_tokens=5)  # fmt: skip
+    conds = [(r["condition"], r["layer"], r["alpha"]) for r in rows]
+    assert len(rows) == len(PROMPTS) * (1 + 2 * 2 * 2)
+    assert conds.count(("none", None, 0.0)) == len(PROMPTS)
+    assert conds.count(("direction", 2, 2.0)) == conds.count(("random", 1, 0.5)) == len(PROMPTS)
+    # `none` is plain greedy generation, prompt by prompt
+    tok = lm.tokenizer
+    for r in [r for r in rows if r["condition"] == "none"]:
+        enc = tok(r["prompt"], return_tensors="pt")
+        kw = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": tok.pad_token_id}
+        with torch.no_grad():
+            ids = lm.model.generate(**enc, **kw)[0, enc["input_ids"].shape[1] :].tolist()
+        if tok.eos_token_id in ids:
+            ids = ids[: ids.index(tok.eos_token_id)]
+        assert r["continuation"] == tok.decode(ids, skip_special_tokens=True)
+    strong = [
+        r["continuation"] for r in rows if r["condition"] == "direction" and r["alpha"] == 2.0
+    ]
+    plain = [r["continuation"] for r in rows if r["condition"] == "none"]
+    assert strong[: len(PROMPTS)] != plain  # a strong push changes the text
+    for r in rows:
+        assert (-1 <= r["vader"] <= 1 and r["perplexity"] > 0) or r["n_new_tokens"] == 0
+
+
+def test_perplexity_by_hand_and_summary_pairs_prompts(setup):
+    lm = setup[0]
+    ids = generate(lm, PROMPTS[:1], max_new_tokens=4)
+    p = lm.tokenizer(PROMPTS[0])["input_ids"]
+    full = torch.tensor([p + ids[0]])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(input_ids=full).logits[0], -1)
+    nll = -np.mean([float(logp[len(p) - 1 + i, t]) for i, t in enumerate(ids[0])])
+    assert perplexity(lm, PROMPTS[:1], ids)[0] == pytest.approx(np.exp(nll), rel=1e-4)
+    rows = [
+        {"prompt_index": i, "condition": c, "layer": None if c == "none" else 1,
+         "alpha": 0.0 if c == "none" else 1.0, "vader": v, "marker_gratitude": 0.0,
+         "marker_apology": 0.0, "marker_anger": 0.0, "repetition": 0.0, "perplexity": pp,
+         "continuation": "a b"}
+        for i, (c, v, pp) in enumerate([("none", 0.1, 2.0), ("none", -0.2, 4.0)])
+    ] + [
+        {"prompt_index": 0, "condition": "direction", "layer": 1, "alpha": 1.0, "vader": 0.5,
+         "marker_gratitude": 1.0, "marker_apology": 0.0, "marker_anger": 0.0,
+         "repetition": 0.0, "perplexity": 3.0, "continuation": "a b"},
+        {"prompt_index": 1, "condition": "direction", "layer": 1, "alpha": 1.0, "vader": 0.6,
+         "marker_gratitude": 0.0, "marker_apology": 0.0, "marker_anger": 0.0,
+         "repetition": 0.0, "perplexity": 4.0, "continuation": "a b"},
+    ]  # fmt: skip
+    s = {r["condition"]: r for r in summarize(rows)}
+    assert s["direction"]["vader_change"] == pytest.approx(((0.5 - 0.1) + (0.6 + 0.2)) / 2)
+    assert s["direction"]["perplexity_ratio_median"] == pytest.approx((1.5 + 1.0) / 2)
+    assert s["direction"]["marker_gratitude"] == pytest.approx(0.5)
+    assert s["none"]["vader_change"] == 0.0
+
+
+def test_cli_writes_jsonl_and_summary(setup, capsys):
+    lm, _, path, root = setup
+    model_dir = lm.provenance["folder"]
+    out = root / "out" / "anger.jsonl"
+    code, stdout, err = run(capsys, "steer", "--model", model_dir, "--vectors", path,
+                            "--emotion", "anger", "--prompts", root / "prompts.txt",
+                            "--out", out, "--layer", "1", "--alpha", "1.0",
+                            "--max-new-tokens", "4", "--quiet")  # fmt: skip
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 * len(PROMPTS)
+    assert {"prompt", "condition", "layer", "alpha", "continuation", "vader"} <= set(rows[0])
+    meta = json.loads(out.with_suffix(".summary.json").read_text())
+    assert meta["emotion"] == "anger" and meta["settings"]["layers"] == [1]
+    assert len(meta["scales"]["values"]) == lm.arch.n_layers + 1
+    assert "direction" in stdout and "random" in stdout
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--emotion", "joy", "--layer", "1", "--alpha", "1"], "no 'joy' direction"),
+        (["--emotion", "anger", "--layer", "99", "--alpha", "1"], "layer 99 is not in"),
+        (["--emotion", "anger"], "give --layer and --alpha"),
+    ],
+)
+def test_cli_refuses_bad_input_with_one_line(setup, capsys, extra, message):
+    _, _, path, root = setup
+    out = root / "bad" / "x.jsonl"
+    code, _, err = run(capsys, "steer", "--vectors", path, "--prompts", root / "prompts.txt",
+                       "--out", out, *extra)  # fmt: skip
+    assert code == 2 and message in one_error_line(err) and not out.exists()
+    (root / "empty.txt").write_text("\n")
+    code, _, err = run(capsys, "steer", "--vectors", path, "--prompts", root / "empty.txt",
+                       "--out", out, "--emotion", "anger")  # fmt: skip
+    assert code == 2 and "empty.txt:1" in one_error_line(err)
