@@ -702,6 +702,16 @@ def _add_activations_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    from emocircuits.models import DEFAULT_MODEL
+
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in name, folder, .gguf file or hub id (default {DEFAULT_MODEL})",
+    )
+
+
 def _add_reading_args(p: argparse.ArgumentParser) -> None:
     """Which activations an analysis reads: site, position rule, baseline label."""
     p.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
@@ -718,7 +728,6 @@ def build_parser() -> argparse.ArgumentParser:
     from emocircuits.geometry.directions import CONTRASTS, METHODS
     from emocircuits.geometry.probes import PROBES
     from emocircuits.geometry.subspaces import KINDS
-    from emocircuits.models import DEFAULT_MODEL
 
     p = _Parser(
         prog="emocircuits",
@@ -769,11 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  emotion_word_first  / emotion_word_mean: first / mean of its sub-tokens\n"
         "  all                 every token (small runs only)\n",
     )
-    x.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"built-in name, folder, .gguf file or hub id (default {DEFAULT_MODEL})",
-    )
+    _add_model_arg(x)
     x.add_argument("--data", required=True, help="preset name or JSONL file")
     x.add_argument("--out", required=True, help="output folder")
     x.add_argument(
@@ -1066,11 +1071,7 @@ def build_parser() -> argparse.ArgumentParser:
         "FILE.summary.json has means with bootstrap intervals per condition. Vectors come "
         "from `emocircuits vectors` (e.g. --method one_vs_rest on `extended`, mean rule).",
     )
-    st.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"built-in name, folder, .gguf file or hub id (default {DEFAULT_MODEL})",
-    )
+    _add_model_arg(st)
     st.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
     st.add_argument("--emotion", required=True, help="which direction to add")
     st.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with text")
