@@ -76,6 +76,8 @@ def steering(lm: LoadedModel, steers: Sequence[Steer], *, where: str = "all") ->
         state["decoding"] = cache is not None and _cached_length(cache) > 0
 
     def add(delta: torch.Tensor):
+        delta = delta.to(lm.dtype)  # once, not per call
+
         def apply(h: torch.Tensor) -> torch.Tensor:
             if where == "new" and not state["decoding"]:
                 return h
