@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import emocircuits as ec
-from emocircuits.compare.cka import _grams, linear_cka, unbiased_hsic
+from emocircuits.compare.cka import gram_matrices, linear_cka, unbiased_hsic
 from emocircuits.errors import DataError
 
 
@@ -28,7 +28,7 @@ def hsic_by_hand(x: np.ndarray, y: np.ndarray) -> float:
 def test_unbiased_hsic_matches_the_formula():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(12, 1, 5)), rng.normal(size=(12, 2, 3))
-    got = unbiased_hsic(_grams(x), _grams(y))
+    got = unbiased_hsic(gram_matrices(x)[0], gram_matrices(y)[0])
     for b in range(2):
         assert got[0, b] == pytest.approx(hsic_by_hand(x[:, 0], y[:, b]), rel=1e-10)
 

@@ -396,7 +396,9 @@ def _cmd_compare_pilot(args: argparse.Namespace) -> int:
     if not args.models or len(args.models) < 2:
         raise EmocircuitsError("--vectors_dir needs --models with at least two model names")
     vecs = {
-        m: EmotionVectors.load(Path(args.vectors_dir) / f"{m}_vectors.pkl") for m in args.models
+        # the pilot's {model}_vectors.pkl names: `vectors` writes them as .safetensors
+        m: EmotionVectors.load(Path(args.vectors_dir) / f"{m}_vectors.safetensors")
+        for m in args.models
     }
     rows = naive_table({m: v.directions for m, v in vecs.items()})
     widths = {m: v.directions[v.emotions[0]].shape[-1] for m, v in vecs.items()}

@@ -23,11 +23,6 @@ from emocircuits.compare.perm import permutations
 from emocircuits.errors import DataError
 
 
-def _grams(x: np.ndarray) -> np.ndarray:
-    """Centred linear Gram matrices ``[L, n, n]`` (float64) with zeroed diagonals."""
-    return gram_matrices(x)[0]
-
-
 def gram_matrices(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centred linear Grams ``[L, n, n]`` (float64, diagonal zeroed) of activations
     ``[n, L, W]``, and their diagonals ``[L, n]`` (squared norms of the centred rows)."""
@@ -76,7 +71,7 @@ def linear_cka(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
     the same ``n`` stimuli in the same order (widths may differ)."""
     if len(xa) != len(xb):
         raise DataError(f"CKA needs the same stimuli on both sides ({len(xa)} vs {len(xb)} rows)")
-    return cka_from_grams(_grams(xa), _grams(xb))
+    return cka_from_grams(gram_matrices(xa)[0], gram_matrices(xb)[0])
 
 
 def cka_null(
@@ -93,7 +88,7 @@ def cka_null(
     one matrix product ``[La, n^2/2] @ [n^2/2, Lb]``; float32 (the null's spread is far
     above float32 rounding).
 
-    >>> k = _grams(np.random.default_rng(0).normal(size=(30, 2, 5)))
+    >>> k, _ = gram_matrices(np.random.default_rng(0).normal(size=(30, 2, 5)))
     >>> cka_null(k, k, n_perm=50).shape
     (50, 2, 2)
     """

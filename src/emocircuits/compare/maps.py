@@ -255,8 +255,10 @@ def _ridge(a: _Layer, b: _Layer, st: _Setup) -> dict[str, Any]:
     err = (a.t[held] @ w - hb).pow(2).sum(1)
     r2 = 1 - err.sum() / tot
     span = b.vt[b.s > 1e-10 * b.s.max()]  # [rank, Wb] orthonormal rows
-    mean_b = b.mean @ span.T @ span
-    perm_b = b.mean_perm @ span.T.float() @ span.float()
+    mean_b, perm_b = b.mean, b.mean_perm
+    if len(span) < span.shape[1]:  # fewer fit rows than dimensions: project onto their span
+        mean_b = mean_b @ span.T @ span
+        perm_b = perm_b @ span.T.float() @ span.float()
     cos, ov = _dir_stats((a.mean @ w)[None], mean_b[None], st.coef)
     cos_p, ov_p = _dir_stats(a.mean_perm @ w.float(), perm_b, st.coef)
     dir_a, dir_b = coef @ a.mean, coef @ mean_b
