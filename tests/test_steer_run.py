@@ -114,7 +114,7 @@ def test_cli_writes_jsonl_and_summary(setup, capsys):
     [
         (["--emotion", "joy", "--layer", "1", "--alpha", "1"], "no 'joy' direction"),
         (["--emotion", "anger", "--layer", "99", "--alpha", "1"], "layer 99 is not in"),
-        (["--emotion", "anger"], "give --layer and --alpha"),
+        (["--emotion", "anger"], "no recommended settings"),
     ],
 )
 def test_cli_refuses_bad_input_with_one_line(setup, capsys, extra, message):

@@ -613,76 +613,483 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-# -------------------------------------------------------------------------------- steer
-def cmd_steer(args: argparse.Namespace) -> int:
-    import json
+def cmd_map_vectors(args: argparse.Namespace) -> int:
+    import numpy as np
 
-    from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
-    from emocircuits.data import load_dataset
-    from emocircuits.data.dataset import load_prompts
+    from emocircuits.capture import load_activations
+    from emocircuits.compare.analysis import align_rows
+    from emocircuits.compare.maps import map_directions
     from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
+
+    vecs = EmotionVectors.load(args.vectors)
+    a, b = load_activations(args.source), load_activations(args.target)
+    (xa, xb), _, _ = align_rows([a, b], vecs.site, vecs.position)
+    la, lb = xa.shape[1] - 1, xb.shape[1] - 1
+    if xa.shape[2] != vecs.directions[vecs.emotions[0]].shape[-1]:
+        raise EmocircuitsError(f"{args.vectors} is not from the model of {args.source}")
+    pairs = {j: round(j * la / lb) for j in range(lb + 1)}  # same relative depth
+    pairs = {j: i for j, i in pairs.items() if i in vecs.layers}
+    if not pairs:
+        raise EmocircuitsError(f"no layer of {args.vectors} matches a layer of {args.target}")
+    dirs = {e: np.zeros((len(pairs), xb.shape[2]), dtype=np.float32) for e in vecs.emotions}
+    for k, (j, i) in enumerate(pairs.items()):
+        d = np.stack([vecs.directions[e][vecs.layers.index(i)] for e in vecs.emotions])
+        mapped = map_directions(xa[:, i], xb[:, j], d, method=args.method)
+        for e, m in zip(vecs.emotions, mapped, strict=True):
+            dirs[e][k] = m
+    out = EmotionVectors(
+        directions=dirs,
+        norms={e: np.ones(len(pairs), dtype=np.float32) for e in vecs.emotions},
+        layers=list(pairs),
+        method=f"mapped:{vecs.method}",
+        site=vecs.site,
+        position=vecs.position,
+        baseline=vecs.baseline,
+        provenance={"mapped_from": str(safetensors_path(args.vectors)), "map": args.method,
+                    "source_activations": str(args.source),
+                    "target_activations": str(args.target),
+                    "layer_pairs": {str(j): i for j, i in pairs.items()},
+                    "layer_matching": "same relative depth",
+                    "source": vecs.provenance, "norms": "not meaningful (set to 1)"},
+    )  # fmt: skip
+    path = out.save(args.out)
+    print(
+        f"wrote {path}: {len(vecs.emotions)} directions of {a.path} mapped ({args.method}) "
+        f"into the {len(pairs)} layers of {b.path}; steer with `steer --transfer {path}`"
+    )
+    return 0
+
+
+# -------------------------------------------------------------------------------- steer
+def _steer_setup(args: argparse.Namespace, emotions: Sequence[str]) -> tuple:
+    """Prompts, vectors, the model and its typical residual norms (checked in that order,
+    so bad input fails before the model loads)."""
+    from emocircuits.data import load_dataset
+    from emocircuits.data.dataset import load_prompts, neutral_prompts
+    from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.interventions import typical_norms
-    from emocircuits.interventions.run import steer_prompts, summarize
     from emocircuits.models import load_model
 
-    prompts = load_prompts(args.prompts)  # fail before loading the model
+    prompts = load_prompts(args.prompts) if args.prompts else neutral_prompts("tune")
     vecs = EmotionVectors.load(args.vectors)
-    if args.emotion not in vecs.directions:
-        raise EmocircuitsError(
-            f"no {args.emotion!r} direction in {args.vectors} (has {', '.join(vecs.emotions)})"
-        )
-    if not args.layer or not args.alpha:
-        raise EmocircuitsError(
-            "give --layer and --alpha (recommended settings from `steer-sweep` do not exist "
-            "yet; METHODS.md: SmolLM2 layer 15, alpha 0.125-0.5)"
-        )
-    for layer in args.layer:
+    for e in emotions:
+        if e not in vecs.directions:
+            raise EmocircuitsError(
+                f"no {e!r} direction in {args.vectors} (has {', '.join(vecs.emotions)})"
+            )
+    for layer in args.layer or ():
         if layer not in vecs.layers:
             raise EmocircuitsError(
                 f"layer {layer} is not in {args.vectors} "
                 f"(layers {vecs.layers[0]}-{vecs.layers[-1]})"
             )
     lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
-    ref = [e.text for e in load_dataset("baseline").examples][:: max(1, 200 // 64)]
-    scales = typical_norms(lm, ref)
-    n_runs = 1 + 2 * len(args.layer) * len(args.alpha)
+    base = load_dataset("baseline").examples
+    scales = typical_norms(lm, [e.text for e in base][:: max(1, len(base) // 64)])
+    return prompts, vecs, lm, scales, [e.text for e in base if e.emotion == "neutral"][:16]
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    import json
+
+    from emocircuits.capture.store import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(
+        path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    )
+
+
+def _print_steer_table(summary: Sequence[dict]) -> None:
+    print(f"{'condition':10s} {'emotion':10s} {'layer':>5s} {'alpha':>6s}  "
+          f"{'VADER change [95%]':24s} {'marker':>6s}  ppl ratio  distinct-2")  # fmt: skip
+    for r in summary:
+        layer = "-" if r["layer"] is None else str(r["layer"])
+        ch = f"{r['vader_change']:+.3f} [{r['vader_change_lo']:+.3f}, {r['vader_change_hi']:+.3f}]"
+        mk = r.get(f"marker_{r['emotion']}", float("nan")) if r["emotion"] else float("nan")
+        print(f"{r['condition']:10s} {r['emotion'] or '-':10s} {layer:>5s} {r['alpha']:6.3f}  "
+              f"{ch:24s} {mk:6.2f}  {r['perplexity_ratio_median']:9.2f}  "
+              f"{r['distinct_2_ratio']:.2f}")  # fmt: skip
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    with tqdm(total=n_runs, desc="steer", unit="condition", disable=args.quiet) as bar:
+    from emocircuits.capture.store import atomic_write_json
+    from emocircuits.data.dataset import load_prompts
+    from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
+    from emocircuits.interventions.run import steer_prompts, summarize
+    from emocircuits.interventions.sweep import load_recommendation, settings_path
+
+    if args.prompts:
+        load_prompts(args.prompts)  # its problems first
+    transfer = EmotionVectors.load(args.transfer) if args.transfer else None
+    if (not args.layer or not args.alpha) and not settings_path(args.vectors).is_file():
+        raise EmocircuitsError(
+            f"no --layer/--alpha given and no recommended settings "
+            f"({settings_path(args.vectors)}); run `emocircuits steer-sweep --vectors "
+            f"{args.vectors}` first, or give --layer and --alpha"
+        )
+    prompts, vecs, lm, scales, _ = _steer_setup(args, [args.emotion])
+    source = "command line"
+    layers, alphas, where = args.layer, args.alpha, args.where
+    if not layers or not alphas:
+        rec = load_recommendation(args.vectors, lm.provenance, args.emotion)
+        layers = layers or [rec["layer"]]
+        alphas = alphas or [rec["alpha"]]
+        where = rec.get("where", where)
+        source = f"recommended by steer-sweep ({rec['effect']} {rec['value']:+.3f})"
+        print(f"using the recommended setting: layer {layers[0]}, alpha {alphas[0]} ({source})")
+    from emocircuits.interventions.run import has_chat_template
+
+    chat = has_chat_template(lm) and not args.no_prompt_baseline
+    n = len(prompts) * (1 + chat + len(layers) * len(alphas) * (2 + (transfer is not None)))
+    with tqdm(total=n, desc="steer", unit="text", disable=args.quiet) as bar:
         rows = steer_prompts(
-            lm, prompts, vecs, args.emotion, layers=args.layer, alphas=args.alpha,
+            lm, prompts, vecs, args.emotion, layers=layers, alphas=alphas,
             scales=scales, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            where=args.where, seed=args.seed, progress=lambda _: bar.update(1),
+            where=where, seed=args.seed, prompt=False if args.no_prompt_baseline else None,
+            transfer=transfer, progress=bar.update,
         )  # fmt: skip
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(
-        out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-    )
+    _write_jsonl(out, rows)
     summary = summarize(rows)
     meta = {
         "format": "emocircuits.steer",
         "version": 1,
         "model": lm.provenance,
         "vectors": {"file": str(safetensors_path(args.vectors)), **vecs.meta()},
+        "transfer": None if transfer is None else {"file": str(args.transfer), **transfer.meta()},
         "emotion": args.emotion,
         "scales": {"what": "median residual norm over content tokens of 64 baseline prompts",
                    "values": [round(float(v), 4) for v in scales]},
-        "settings": {"layers": args.layer, "alphas": args.alpha, "where": args.where,
-                     "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-                     "decoding": "greedy", "prompts": str(args.prompts), "n_prompts": len(prompts)},
+        "settings": {"layers": list(layers), "alphas": list(alphas), "where": where,
+                     "source": source, "max_new_tokens": args.max_new_tokens,
+                     "seed": args.seed, "decoding": "greedy", "dtype": str(lm.dtype),
+                     "prompts": str(args.prompts or "shipped neutral prompts (tune split)"),
+                     "n_prompts": len(prompts)},
         "summary": summary,
     }  # fmt: skip
     atomic_write_json(out.with_suffix(".summary.json"), meta)
-    print(f"{'condition':10s} {'layer':>5s} {'alpha':>6s}  {'VADER change [95%]':24s} "
-          f"{'marker ' + args.emotion:>16s}  ppl ratio")  # fmt: skip
-    for r in summary:
-        layer = "-" if r["layer"] is None else str(r["layer"])
-        ch = f"{r['vader_change']:+.3f} [{r['vader_change_lo']:+.3f}, {r['vader_change_hi']:+.3f}]"
-        mk = r.get(f"marker_{args.emotion}", float("nan"))
-        print(f"{r['condition']:10s} {layer:>5s} {r['alpha']:6.3f}  {ch:24s} {mk:16.2f}  "
-              f"{r['perplexity_ratio_median']:.2f}")  # fmt: skip
+    _print_steer_table(summary)
     print(f"wrote {out} ({len(rows)} rows) and {out.with_suffix('.summary.json')}")
+    return 0
+
+
+def cmd_steer_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tqdm.auto import tqdm
+
+    from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
+    from emocircuits.geometry.analysis import csv_bytes
+    from emocircuits.geometry.vectors import safetensors_path
+    from emocircuits.interventions.sweep import (
+        calibrate_alphas,
+        default_layers,
+        save_recommendations,
+        sweep,
+    )
+    from emocircuits.plots import save_figure
+    from emocircuits.plots.steering import dose_response
+
+    prompts, vecs, lm, scales, kl_texts = _steer_setup(args, args.emotion or [])
+    emotions = args.emotion or [e for e in vecs.emotions if e != "neutral"]
+    layers = args.layer or [x for x in default_layers(lm.arch.n_layers) if x in vecs.layers]
+    if not layers:
+        raise EmocircuitsError(f"none of the default layers is in {args.vectors}; give --layer")
+    if args.alpha:
+        alphas, calibration = list(args.alpha), None
+    else:
+        mid = layers[len(layers) // 2]
+        alphas, calibration = calibrate_alphas(lm, vecs, emotions, layer=mid, scales=scales,
+                                               kl_texts=kl_texts)  # fmt: skip
+        print(f"alphas from the data (KL on neutral text at layer {mid}): {alphas}")
+    out = Path(args.out) if args.out else safetensors_path(args.vectors).with_suffix("")
+    out = out if args.out else out.with_name(out.name + f"-sweep-{lm.name}")
+    from emocircuits.interventions.run import has_chat_template
+
+    chat = has_chat_template(lm) and not args.no_prompt_baseline
+    n = len(prompts) * (1 + len(layers) * len(alphas) * (len(emotions) + 1) + chat * len(emotions))
+    with tqdm(total=n, desc="steer-sweep", unit="text", disable=args.quiet) as bar:
+        res = sweep(
+            lm, prompts, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
+            kl_texts=kl_texts, max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, where=args.where, seed=args.seed,
+            prompt=False if args.no_prompt_baseline else None, progress=bar.update,
+        )  # fmt: skip
+    evidence = {"sweep": str(out), **res.settings, "alpha_calibration": calibration,
+                "prompts": str(args.prompts or "shipped neutral prompts (tune split)")}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "rows.jsonl", res.rows)
+    atomic_write_bytes(out / "summary.csv", csv_bytes(res.summary))
+    for e in emotions:
+        rec = asdict(res.recommendations[e])
+        save_figure(dose_response(res.summary, e, recommended=rec), out / f"dose-response-{e}")
+    meta = {"format": "emocircuits.steer-sweep", "version": 1, "model": lm.provenance,
+            "vectors": {"file": str(safetensors_path(args.vectors)), **vecs.meta()},
+            "settings": evidence, "recommended": {e: asdict(r) for e, r in
+                                                  res.recommendations.items()},
+            "summary": res.summary}  # fmt: skip
+    atomic_write_json(out / "sweep.json", meta)
+    path = save_recommendations(args.vectors, lm.provenance, res.recommendations, evidence)
+    _print_steer_table([r for r in res.summary if r["condition"] != "direction"])
+    print("recommended settings:")
+    for e, r in res.recommendations.items():
+        flag = "" if r.meets_limits else f"  (!) {r.reason}"
+        print(f"  {e:10s} layer {r.layer:3d} alpha {r.alpha:<6g} {r.effect} {r.value:+.3f} "
+              f"[{r.lo:+.3f}, {r.hi:+.3f}], ppl ratio {r.perplexity_ratio_median:.2f}, "
+              f"distinct-2 ratio {r.distinct_2_ratio:.2f}, KL {r.kl:.3f}, random "
+              f"{r.random_vader_change:+.3f}{flag}")  # fmt: skip
+    print(f"wrote {out}/ (rows.jsonl, summary.csv, sweep.json, dose-response figures) and {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- patch
+def _patch_inputs(args: argparse.Namespace):
+    """Dataset, vectors and emotions of `patch` / `ablate`, checked before the model loads."""
+    from emocircuits.data import load_dataset
+    from emocircuits.geometry.vectors import EmotionVectors
+    from emocircuits.interventions.readout import FEELING_WORDS
+
+    ds = load_dataset(args.data)
+    vecs = EmotionVectors.load(args.vectors)
+    if vecs.site != "resid":
+        raise EmocircuitsError(f"{args.vectors} has {vecs.site} directions; resid is needed")
+    labels = set(ds.labels)
+    if args.baseline not in labels:
+        raise EmocircuitsError(f"{args.data} has no {args.baseline!r} prompts")
+    wanted = list(getattr(args, "emotion", None) or [])
+    for e in wanted:
+        if e not in vecs.directions:
+            raise EmocircuitsError(
+                f"no {e!r} direction in {args.vectors} (has {', '.join(vecs.emotions)})"
+            )
+        if e not in FEELING_WORDS or e not in labels:
+            raise EmocircuitsError(
+                f"{e!r} needs feeling words for the readout and prompts in {args.data}"
+            )
+    emotions = wanted or [e for e in vecs.emotions if e in FEELING_WORDS and e in labels]
+    if not emotions:
+        raise EmocircuitsError(
+            f"no emotion of {args.vectors} has feeling words and prompts in {args.data}"
+        )
+    return ds, vecs, emotions
+
+
+def _patch_meta(lm, ds, vecs, readouts, args: argparse.Namespace) -> dict:
+    from emocircuits.geometry.vectors import safetensors_path
+
+    return {
+        "model": lm.provenance,
+        "vectors": {"file": str(safetensors_path(args.vectors)), **vecs.meta()},
+        "dataset": ds.provenance(),
+        "readouts": {e: r.meta() for e, r in readouts.items()},
+    }
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    import time
+
+    from emocircuits.geometry.analysis import write_tables
+    from emocircuits.interventions.patching import headline, patch
+    from emocircuits.interventions.readout import readout
+    from emocircuits.models import load_model
+
+    start = time.time()
+    ds, vecs, emotions = _patch_inputs(args)
+    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    layers = None
+    if args.layers:
+        layers = sorted({lm.arch.normalize_layer(x, "resid") for x in args.layers})
+    readouts = {e: readout(lm.tokenizer, e) for e in emotions}
+    res = patch(
+        lm, ds.texts, ds.labels, vecs, readouts, emotions=emotions, baseline=args.baseline,
+        n_pairs=args.n_pairs, min_pairs=args.min_pairs, n_positions=args.n_positions,
+        layers=layers, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+    )  # fmt: skip
+    rows = res.table(n_boot=args.n_boot, level=args.level, seed=args.seed)
+    gaps = res.gaps(n_boot=args.n_boot, level=args.level, seed=args.seed)
+    head = headline(rows, gaps)
+    summary = {
+        "format": "emocircuits.patch",
+        "version": 1,
+        **_patch_meta(lm, ds, vecs, readouts, args),
+        "settings": {**res.settings, "layers": res.layers, "columns": res.columns,
+                     "n_boot": args.n_boot, "ci_level": args.level},
+        "gaps": gaps,
+        "headline": head,
+        "seconds": round(time.time() - start, 1),
+    }  # fmt: skip
+    out = write_tables(
+        args.out,
+        {"pairs": res.pair_rows(ds.ids), "gaps": gaps, "patching": rows},
+        {"summary.json": summary},
+    )
+    paths = []
+    if not args.no_plots:
+        from emocircuits.plots.patching import plot_patch_folder
+
+        paths = plot_patch_folder(out)
+    for e, h in head.items():
+        print(f"{e}: LD gap {h['gap']:+.2f} [{h['gap_ci_low']:+.2f}, "
+              f"{h['gap_ci_high']:+.2f}] over {h['pairs_used']} pairs "
+              f"({h['pairs_found']} of equal length found)")  # fmt: skip
+        d = h["directional_all_positions"]
+        if d:
+            print(f"  directional, all positions: best at layer {d['best_layer']}, recovered "
+                  f"{d['recovered']:.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]; random "
+                  f"direction there {d['random_at_best_layer']:+.2f}")  # fmt: skip
+        print(f"  full patch: the body recovers >= 0.5 up to layer "
+              f"{h['full_body_last_layer_ge_half']}, the readout position from layer "
+              f"{h['full_readout_position_first_layer_ge_half']}")  # fmt: skip
+    print(
+        f"wrote {out}: pairs.csv, gaps.csv, patching.csv, summary.json"
+        + (f", {len(paths) // 2} figures in {out / 'figures'}" if paths else "")
+        + f" in {summary['seconds']} s ({res.settings['forward_passes']} forward passes)"
+    )
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    import time
+
+    from emocircuits.geometry.analysis import write_tables
+    from emocircuits.interventions.ablation import ALL, run_ablation, split_rows
+    from emocircuits.interventions.readout import readout
+    from emocircuits.models import load_model
+
+    start = time.time()
+    ds, vecs, emotions = _patch_inputs(args)
+    for t in args.targets or ():
+        if t != ALL and t not in emotions:
+            raise EmocircuitsError(f"cannot ablate {t!r}: no direction with a readout "
+                                   f"(have {', '.join(emotions)})")  # fmt: skip
+    tr, ev = split_rows(ds.labels, args.n_train, args.n_eval, seed=args.seed)
+    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    readouts = {e: readout(lm.tokenizer, e) for e in emotions}
+
+    def pick(rows):
+        return [ds.texts[i] for i in rows], [ds.labels[i] for i in rows]
+
+    res = run_ablation(
+        lm, vecs, readouts, pick(tr), pick(ev), targets=args.targets,
+        from_layer=args.from_layer, mode=args.mode, n_random=args.n_random,
+        probe_layer=args.probe_layer, methods=args.methods, position=args.position,
+        baseline=args.baseline, batch_size=args.batch_size, seed=args.seed,
+        progress=not args.quiet,
+    )  # fmt: skip
+    head = res.headline(n_boot=args.n_boot, level=args.level, seed=args.seed)
+    summary = {
+        "format": "emocircuits.ablate",
+        "version": 1,
+        **_patch_meta(lm, ds, vecs, readouts, args),
+        "settings": {**res.settings, "n_boot": args.n_boot, "ci_level": args.level},
+        "chance": res.chance,
+        "held_out_ids": [ds.ids[i] for i in ev],
+        "headline": head,
+        "seconds": round(time.time() - start, 1),
+    }
+    out = write_tables(
+        args.out,
+        {"ablation_ld": res.ld_table(n_boot=args.n_boot, level=args.level, seed=args.seed),
+         "ablation_probe": res.probe_table()},
+        {"summary.json": summary},
+    )  # fmt: skip
+    paths = []
+    if not args.no_plots:
+        from emocircuits.plots.patching import plot_ablation_folder
+
+        paths = plot_ablation_folder(out)
+    st = res.settings
+    print(f"{st['mode']} direction(s) projected out at layers {st['ablated_layers'][0]}-"
+          f"{st['ablated_layers'][1]}; null: {st['n_random']} random subspaces of the same "
+          f"dimension; p = (1 + #null >= observed) / (1 + draws)")  # fmt: skip
+    for t, h in head.items():
+        print(f"{t} ({h['dim']} direction{'s' if h['dim'] > 1 else ''}):")
+        for e, g in h["ld_gap"].items():
+            print(f"  LD gap {e}: {g['gap_clean']:+.2f} -> {g['gap_ablated']:+.2f}, removed "
+                  f"{_pct(g['removed'])} [{_pct(g['ci_low'])}, {_pct(g['ci_high'])}] "
+                  f"vs random {_pct(g['null_mean'])}, p {_p(g['p'])}")  # fmt: skip
+        for m, pr in h["probe"].items():
+            f, r = pr["fixed"], pr["refit"]
+            print(f"  {m} probe at layer {res.probe_layer}: {f['accuracy_clean']:.2f} -> "
+                  f"{f['accuracy_ablated']:.2f}, above-chance removed {_pct(f['removed'])} vs "
+                  f"random {_pct(f['null_mean'])}, p {_p(f['p'])}; refitted "
+                  f"{r['accuracy_clean']:.2f} -> {r['accuracy_ablated']:.2f}")  # fmt: skip
+    print(
+        f"wrote {out}: ablation_ld.csv, ablation_probe.csv, summary.json"
+        + (f", {len(paths) // 2} figures in {out / 'figures'}" if paths else "")
+        + f" in {summary['seconds']} s"
+    )
+    return 0
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+# -------------------------------------------------------------------------------- heads
+def cmd_heads(args: argparse.Namespace) -> int:
+    from emocircuits.data import load_dataset
+    from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
+    from emocircuits.interventions.heads import analyze_heads, check_request, write_heads
+    from emocircuits.models import load_model
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise EmocircuitsError(f"{out} exists and is not a folder")
+    vecs = EmotionVectors.load(args.vectors)
+    data = args.data or (vecs.provenance.get("dataset") or {}).get("source")
+    if not data:
+        raise EmocircuitsError(f"{args.vectors} does not say which data built it: give --data")
+    ds = load_dataset(data)
+    baseline = args.baseline or vecs.baseline
+    emotions = check_request(
+        ds, vecs, emotions=args.emotion, baseline=baseline, layer=args.layer, top_k=args.top_k
+    )  # everything checked before the model loads
+    lm = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                    progress=not args.quiet)  # fmt: skip
+    res = analyze_heads(
+        lm, ds, vecs, emotions=emotions, baseline=baseline, layer=args.layer, top_k=args.top_k,
+        n_random=args.n_random, n_ablate=args.n_ablate, n_per_class=args.n_per_class,
+        n_boot=args.n_boot, top_neurons=args.top_neurons, top_prompts=args.top_prompts,
+        batch_size=args.batch_size, seed=args.seed, ablation=not args.no_ablation,
+        progress=not args.quiet,
+    )  # fmt: skip
+    res.summary["vectors"] = {"file": str(safetensors_path(args.vectors)), **vecs.meta()}
+    folder = write_heads(res, out)
+    paths = []
+    if not args.no_plots:
+        from emocircuits.plots.heads import plot_heads
+
+        paths = plot_heads(folder)
+    st = res.summary["settings"]
+    print(f"readout layer {st['layer']} ({st['layer_choice']}); contrasts: emotion minus "
+          f"{baseline} prompts, [95% bootstrap interval over prompts]")  # fmt: skip
+    for e, h in res.summary["headline"].items():
+        tops = ", ".join(f"{t['name']} {t['contrast']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}]"
+                         for t in h["top_heads"][:3])  # fmt: skip
+        print(f"{e}: top heads at {st['position']}: {tops}")
+        for a in h["ablation"]:
+            if a["ranked_at"] == st["position"]:
+                print(f"  ablate top {a['k']} ({a['metric']}): drop {a['top_drop']:+.3f} vs "
+                      f"random {a['random_mean']:+.3f} (95% up to {a['random_hi']:+.3f}), "
+                      f"p {a['p']:.3g}")  # fmt: skip
+        if h["top_neurons"]:
+            n = h["top_neurons"][0]
+            ci = f"[{n['lo']:+.3f}, {n['hi']:+.3f}]"
+            print(f"  top neuron L{n['layer']}N{n['neuron']} {n['contrast']:+.3f} {ci}, "
+                  f"most active on {n['top_labels']}")  # fmt: skip
+    print(
+        f"wrote {folder}: {', '.join(f'{t}.csv' for t in res.tables)}, summary.json"
+        + (f", {len(paths) // 2} figures in {folder / 'figures'}" if paths else "")
+        + f" in {res.summary['seconds']['total']} s"
+    )
     return 0
 
 
@@ -721,6 +1128,32 @@ def _add_reading_args(p: argparse.ArgumentParser) -> None:
         "--position", default=None, help="position rule (default mean if captured, else the first)"
     )
     p.add_argument("--baseline", default="neutral", help="baseline label (default neutral)")
+
+
+def _add_steer_args(p: argparse.ArgumentParser) -> None:
+    _add_model_arg(p)
+    p.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help=".txt (one per line) or .jsonl with text (default: the shipped neutral prompts)",
+    )
+    p.add_argument("--layer", type=int, nargs="+", default=None, help="residual layer(s)")
+    p.add_argument(
+        "--alpha", type=float, nargs="+", default=None, help="strength(s), x typical norm"
+    )
+    p.add_argument("--max-new-tokens", type=_positive, default=30)
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument(
+        "--where",
+        choices=("all", "new"),
+        default="all",
+        help="add at every position (default) or only at generated tokens",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random-direction control (default 0)")
+    p.add_argument("--no-prompt-baseline", action="store_true", help="skip the prompting baseline")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1060,6 +1493,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     co.set_defaults(func=cmd_compare)
 
+    mv = sub.add_parser(
+        "map-vectors",
+        help="carry one model's emotion directions into another model (for `steer --transfer`)",
+        description="Fits a map from the --source model's activations to the --target "
+        "model's on the same stimuli (ridge with leave-one-out penalty, or Procrustes in "
+        "the top principal coordinates, as `compare` does), and applies it to the --vectors "
+        "of the source model, layer by layer at the same relative depth. The result is a "
+        "vectors file for the target model: `steer --model TARGET --vectors OWN --transfer "
+        "OUT` steers with the mapped direction next to the target's own and a random one.",
+    )
+    mv.add_argument("--source", required=True, help="activation folder of the vectors' model")
+    mv.add_argument("--target", required=True, help="activation folder of the other model")
+    mv.add_argument("--vectors", required=True, help="the source model's vectors file")
+    mv.add_argument("--out", required=True, help="mapped vectors file (.safetensors)")
+    mv.add_argument("--method", choices=("ridge", "procrustes"), default="ridge")
+    mv.set_defaults(func=cmd_map_vectors)
+
     st = sub.add_parser(
         "steer",
         help="continue prompts with an emotion direction added, and score the text",
@@ -1067,33 +1517,180 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer (s_l: the median residual norm there over content tokens of 64 baseline "
         "prompts, so alphas compare across layers and models) while the model continues "
         "each prompt (greedy, KV cache, batched). Conditions: none (unsteered), direction, "
-        "and random (a random unit direction, same layer and alpha). Each JSONL row has the "
-        "prompt, condition, layer, alpha, the continuation (new text only), VADER compound, "
-        "emotion-marker hits, repetition and the perplexity under the unsteered model; "
-        "FILE.summary.json has means with bootstrap intervals per condition. Vectors come "
-        "from `emocircuits vectors` (e.g. --method one_vs_rest on `extended`, mean rule).",
+        "random (a random unit direction, same layer and alpha), prompt (chat models: the "
+        "prompt wrapped in an instruction to express the emotion) and, with --transfer, "
+        "another model's direction mapped into this one. Without --layer/--alpha the "
+        "setting recommended by `steer-sweep` for this model is used. Each JSONL row has "
+        "the prompt, condition, layer, alpha, the continuation (new text only), VADER "
+        "compound, emotion-marker hits, NRC lexicon counts, repetition and the perplexity "
+        "under the unsteered model; FILE.summary.json has means with bootstrap intervals.",
     )
-    _add_model_arg(st)
-    st.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    _add_steer_args(st)
     st.add_argument("--emotion", required=True, help="which direction to add")
-    st.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with text")
     st.add_argument("--out", required=True, help="JSONL file to write")
-    st.add_argument("--layer", type=int, nargs="+", default=None, help="residual layer(s)")
     st.add_argument(
-        "--alpha", type=float, nargs="+", default=None, help="strength(s), x typical norm"
+        "--transfer",
+        default=None,
+        help="vectors already mapped into this model (`compare --map-vectors`): adds the "
+        "condition `transfer`",
     )
-    st.add_argument("--max-new-tokens", type=_positive, default=30)
-    st.add_argument("--batch-size", type=_positive, default=8)
-    st.add_argument(
-        "--where",
-        choices=("all", "new"),
-        default="all",
-        help="add at every position (default) or only at generated tokens",
-    )
-    st.add_argument("--seed", type=int, default=0, help="random-direction control (default 0)")
-    st.add_argument("--trust-remote-code", action="store_true")
-    st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_steer)
+
+    sw = sub.add_parser(
+        "steer-sweep",
+        help="dose-response over layers x alphas; saves the recommended setting per emotion",
+        description="Steers the prompts (default: 20 shipped open-ended neutral prompts) "
+        "with every emotion's direction at every --layer (default: 4 layers at 30-60%% of "
+        "the depth) and --alpha (default: 5 strengths chosen from the data, spanning a KL "
+        "of 0.03-0.5 nats/token on neutral text), plus a random direction at each setting, "
+        "all in one batched generation. Writes rows.jsonl, summary.csv, sweep.json and a "
+        "dose-response figure per emotion into --out, and the recommended setting per "
+        "emotion (largest lower 95%% bound of the effect with perplexity <= 1.35x none, "
+        "distinct-2 >= 0.75x none, and the random direction moving VADER < 0.15) into "
+        "VECTORS.steer.json, which `steer` reads.",
+    )
+    _add_steer_args(sw)
+    sw.add_argument("--emotion", nargs="+", default=None, help="default: all in the vectors")
+    sw.add_argument("--out", default=None, help="folder (default: next to the vectors)")
+    sw.set_defaults(func=cmd_steer_sweep)
+
+    pa = sub.add_parser(
+        "patch",
+        help="activation patching: emotion-prompt activations into matched neutral runs",
+        description="Pairs each emotion prompt with a neutral prompt of the same token length "
+        "(after the cue ' I feel'), runs both, and patches the emotion run's residual into "
+        "the neutral run at every layer and position counted from the end (-1 = the cue's "
+        "last token, where the readout is; 'body' = all earlier positions together): the "
+        "whole vector (full) and only its component along the emotion direction "
+        "(directional); per layer also directional and random-direction patches of every "
+        "position at once. Metric: LD = mean logit of the emotion's feeling words minus "
+        "reference words after the cue; recovered fraction = sum(LD_patched - LD_neutral) / "
+        "sum(LD_emotion - LD_neutral) over pairs, with a bootstrap interval over pairs. "
+        "Writes pairs.csv, gaps.csv, patching.csv, summary.json and heatmaps "
+        "(docs/FORMAT.md). Cost: SmolLM2-135M, 24 pairs per emotion, 6 positions, 31 "
+        "layers: about 3,500 batched forward passes (tens of minutes on 2 CPU cores; fewer "
+        "--layers or --n-pairs for a quick look).",
+    )
+    _add_model_arg(pa)
+    pa.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    pa.add_argument("--data", default="extended", help="preset or JSONL (default extended)")
+    pa.add_argument("--emotion", nargs="+", default=None, help="emotions (default: all)")
+    pa.add_argument("--baseline", default="neutral", help="label of the neutral prompts")
+    pa.add_argument("--n-pairs", type=_positive, default=24, help="pairs per emotion (24)")
+    pa.add_argument(
+        "--min-pairs", type=_positive, default=5, help="fewer equal-length pairs is an error"
+    )
+    pa.add_argument(
+        "--n-positions", type=_positive, default=6, help="last positions patched one by one (6)"
+    )
+    pa.add_argument(
+        "--layers", type=_layers, default=None, help="resid layers, e.g. '0-30' (default all)"
+    )
+    pa.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
+    pa.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pa.add_argument("--batch-size", type=_positive, default=32)
+    pa.add_argument("--seed", type=int, default=0, help="pairing and random directions")
+    pa.add_argument("--out", required=True, help="output folder")
+    pa.add_argument("--no-plots", action="store_true", help="tables only")
+    pa.add_argument("--trust-remote-code", action="store_true")
+    pa.add_argument("--quiet", action="store_true", help="no progress bars")
+    pa.set_defaults(func=cmd_patch)
+
+    ab = sub.add_parser(
+        "ablate",
+        help="direction ablation: project emotion directions out, measure what is lost",
+        description="Projects emotion directions out of the residual stream at every layer "
+        "from --from-layer on (--mode fixed: the direction of that layer, as Tigges et al. "
+        "2023; per_layer: each layer's own), for each --targets entry (an emotion, or 'all': "
+        "the span of every emotion's direction), and as the null the same for --n-random "
+        "random subspaces of the same dimension. On held-out prompts (--n-eval per label) "
+        "it measures the fraction of each emotion's LD gap (emotion vs neutral prompts) "
+        "removed, and the fraction of a 4-way probe's above-chance accuracy removed: probes "
+        "fitted on clean activations of --n-train other prompts per label, read at every "
+        "layer, and probes refitted on the ablated activations (k-fold) at --probe-layer. "
+        "p = (1 + #random draws removing as much) / (1 + draws). Writes ablation_ld.csv, "
+        "ablation_probe.csv, summary.json and figures (docs/FORMAT.md).",
+    )
+    _add_model_arg(ab)
+    ab.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    ab.add_argument("--data", default="extended", help="preset or JSONL (default extended)")
+    ab.add_argument("--baseline", default="neutral", help="label of the neutral prompts")
+    ab.add_argument(
+        "--targets", type=_csv, default=None, help="emotions and/or all (default: each and all)"
+    )
+    ab.add_argument(
+        "--from-layer", type=int, default=None, help="first ablated layer (default n_layers // 2)"
+    )
+    ab.add_argument("--mode", choices=("fixed", "per_layer"), default="fixed")
+    ab.add_argument("--n-random", type=_positive, default=20, help="random draws per dimension")
+    ab.add_argument(
+        "--probe-layer", type=int, default=None, help="headline probe layer (default the last)"
+    )
+    ab.add_argument("--methods", type=_csv, default=("logreg", "ncm"), help="probe methods")
+    ab.add_argument("--position", default="mean", help="probe position rule (default mean)")
+    ab.add_argument("--n-train", type=_positive, default=80, help="probe prompts per label")
+    ab.add_argument("--n-eval", type=_positive, default=40, help="held-out prompts per label")
+    ab.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
+    ab.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    ab.add_argument("--batch-size", type=_positive, default=16)
+    ab.add_argument("--seed", type=int, default=0, help="split and random directions")
+    ab.add_argument("--out", required=True, help="output folder")
+    ab.add_argument("--no-plots", action="store_true", help="tables only")
+    ab.add_argument("--trust-remote-code", action="store_true")
+    ab.add_argument("--quiet", action="store_true", help="no progress bars")
+    ab.set_defaults(func=cmd_ablate)
+
+    hd = sub.add_parser(
+        "heads",
+        help="attention heads and MLP neurons that write an emotion direction; head ablation",
+        description="Direct contribution of every attention head (and MLP neuron) of the "
+        "blocks before the readout layer to each emotion's direction there: its write into "
+        "the residual stream projected on the unit direction, read at the vectors' position "
+        "rule (over the prompt) and at the last token of the cue ' I feel'; per emotion the "
+        "contrast emotion prompts minus neutral prompts with a bootstrap interval (Gemma 2/3 "
+        "post-norms linearised with each position's own normaliser). Then the top-k heads "
+        "are mean-ablated (z replaced by its mean over neutral prompts) against random sets "
+        "of k heads: drops in the logit difference at the cue and in the projection. Writes "
+        "CSV tables, summary.json and figures (docs/FORMAT.md). Vectors: `emocircuits "
+        "vectors --method one_vs_rest` on an `extended` folder.",
+    )
+    _add_model_arg(hd)
+    hd.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    hd.add_argument(
+        "--data", default=None, help="preset or JSONL (default: the data the vectors came from)"
+    )
+    hd.add_argument("--emotion", nargs="+", default=None, help="emotions (default: all)")
+    hd.add_argument("--baseline", default=None, help="baseline label (default: the vectors')")
+    hd.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="readout resid layer (default: the vectors' layer with the best separation)",
+    )
+    hd.add_argument("--top-k", type=_positive, nargs="+", default=[1, 2, 4, 8])
+    hd.add_argument("--n-random", type=_positive, default=50, help="random head sets per k")
+    hd.add_argument(
+        "--n-ablate",
+        type=_positive,
+        default=12,
+        help="prompts per class in the ablation (cost: about n_random x len(top-k) x "
+        "emotions x n-ablate prompt runs)",
+    )
+    hd.add_argument(
+        "--n-per-class", type=_positive, default=None, help="prompts per class (default all)"
+    )
+    hd.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
+    hd.add_argument("--top-neurons", type=_positive, default=20, help="per emotion")
+    hd.add_argument("--top-prompts", type=_positive, default=5, help="per top neuron")
+    hd.add_argument("--batch-size", type=_positive, default=16)
+    hd.add_argument("--seed", type=int, default=0)
+    hd.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    hd.add_argument("--no-ablation", action="store_true", help="direct contributions only")
+    hd.add_argument("--no-plots", action="store_true", help="tables only")
+    hd.add_argument("--out", required=True, help="output folder")
+    hd.add_argument("--trust-remote-code", action="store_true")
+    hd.add_argument("--quiet", action="store_true", help="no progress bars")
+    hd.set_defaults(func=cmd_heads)
 
     mo = sub.add_parser("models", help="built-in models and supported architectures")
     mo.set_defaults(func=cmd_models)

@@ -401,3 +401,35 @@ def _cos_matrix(a, b) -> np.ndarray:
     a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     return (a @ b.T).numpy()
+
+
+def map_directions(
+    xa: np.ndarray, xb: np.ndarray, directions: np.ndarray, *, method: str = "ridge"
+) -> np.ndarray:
+    """Unit directions ``[E, Wa]`` of model A carried into model B ``[E, Wb]`` by a map
+    fitted on all paired rows ``xa`` ``[n, Wa]`` / ``xb`` ``[n, Wb]`` (the same stimuli),
+    with the same maps as :func:`compare_directions`: ``"ridge"`` (penalty by closed-form
+    leave-one-out) or ``"procrustes"`` (rotation between the top-d principal coordinates,
+    d = min(64, n / 4)). A direction is a difference of activations, so it maps by the
+    linear part of the map; the normalisation's scales change its length only.
+
+    >>> vb = map_directions(xa, xb, vecs_a[:, layer_a], method="ridge")  # doctest: +SKIP
+    """
+    torch = _torch()
+    if method not in ("ridge", "procrustes"):
+        raise DataError(f"unknown map {method!r}; choose ridge or procrustes")
+    fit = np.arange(len(xa))
+    ta, tb = _normalised(xa, fit), _normalised(xb, fit)
+    d = torch.from_numpy(np.asarray(directions, dtype=np.float64))
+    u, s, vt = torch.linalg.svd(ta, full_matrices=False)
+    if method == "ridge":
+        lam = _loo_penalty(u, s, tb)
+        out = d @ (vt.T @ ((s / (s**2 + lam))[:, None] * (u.T @ tb)))
+    else:
+        k = max(1, min(64, len(xa) // 4, min(ta.shape[1], tb.shape[1])))
+        vb = torch.linalg.svd(tb, full_matrices=False)[2][:k].T
+        za, zb = ta @ vt[:k].T, tb @ vb
+        uu, _, vv = torch.linalg.svd(za.T @ zb)
+        out = d @ vt[:k].T @ (uu @ vv) @ vb.T
+    out = out.numpy()
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-300)

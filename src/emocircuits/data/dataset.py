@@ -96,6 +96,24 @@ def presets() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".jsonl")}
 
 
+def neutral_prompts(split: str = "tune") -> list[str]:
+    """The shipped open-ended neutral prompts for steering (``presets/steer_prompts.txt``,
+    40 of them): ``"tune"`` the first 20 (what ``steer-sweep`` chooses its settings on),
+    ``"check"`` the other 20 (held out, to see the chosen settings on prompts they were not
+    chosen on), ``"all"``.
+
+    >>> len(neutral_prompts("tune")), len(neutral_prompts("check"))
+    (20, 20)
+    """
+    root = files("emocircuits.data").joinpath("presets")
+    lines = [x.strip() for x in root.joinpath("steer_prompts.txt").read_text("utf-8").splitlines()]
+    lines = [x for x in lines if x]
+    splits = {"tune": lines[:20], "check": lines[20:], "all": lines}
+    if split not in splits:
+        raise DataError(f"unknown split {split!r}; choose from {', '.join(splits)}")
+    return splits[split]
+
+
 def resolve(name_or_path: str | Path) -> Path:
     """A preset name or a file path -> the file. Unknown names get a clear error."""
     p = Path(name_or_path).expanduser()

@@ -1,7 +1,17 @@
-"""Causal tests (RQ3, RQ4): steering the residual stream, and scoring what it does to text.
+"""Causal tests (RQ3, RQ4): does the model use the directions it represents?
 
-Work in progress for issue 5: the steering context manager, the residual-norm scale and the
-text scorers exist; the `steer` command, the sweep, patching, ablation and heads do not yet.
+- :mod:`~.steering`: add ``alpha * s_l * v`` to the residual stream (context manager, works
+  with ``generate`` and its KV cache, per-row for batched conditions);
+- :mod:`~.scorers`: model-independent text scores (VADER, NRC lexicon, marker words,
+  distinct-n, repetition);
+- :mod:`~.run`: steering runs (none / direction / random / prompt / transfer), perplexity
+  and KL fluency costs, summaries with bootstrap intervals;
+- :mod:`~.sweep`: dose-response over layers x alphas, alpha calibration, recommended
+  settings saved next to the vectors;
+- :mod:`~.readout`: the logit-difference metric for patching, ablation and heads;
+- :mod:`~.patching`, :mod:`~.ablation`, :mod:`~.heads`: activation and directional
+  patching, direction ablation against random directions, heads' and neurons' direct
+  contributions and top-k head ablation.
 """
 
 from emocircuits.interventions.steering import Steer, steering, typical_norms

@@ -1,95 +1,333 @@
-"""One steering run: continue prompts with and without a direction, and score the text.
+"""Steering runs: continue prompts under several conditions, and score the text.
 
-Conditions (each row of the result has ``condition``, ``layer``, ``alpha``):
+Conditions (each row of the result has ``condition``, ``emotion``, ``layer``, ``alpha``):
 
 - ``none``: the unsteered continuation (once per prompt);
 - ``direction``: the emotion direction, at each layer and alpha;
 - ``random``: a random unit direction (one per layer, from ``seed``) at the same layers
-  and alphas: the same push, no emotion; what steering does by pushing at all.
+  and alphas: the same push, no emotion; what steering does by pushing at all;
+- ``prompt`` (chat models, i.e. tokenizers with a chat template): no steering, but the
+  prompt wrapped in a user turn that asks for the emotion (:data:`INSTRUCTION`), the
+  prompting baseline that AxBench found hard to beat;
+- ``transfer``: another model's direction mapped into this model (see ``emocircuits
+  compare``), at the same layers and alphas.
 
-Generation is greedy and batched (left padding). Every continuation is scored by the
+All conditions of a run are generated together: every (condition, prompt) pair is one row
+of a batched greedy ``generate`` with its own steering (``steering(per_row=...)``), rows
+sorted by length so that padding stays small. Every continuation is scored by the
 model-independent scorers (:mod:`~emocircuits.interventions.scorers`) and by its
-perplexity under the **unsteered** model (the fluency cost).
+perplexity under the **unsteered** model given the input it was generated from.
 
->>> rows = steer_prompts(lm, prompts, vecs, "anger", layers=[15], alphas=[0.25])  # doctest: +SKIP
+>>> conds = conditions(vecs, "anger", layers=[15], alphas=[0.25], scales=s)  # doctest: +SKIP
+>>> rows = run_conditions(lm, prompts, conds)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emocircuits.errors import DataError
-from emocircuits.interventions.scorers import MARKERS, marker_rate, repetition, vader
+from emocircuits.interventions.scorers import (
+    MARKERS,
+    NRC_CATEGORIES,
+    distinct_n,
+    marker_rate,
+    nrc_counts,
+    repetition,
+    vader,
+)
 from emocircuits.interventions.steering import Steer, steering
 
 if TYPE_CHECKING:
     from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.models.loading import LoadedModel
 
+INSTRUCTION = "Continue this text, and make the continuation express {feeling}:\n\n{prompt}"
+"""The prompting baseline's user turn (chat models only)."""
+
+FEELINGS = {"gratitude": "gratitude", "apology": "an apology", "anger": "anger"}
+
+
+@dataclass
+class Condition:
+    """One way of continuing every prompt: what to steer with, or how to prompt."""
+
+    condition: str  # none | direction | random | prompt | transfer
+    emotion: str | None = None
+    layer: int | None = None
+    alpha: float = 0.0
+    steers: list[Steer] = field(default_factory=list)
+    instruction: str | None = None  # with {prompt} and {feeling}; chat template applied
+
+    def key(self) -> tuple:
+        return (self.condition, self.emotion, self.layer, self.alpha)
+
+
+def has_chat_template(lm: LoadedModel) -> bool:
+    return bool(getattr(lm.tokenizer, "chat_template", None))
+
+
+def encode(lm: LoadedModel, prompt: str, cond: Condition | None = None) -> list[int]:
+    """Token ids the model continues: the prompt, or the chat-formatted instruction."""
+    tok = lm.tokenizer
+    if cond is None or cond.instruction is None:
+        return tok(prompt)["input_ids"]
+    feeling = FEELINGS.get(cond.emotion or "", cond.emotion or "")
+    msg = cond.instruction.format(prompt=prompt, feeling=feeling)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": msg}], add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def _left_pad(batch: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
+    import torch
+
+    n = max(len(x) for x in batch)
+    ids = torch.full((len(batch), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, n - len(x) :] = torch.tensor(x)
+        mask[i, n - len(x) :] = 1
+    return ids, mask
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    tok = lm.tokenizer
+    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
 
 def generate(
     lm: LoadedModel,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[list[int]],
     *,
     steers: Sequence[Steer] = (),
+    per_row: Sequence[Sequence[Steer]] | None = None,
     where: str = "all",
     max_new_tokens: int = 30,
     batch_size: int = 8,
 ) -> list[list[int]]:
-    """Greedy continuations (new token ids, up to the end-of-text token) of ``prompts``."""
+    """Greedy continuations (new token ids, up to the end-of-text token) of ``prompts``
+    (texts or token ids), with the same ``steers`` for all or each prompt's own
+    (``per_row``). Prompts are batched by length (left padding); order is kept."""
     import torch
 
-    tok = lm.tokenizer
-    side = tok.padding_side
-    tok.padding_side = "left"
-    out: list[list[int]] = []
-    eos = tok.eos_token_id
-    try:
-        with torch.no_grad(), steering(lm, steers, where=where):
-            for i in range(0, len(prompts), batch_size):
-                enc = tok(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True)
-                ids = lm.model.generate(
-                    **enc,
+    ids = [lm.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
+    if per_row is not None and len(per_row) != len(ids):
+        raise DataError(f"{len(per_row)} steer lists for {len(ids)} prompts")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[list[int]] = [[] for _ in ids]
+    eos, pad = lm.tokenizer.eos_token_id, _pad_id(lm)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            x, mask = _left_pad([ids[i] for i in chunk], pad)
+            rows = None if per_row is None else [per_row[i] for i in chunk]
+            with steering(lm, steers, where=where, per_row=rows):
+                new = lm.model.generate(
+                    input_ids=x,
+                    attention_mask=mask,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                )[:, enc["input_ids"].shape[1] :]
-                for row in ids.tolist():
-                    out.append(row[: row.index(eos)] if eos in row else row)
-    finally:
-        tok.padding_side = side
+                    pad_token_id=pad,
+                )[:, x.shape[1] :]
+            for i, row in zip(chunk, new.tolist(), strict=True):
+                out[i] = row[: row.index(eos)] if eos in row else row
     return out
 
 
 def perplexity(
-    lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[list[int]]
+    lm: LoadedModel,
+    prompts: Sequence[str] | Sequence[list[int]],
+    continuations: Sequence[list[int]],
+    *,
+    batch_size: int = 32,
 ) -> np.ndarray:
-    """Perplexity of each continuation (token ids) after its prompt under the model as it
-    is (call outside any steering): ``exp`` of the mean next-token loss over the new
-    tokens; NaN for an empty continuation."""
+    """Perplexity of each continuation (token ids) after its prompt (text or ids) under the
+    model as it is (call outside any steering): ``exp`` of the mean next-token loss over the
+    new tokens; NaN for an empty continuation. Batched with right padding."""
     import torch
 
-    out = []
+    seqs = []
+    for p, c in zip(prompts, continuations, strict=True):
+        pi = lm.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p)
+        seqs.append((pi, list(c)))
+    out = np.full(len(seqs), np.nan)
+    todo = sorted((i for i, (_, c) in enumerate(seqs) if c), key=lambda i: sum(map(len, seqs[i])))
+    pad = _pad_id(lm)
     with torch.no_grad():
-        for prompt, cont in zip(prompts, continuations, strict=True):
-            if not cont:
-                out.append(float("nan"))
-                continue
-            p = lm.tokenizer(prompt, return_tensors="pt")["input_ids"][0].tolist()
-            ids = torch.tensor([p + list(cont)])
-            logits = lm.model(input_ids=ids).logits[0, len(p) - 1 : -1]
-            nll = torch.nn.functional.cross_entropy(logits.float(), ids[0, len(p) :])
-            out.append(float(torch.exp(nll)))
-    return np.array(out)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            full = [seqs[i][0] + seqs[i][1] for i in chunk]
+            n = max(map(len, full))
+            x = torch.full((len(full), n), pad, dtype=torch.long)
+            mask = torch.zeros_like(x)
+            for j, f in enumerate(full):
+                x[j, : len(f)] = torch.tensor(f)
+                mask[j, : len(f)] = 1
+            logp = torch.log_softmax(lm.model(input_ids=x, attention_mask=mask).logits.float(), -1)
+            for j, i in enumerate(chunk):
+                p, c = seqs[i]
+                pred = logp[j, len(p) - 1 : len(p) + len(c) - 1]
+                nll = -pred.gather(1, torch.tensor(c)[:, None]).mean()
+                out[i] = float(torch.exp(nll))
+    return out
+
+
+def next_token_kl(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    steer_sets: Sequence[Sequence[Steer]],
+    *,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """``[len(steer_sets)]`` mean KL(unsteered || steered) of the next-token distributions
+    over every position of ``texts`` (neutral text: the fluency cost of each steer set on
+    text it did not write). All positions are steered."""
+    import torch
+
+    ids = [lm.tokenizer(t)["input_ids"] for t in texts]
+    n = max(map(len, ids))
+    pad = _pad_id(lm)
+    x = torch.full((len(ids), n), pad, dtype=torch.long)
+    mask = torch.zeros_like(x)
+    for j, t in enumerate(ids):
+        x[j, : len(t)] = torch.tensor(t)
+        mask[j, : len(t)] = 1
+    keep = mask.bool()
+    with torch.no_grad():
+        base = torch.log_softmax(lm.model(input_ids=x, attention_mask=mask).logits.float(), -1)
+        base = base[keep]  # [tokens, vocab]
+        p_base = base.exp()
+        out = np.zeros(len(steer_sets))
+        per = max(1, batch_size // len(ids))  # steer sets per forward pass
+        for start in range(0, len(steer_sets), per):
+            sets = steer_sets[start : start + per]
+            rows = [list(s) for s in sets for _ in ids]
+            with steering(lm, per_row=rows):
+                logits = lm.model(
+                    input_ids=x.repeat(len(sets), 1), attention_mask=mask.repeat(len(sets), 1)
+                ).logits.float()
+            logq = torch.log_softmax(logits, -1).view(len(sets), len(ids), n, -1)
+            for k in range(len(sets)):
+                kl = (p_base * (base - logq[k][keep])).sum(-1)
+                out[start + k] = float(kl.mean())
+    return out
 
 
 def random_direction(width: int, seed: int) -> np.ndarray:
     """A uniformly random unit vector (the norm-matched control: steering rescales it)."""
     v = np.random.default_rng(seed).normal(size=width)
     return v / np.linalg.norm(v)
+
+
+def check_vectors(lm: LoadedModel, vectors: EmotionVectors, emotion: str, layers) -> None:
+    """Refuse an emotion, width or layer the vectors do not have, with one clear line."""
+    if emotion not in vectors.directions:
+        raise DataError(f"no direction for {emotion!r} in the vectors (has {vectors.emotions})")
+    width = vectors.directions[emotion].shape[-1]
+    if width != lm.arch.width:
+        raise DataError(f"the vectors are {width} wide, the model {lm.arch.width}")
+    for layer in layers:
+        if layer not in vectors.layers:
+            raise DataError(f"layer {layer} is not in the vectors (layers {vectors.layers})")
+
+
+def conditions(
+    vectors: EmotionVectors,
+    emotion: str,
+    *,
+    layers: Sequence[int],
+    alphas: Sequence[float],
+    scales: np.ndarray,
+    seed: int = 0,
+    random: bool = True,
+    none: bool = True,
+    prompt: bool = False,
+    transfer: EmotionVectors | None = None,
+) -> list[Condition]:
+    """The conditions of one steering run (see the module docstring). ``scales``: the
+    typical residual norm per layer (:func:`~emocircuits.interventions.typical_norms`);
+    ``layers`` use the activation-folder numbering, as ``vectors.layers``."""
+    out = [Condition("none")] if none else []
+    if prompt:
+        out.append(Condition("prompt", emotion, instruction=INSTRUCTION))
+    width = vectors.directions[emotion].shape[-1]
+    for layer in layers:
+        s = float(scales[layer])
+        v = vectors.directions[emotion][vectors.layers.index(layer)]
+        r = random_direction(width, seed + layer)
+        for a in alphas:
+            out.append(Condition("direction", emotion, layer, a, [Steer(layer, v, a, s)]))
+            if random:
+                out.append(Condition("random", None, layer, a, [Steer(layer, r, a, s)]))
+            if transfer is not None:
+                t = transfer.directions[emotion][transfer.layers.index(layer)]
+                out.append(Condition("transfer", emotion, layer, a, [Steer(layer, t, a, s)]))
+    return out
+
+
+def run_conditions(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    conds: Sequence[Condition],
+    *,
+    max_new_tokens: int = 30,
+    batch_size: int = 32,
+    where: str = "all",
+    progress: Callable[[int], object] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (condition, prompt): the continuation and its scores. ``progress`` is
+    called with the number of rows finished after each batch of generations."""
+    jobs = [(c, i, encode(lm, p, c)) for c in conds for i, p in enumerate(prompts)]
+    chunk = max(batch_size, 1) * 4  # generate in slices so that progress can be reported
+    ids: list[list[int]] = []
+    order = sorted(range(len(jobs)), key=lambda k: len(jobs[k][2]))
+    done: dict[int, list[int]] = {}
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        got = generate(
+            lm,
+            [jobs[k][2] for k in part],
+            per_row=[jobs[k][0].steers for k in part],
+            where=where,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        done.update(zip(part, got, strict=True))
+        if progress is not None:
+            progress(len(part))
+    ids = [done[k] for k in range(len(jobs))]
+    ppl = perplexity(lm, [j[2] for j in jobs], ids, batch_size=batch_size)
+    texts = [lm.tokenizer.decode(c, skip_special_tokens=True) for c in ids]
+    scores: dict[str, np.ndarray] = {"vader": vader(texts)}
+    for e in MARKERS:
+        scores[f"marker_{e}"] = marker_rate(texts, e)
+    for c, v in nrc_counts(texts).items():
+        scores[f"nrc_{c}"] = v
+    rows = []
+    for k, (c, i, _) in enumerate(jobs):
+        rows.append(
+            {
+                "prompt_index": i,
+                "prompt": prompts[i],
+                "condition": c.condition,
+                "emotion": c.emotion,
+                "layer": c.layer,
+                "alpha": c.alpha,
+                "where": where,
+                "continuation": texts[k],
+                "n_new_tokens": len(ids[k]),
+                **{key: float(v[k]) for key, v in scores.items()},
+                "repetition": repetition(texts[k]),
+                "perplexity": float(ppl[k]),
+            }
+        )
+    return rows
 
 
 def steer_prompts(
@@ -102,92 +340,72 @@ def steer_prompts(
     alphas: Sequence[float],
     scales: np.ndarray,
     max_new_tokens: int = 30,
-    batch_size: int = 8,
+    batch_size: int = 32,
     where: str = "all",
     seed: int = 0,
+    prompt: bool | None = None,
+    transfer: EmotionVectors | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for every prompt and condition (see the module docstring). ``scales``: the
-    typical residual norm per layer (:func:`~emocircuits.interventions.typical_norms`);
-    ``layers`` use the activation-folder numbering, as ``vectors.layers``."""
-    if emotion not in vectors.directions:
-        raise DataError(f"no direction for {emotion!r} in the vectors (has {vectors.emotions})")
-    width = vectors.directions[emotion].shape[-1]
-    if width != lm.arch.width:
-        raise DataError(f"the vectors are {width} wide, the model {lm.arch.width}")
-    runs: list[tuple[str, int | None, float, list[Steer]]] = [("none", None, 0.0, [])]
-    for layer in layers:
-        if layer not in vectors.layers:
-            raise DataError(f"layer {layer} is not in the vectors (layers {vectors.layers})")
-        v = vectors.directions[emotion][vectors.layers.index(layer)]
-        r = random_direction(width, seed + layer)
-        for a in alphas:
-            s = float(scales[layer])
-            runs.append(("direction", layer, a, [Steer(layer, v, a, s)]))
-            runs.append(("random", layer, a, [Steer(layer, r, a, s)]))
-    rows: list[dict[str, Any]] = []
-    for k, (condition, layer, alpha, steers) in enumerate(runs):
-        ids = generate(lm, prompts, steers=steers, where=where, max_new_tokens=max_new_tokens,
-                       batch_size=batch_size)  # fmt: skip
-        texts = [lm.tokenizer.decode(c, skip_special_tokens=True) for c in ids]
-        ppl = perplexity(lm, prompts, ids)
-        scores = {"vader": vader(texts)}
-        for e in MARKERS:
-            scores[f"marker_{e}"] = marker_rate(texts, e)
-        for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
-            rows.append(
-                {
-                    "prompt_index": i,
-                    "prompt": prompt,
-                    "condition": condition,
-                    "emotion": emotion,
-                    "layer": layer,
-                    "alpha": alpha,
-                    "where": where,
-                    "continuation": text,
-                    "n_new_tokens": len(ids[i]),
-                    **{key: float(v[i]) for key, v in scores.items()},
-                    "repetition": repetition(text),
-                    "perplexity": float(ppl[i]),
-                }
-            )
-        if progress is not None:
-            progress(k)
-    return rows
+    """Rows for every prompt and condition of one emotion. ``prompt`` (the prompting
+    baseline) defaults to on for chat models."""
+    check_vectors(lm, vectors, emotion, layers)
+    if transfer is not None:
+        check_vectors(lm, transfer, emotion, layers)
+    conds = conditions(vectors, emotion, layers=layers, alphas=alphas, scales=scales,
+                       seed=seed, prompt=has_chat_template(lm) if prompt is None else prompt,
+                       transfer=transfer)  # fmt: skip
+    return run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, where=where, progress=progress)  # fmt: skip
+
+
+SUMMARY_KEYS = ("vader", *[f"marker_{e}" for e in MARKERS], *[f"nrc_{c}" for c in NRC_CATEGORIES])
+
+
+def _interval(boots: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return round(float(lo), 4), round(float(hi), 4)
 
 
 def summarize(
     rows: Sequence[dict[str, Any]], n_boot: int = 1000, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """Per condition, layer and alpha: mean VADER and marker rates with bootstrap intervals
-    over prompts, the change in VADER from ``none`` (paired by prompt), and the median
-    perplexity ratio to ``none``."""
-    from emocircuits.interventions.scorers import distinct_n
-
+    """Per condition, emotion, layer and alpha: mean scores with bootstrap intervals over
+    prompts; the change in VADER from ``none`` (paired by prompt); the perplexity ratio to
+    ``none`` (median of per-prompt ratios, and ratio of means); distinct-2 and its ratio to
+    ``none``."""
     rng = np.random.default_rng(seed)
     base = {r["prompt_index"]: r for r in rows if r["condition"] == "none"}
+    if not base:
+        raise DataError("no `none` rows to compare against")
+    base_d2 = distinct_n([r["continuation"] for r in base.values()], 2)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["condition"], r["layer"], r["alpha"]), []).append(r)
+        key = (r["condition"], r.get("emotion"), r["layer"], r["alpha"])
+        groups.setdefault(key, []).append(r)
     out = []
-    for (condition, layer, alpha), rs in groups.items():
+    for (condition, emotion, layer, alpha), rs in groups.items():
         n = len(rs)
         idx = rng.integers(0, n, size=(n_boot, n))
-        row: dict[str, Any] = {"condition": condition, "layer": layer, "alpha": alpha, "n": n}
-        for key in ["vader", *[f"marker_{e}" for e in MARKERS], "repetition"]:
+        row: dict[str, Any] = {"condition": condition, "emotion": emotion, "layer": layer,
+                               "alpha": alpha, "n": n}  # fmt: skip
+        for key in [k for k in (*SUMMARY_KEYS, "repetition") if k in rs[0]]:
             v = np.array([r[key] for r in rs])
-            boots = v[idx].mean(1)
             row[key] = round(float(v.mean()), 4)
-            row[f"{key}_lo"], row[f"{key}_hi"] = (
-                round(float(q), 4) for q in np.quantile(boots, [0.025, 0.975])
-            )
+            row[f"{key}_lo"], row[f"{key}_hi"] = _interval(v[idx].mean(1))
         dv = np.array([r["vader"] - base[r["prompt_index"]]["vader"] for r in rs])
         row["vader_change"] = round(float(dv.mean()), 4)
-        row["vader_change_lo"], row["vader_change_hi"] = (
-            round(float(q), 4) for q in np.quantile(dv[idx].mean(1), [0.025, 0.975])
+        row["vader_change_lo"], row["vader_change_hi"] = _interval(dv[idx].mean(1))
+        p = np.array([r["perplexity"] for r in rs])
+        p0 = np.array([base[r["prompt_index"]]["perplexity"] for r in rs])
+        ok = np.isfinite(p) & np.isfinite(p0)
+        row["perplexity"] = round(float(np.mean(p[ok])), 4) if ok.any() else float("nan")
+        row["perplexity_ratio_median"] = round(float(np.nanmedian(p / p0)), 4)
+        row["perplexity_ratio_mean"] = (
+            round(float(p[ok].mean() / p0[ok].mean()), 4) if ok.any() else float("nan")
         )
-        ratio = np.array([r["perplexity"] / base[r["prompt_index"]]["perplexity"] for r in rs])
-        row["perplexity_ratio_median"] = round(float(np.nanmedian(ratio)), 4)
-        row["distinct_2"] = round(float(distinct_n([r["continuation"] for r in rs], 2)), 4)
+        d2 = distinct_n([r["continuation"] for r in rs], 2)
+        row["distinct_2"] = round(float(d2), 4)
+        row["distinct_2_ratio"] = round(float(d2 / base_d2), 4) if base_d2 else float("nan")
         out.append(row)
     return out

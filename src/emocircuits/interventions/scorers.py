@@ -2,6 +2,9 @@
 
 - :func:`vader`: VADER compound sentiment (Hutto & Gilbert 2014; the ``vadersentiment``
   package ships its lexicon), in [-1, 1];
+- :func:`nrc_counts`: NRC Emotion Lexicon (Mohammad & Turney 2013) word counts per
+  category (anger, fear, joy, sadness, trust, positive, ...), from the lexicon file the
+  ``nrclex`` package ships (read as JSON; neither TextBlob nor NLTK data is used);
 - :func:`marker_rate`: whether a text contains a marker word of an emotion (:data:`MARKERS`,
   matched on lowercase word prefixes, so ``apolog`` matches apologise / apologize /
   apology);
@@ -66,6 +69,59 @@ def vader(texts: Sequence[str]) -> np.ndarray:
     """VADER compound score of each text."""
     a = _analyzer()
     return np.array([a.polarity_scores(t)["compound"] for t in texts], dtype=float)
+
+
+NRC_CATEGORIES = (
+    "anger",
+    "anticipation",
+    "disgust",
+    "fear",
+    "joy",
+    "negative",
+    "positive",
+    "sadness",
+    "surprise",
+    "trust",
+)
+"""The NRC Emotion Lexicon's eight emotions and two sentiments."""
+
+_SUFFIXES = ("'s", "s", "es", "ed", "d", "ing", "ly")
+
+
+@cache
+def _nrc() -> dict[str, frozenset[str]]:
+    import json
+    from importlib import resources
+
+    raw = json.loads(resources.files("nrclex.data").joinpath("nrc_en.json").read_text("utf-8"))
+    return {w: frozenset(cats) for w, cats in raw.items()}
+
+
+def _nrc_lookup(word: str, lex: dict[str, frozenset[str]]) -> frozenset[str]:
+    """The word's NRC categories; if it is not in the lexicon, those of the word with one
+    plain suffix (``'s s es ed d ing ly``) removed, tried in that order."""
+    if word in lex:
+        return lex[word]
+    for suf in _SUFFIXES:
+        if word.endswith(suf) and len(word) - len(suf) >= 3 and word[: -len(suf)] in lex:
+            return lex[word[: -len(suf)]]
+    return frozenset()
+
+
+def nrc_counts(texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per NRC category, how many words of each text carry it (a word can carry several).
+
+    >>> c = nrc_counts(["I am furious and angry.", "The bus is late."])
+    >>> c["anger"].tolist(), c["joy"].tolist()
+    ([2.0, 0.0], [0.0, 0.0])
+    """
+    lex = _nrc()
+    out = {c: np.zeros(len(texts)) for c in NRC_CATEGORIES}
+    for i, t in enumerate(texts):
+        for w in words(t):
+            for c in _nrc_lookup(w, lex):
+                out[c][i] += 1
+    return out
 
 
 def marker_rate(texts: Sequence[str], emotion: str) -> np.ndarray:

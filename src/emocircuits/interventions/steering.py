@@ -10,6 +10,9 @@ runs (``generate`` and its KV cache included), and take it out again on exit.
   ``l - 1`` (what ``resid`` layer ``l`` captures), layer 0 the embedding output.
 - ``where="all"`` adds at every position, prompt and generated tokens alike;
   ``where="new"`` only at generated tokens (forward passes that continue a KV cache).
+- ``per_row``: instead of one set of steers for the whole batch, a list of steers per row
+  of the batch (``[]`` for an unsteered row), so that many conditions share one batched
+  ``generate``; rows must then match the batch the model sees.
 - The model is never modified: a forward hook per steered block, removed on exit, also
   after an exception.
 
@@ -57,18 +60,33 @@ class Steer:
 
 
 @contextmanager
-def steering(lm: LoadedModel, steers: Sequence[Steer], *, where: str = "all") -> Iterator[None]:
-    """Add each :class:`Steer` to the residual stream for the duration of the block."""
+def steering(
+    lm: LoadedModel,
+    steers: Sequence[Steer] = (),
+    *,
+    where: str = "all",
+    per_row: Sequence[Sequence[Steer]] | None = None,
+) -> Iterator[None]:
+    """Add each :class:`Steer` to the residual stream for the duration of the block (or, with
+    ``per_row``, each row's own steers to that row of the batch)."""
     import torch
 
     if where not in WHERE:
         raise CaptureError(f"unknown steering position {where!r}; choose from {', '.join(WHERE)}")
     arch = lm.arch
     by_layer: dict[int, Any] = {}
-    for s in steers:
-        layer = arch.normalize_layer(s.layer, "resid")
-        d = s.delta(arch.width)
-        by_layer[layer] = by_layer.get(layer, 0) + d
+    groups = [steers] if per_row is None else per_row
+    for row, group in enumerate(groups):
+        for s in group:
+            layer = arch.normalize_layer(s.layer, "resid")
+            d = s.delta(arch.width)
+            if per_row is not None:  # [rows, 1, width]: broadcast over positions
+                full = by_layer.setdefault(
+                    layer, torch.zeros(len(groups), 1, arch.width, dtype=d.dtype)
+                )
+                full[row, 0] += d
+            else:
+                by_layer[layer] = by_layer.get(layer, 0) + d
     state = {"decoding": False}
 
     def model_pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
@@ -81,6 +99,10 @@ def steering(lm: LoadedModel, steers: Sequence[Steer], *, where: str = "all") ->
         def apply(h: torch.Tensor) -> torch.Tensor:
             if where == "new" and not state["decoding"]:
                 return h
+            if delta.dim() == 3 and h.shape[0] != delta.shape[0]:
+                raise CaptureError(
+                    f"per-row steering for {delta.shape[0]} rows, but the batch has {h.shape[0]}"
+                )
             return h + delta.to(h.dtype)
 
         def forward(module: Any, args: Any, output: Any) -> Any:

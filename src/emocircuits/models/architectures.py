@@ -37,12 +37,14 @@ class ArchSpec:
     mlp_out: str  # likewise for the MLP
     o_proj: str  # from a block to the attention output projection (input = per-head z)
     final_norm: str  # from the base model
+    mlp_proj: str  # from a block to the MLP's output (down) projection (input = neurons)
     conv1d: bool = False  # GPT-2's Conv1D stores weights as [in, out]
+    post_norm: bool = False  # attn_out / mlp_out are RMSNorms of the projections' outputs
     parallel: Callable[[Any], bool] = lambda config: False
 
 
 SPECS: tuple[ArchSpec, ...] = (
-    ArchSpec(("gpt2",), "h", "attn", "mlp", "attn.c_proj", "ln_f", conv1d=True),
+    ArchSpec(("gpt2",), "h", "attn", "mlp", "attn.c_proj", "ln_f", "mlp.c_proj", conv1d=True),
     ArchSpec(
         ("gpt_neox",),
         "layers",
@@ -50,9 +52,10 @@ SPECS: tuple[ArchSpec, ...] = (
         "mlp",
         "attention.dense",
         "final_layer_norm",
+        "mlp.dense_4h_to_h",
         parallel=lambda c: bool(getattr(c, "use_parallel_residual", True)),
     ),
-    ArchSpec(("gpt_neo",), "h", "attn", "mlp", "attn.attention.out_proj", "ln_f"),
+    ArchSpec(("gpt_neo",), "h", "attn", "mlp", "attn.attention.out_proj", "ln_f", "mlp.c_proj"),
     ArchSpec(
         ("llama", "mistral", "qwen2", "qwen3", "gemma"),
         "layers",
@@ -60,6 +63,7 @@ SPECS: tuple[ArchSpec, ...] = (
         "mlp",
         "self_attn.o_proj",
         "norm",
+        "mlp.down_proj",
     ),
     # Gemma 2/3 normalise each sublayer's output before adding it to the residual stream:
     # what the block adds is the output of the post-sublayer norms.
@@ -70,6 +74,8 @@ SPECS: tuple[ArchSpec, ...] = (
         "post_feedforward_layernorm",
         "self_attn.o_proj",
         "norm",
+        "mlp.down_proj",
+        post_norm=True,
     ),
 )
 
@@ -122,15 +128,46 @@ class Architecture:
     def final_norm(self) -> nn.Module:
         return _get(self.base_model, self.spec.final_norm)
 
-    def o_proj_weight(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Output projection as ``(W [width, n_heads*head_dim], bias or None)``, so that the
-        attention output is ``z @ W.T + b`` and head h contributes
-        ``z[..., h*head_dim:(h+1)*head_dim] @ W[:, h*head_dim:(h+1)*head_dim].T``."""
-        m = self.o_proj(layer)
+    def mlp_proj(self, layer: int) -> nn.Module:
+        return _get(self.blocks[layer], self.spec.mlp_proj)
+
+    def _weight(self, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         w = m.weight.detach()
         return (w.T if self.spec.conv1d else w), (
             None if getattr(m, "bias", None) is None else m.bias.detach()
         )
+
+    def o_proj_weight(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Output projection as ``(W [width, n_heads*head_dim], bias or None)``, so that the
+        attention output is ``z @ W.T + b`` and head h contributes
+        ``z[..., h*head_dim:(h+1)*head_dim] @ W[:, h*head_dim:(h+1)*head_dim].T``."""
+        return self._weight(self.o_proj(layer))
+
+    def mlp_proj_weight(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """MLP output (down) projection as ``(W [width, n_neurons], bias or None)``: the
+        MLP output is ``a @ W.T + b`` for neuron activations ``a`` (the projection's input),
+        and neuron j writes ``a[..., j] * W[:, j]``."""
+        return self._weight(self.mlp_proj(layer))
+
+    def post_norm(self, layer: int, site: str) -> nn.Module | None:
+        """Gemma 2/3: the RMSNorm applied to the attention (``site="attn"``) or MLP
+        (``"mlp"``) output before it is added to the residual stream; None elsewhere."""
+        if not self.spec.post_norm:
+            return None
+        if site not in ("attn", "mlp"):
+            raise CaptureError(f"post_norm: site must be 'attn' or 'mlp', not {site!r}")
+        return self.attn_out(layer) if site == "attn" else self.mlp_out(layer)
+
+    def post_norm_gain(self, layer: int, site: str) -> torch.Tensor | None:
+        """The elementwise gain ``g`` of :meth:`post_norm` (``y = g * x / rms(x)``), up to a
+        constant factor: the norm applied to a vector of ones. Measured, so Gemma's
+        ``(1 + weight)`` convention needs no special case; None without a post-norm."""
+        norm = self.post_norm(layer, site)
+        if norm is None:
+            return None
+        p = next(norm.parameters())
+        with torch.no_grad():
+            return norm(torch.ones(self.width, dtype=p.dtype, device=p.device)).float()
 
     def n_site_layers(self, site: str) -> int:
         if site not in SITES:

@@ -1,0 +1,348 @@
+"""Dose-response sweep over layers x alphas, and the recommended steering setting.
+
+``sweep`` steers every prompt with every emotion's direction at every (layer, alpha), plus
+a norm-matched random direction at each (layer, alpha) (shared by the emotions) and the
+unsteered ``none``, all in one batched generation; it adds the KL divergence of next-token
+distributions on neutral text (the baseline preset's neutral sentences) for each setting.
+
+**The recommended setting** of an emotion (:func:`recommend`) is the (layer, alpha) whose
+effect has the largest lower 95% bound, among the settings that pass the fluency and
+specificity limits (:data:`LIMITS`):
+
+- the effect: the VADER change from ``none`` for gratitude (up) and anger (down, so its
+  negative), the share of continuations with an apology marker for apology; for other
+  emotions the share with one of their marker words if :data:`~.scorers.MARKERS` has them,
+  else the absolute VADER change;
+- perplexity of the continuations under the unsteered model at most
+  ``perplexity_ratio`` x that of ``none`` (both the median of per-prompt ratios and the
+  ratio of means); a margin below the 1.5x that users ask for, because the setting is
+  chosen on these prompts and used on others;
+- distinct-2 at least ``distinct_2_ratio`` x that of ``none`` (METHODS.md: perplexity alone
+  lets loops like "pleasepleaseplease" through);
+- the random direction at the same (layer, alpha) moves VADER by less than
+  ``random_vader_change``: a setting where any push changes the tone is not specific.
+
+If no setting passes, the one with the smallest perplexity ratio among those with a positive
+effect is returned with ``meets_limits = False``, and the reason. Settings are saved next to
+the vectors (:func:`settings_path`: ``v.safetensors`` -> ``v.steer.json``), keyed by the
+model's revision and dtype, and ``emocircuits steer`` uses them when no ``--layer`` /
+``--alpha`` is given.
+
+>>> default_layers(30)
+[9, 12, 15, 18]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from emocircuits.errors import DataError
+from emocircuits.interventions.run import (
+    Condition,
+    check_vectors,
+    conditions,
+    has_chat_template,
+    next_token_kl,
+    run_conditions,
+    summarize,
+)
+from emocircuits.interventions.scorers import MARKERS
+
+if TYPE_CHECKING:
+    from emocircuits.geometry.vectors import EmotionVectors
+    from emocircuits.models.loading import LoadedModel
+
+DEFAULT_ALPHAS = (0.03, 0.06, 0.125, 0.25, 0.5)
+"""Doubling strengths (x the typical residual norm) for a sweep without calibration: the
+useful range is about 0.125-0.5 on SmolLM2 and 0.03-0.125 on Gemma 3 (METHODS.md)."""
+
+KL_RANGE = (0.03, 0.5)
+"""The alpha grid chosen from the data (:func:`calibrate_alphas`) spans the strengths at which
+the emotion directions cost this much KL (nats per token) on neutral text: below, the text
+barely changes; above, it stops being fluent."""
+
+DEPTHS = (0.3, 0.4, 0.5, 0.6)
+"""Default layers, as fractions of the depth: steering works best in the middle."""
+
+LIMITS = {"perplexity_ratio": 1.35, "distinct_2_ratio": 0.75, "random_vader_change": 0.15}
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """Four residual layers at :data:`DEPTHS` of the model's depth."""
+    return sorted({max(1, round(f * n_layers)) for f in DEPTHS})
+
+
+def effect(row: dict[str, Any], emotion: str) -> tuple[str, float, float, float]:
+    """``(name, value, lo, hi)`` of the emotion's effect in a summary row (larger = more)."""
+    if emotion == "gratitude":
+        return "vader_change", row["vader_change"], row["vader_change_lo"], row["vader_change_hi"]
+    if emotion == "anger":
+        return (
+            "-vader_change",
+            -row["vader_change"],
+            -row["vader_change_hi"],
+            -row["vader_change_lo"],
+        )
+    if emotion in MARKERS:
+        k = f"marker_{emotion}"
+        return k, row[k], row[f"{k}_lo"], row[f"{k}_hi"]
+    v = abs(row["vader_change"])
+    lo, hi = sorted(abs(x) for x in (row["vader_change_lo"], row["vader_change_hi"]))
+    if row["vader_change_lo"] < 0 < row["vader_change_hi"]:
+        lo = 0.0
+    return "|vader_change|", v, lo, hi
+
+
+def calibrate_alphas(
+    lm: LoadedModel,
+    vectors: EmotionVectors,
+    emotions: Sequence[str],
+    *,
+    layer: int,
+    scales: np.ndarray,
+    kl_texts: Sequence[str],
+    n: int = 5,
+    kl_range: tuple[float, float] = KL_RANGE,
+) -> tuple[list[float], dict[float, float]]:
+    """``n`` geometrically spaced alphas between those where the mean KL of the emotions'
+    directions at ``layer`` on ``kl_texts`` reaches ``kl_range`` (log-log interpolation
+    on a doubling grid from 1/128 to 2), and the measured KL per probed alpha. Cheap: one
+    forward pass over ``kl_texts`` per probe, no generation.
+
+    >>> alphas, kl = calibrate_alphas(lm, vecs, ["anger"], layer=15, scales=s,
+    ...                               kl_texts=texts)  # doctest: +SKIP
+    """
+    from emocircuits.interventions.steering import Steer
+
+    probe = [2.0**k for k in range(-7, 2)]
+    sets = []
+    for e in emotions:
+        v = vectors.directions[e][vectors.layers.index(layer)]
+        sets += [[Steer(layer, v, a, float(scales[layer]))] for a in probe]
+    kl = next_token_kl(lm, kl_texts, sets).reshape(len(emotions), len(probe)).mean(0)
+    logk = np.log(np.maximum.accumulate(np.maximum(kl, 1e-12)))  # monotone for interpolation
+    loga = np.log(probe)
+    lo, hi = (float(np.exp(np.interp(np.log(t), logk, loga))) for t in kl_range)
+    grid = np.geomspace(lo, max(hi, lo * 1.01), n)
+    return [float(f"{a:.3g}") for a in grid], dict(zip(probe, map(float, kl), strict=True))
+
+
+@dataclass
+class Recommendation:
+    """The chosen setting of one emotion, with the evidence it was chosen on."""
+
+    emotion: str
+    layer: int
+    alpha: float
+    where: str
+    effect: str
+    value: float
+    lo: float
+    hi: float
+    perplexity_ratio_median: float
+    perplexity_ratio_mean: float
+    distinct_2_ratio: float
+    kl: float
+    random_vader_change: float
+    meets_limits: bool
+    reason: str = ""
+    limits: dict[str, float] = field(default_factory=lambda: dict(LIMITS))
+
+
+def _passes(row: dict[str, Any], rand: dict[str, Any], limits: dict[str, float]) -> list[str]:
+    fails = []
+    if (
+        max(row["perplexity_ratio_median"], row["perplexity_ratio_mean"])
+        > limits["perplexity_ratio"]
+    ):
+        fails.append("perplexity")
+    if row["distinct_2_ratio"] < limits["distinct_2_ratio"]:
+        fails.append("distinct-2")
+    if abs(rand["vader_change"]) >= limits["random_vader_change"]:
+        fails.append("random direction moves VADER")
+    return fails
+
+
+def recommend(
+    summary: Sequence[dict[str, Any]],
+    emotion: str,
+    *,
+    kl: dict[tuple[int, float], float] | None = None,
+    where: str = "all",
+    limits: dict[str, float] | None = None,
+) -> Recommendation:
+    """The recommended (layer, alpha) of ``emotion`` from a :func:`summarize` table (see the
+    module docstring for the rule)."""
+    limits = {**LIMITS, **(limits or {})}
+    rand = {(r["layer"], r["alpha"]): r for r in summary if r["condition"] == "random"}
+    cands = [r for r in summary if r["condition"] == "direction" and r["emotion"] == emotion]
+    if not cands:
+        raise DataError(f"no direction rows for {emotion!r} in the sweep")
+    scored = []
+    for r in cands:
+        name, v, lo, hi = effect(r, emotion)
+        ra = rand.get((r["layer"], r["alpha"]), {"vader_change": 0.0})
+        scored.append((r, name, v, lo, hi, ra, _passes(r, ra, limits)))
+    ok = [s for s in scored if not s[6]]
+    if ok:
+        best = max(ok, key=lambda s: (s[3], s[2], -s[0]["alpha"]))
+        reason = ""
+    else:
+        pos = [s for s in scored if s[2] > 0] or scored
+        best = min(pos, key=lambda s: s[0]["perplexity_ratio_median"])
+        reason = "no setting passed the limits; this one failed on " + ", ".join(best[6])
+    r, name, v, lo, hi, ra, _ = best
+    return Recommendation(
+        emotion=emotion,
+        layer=int(r["layer"]),
+        alpha=float(r["alpha"]),
+        where=where,
+        effect=name,
+        value=round(float(v), 4),
+        lo=round(float(lo), 4),
+        hi=round(float(hi), 4),
+        perplexity_ratio_median=r["perplexity_ratio_median"],
+        perplexity_ratio_mean=r["perplexity_ratio_mean"],
+        distinct_2_ratio=r["distinct_2_ratio"],
+        kl=round(float((kl or {}).get((r["layer"], r["alpha"]), float("nan"))), 4),
+        random_vader_change=ra["vader_change"],
+        meets_limits=bool(ok),
+        reason=reason,
+        limits=limits,
+    )
+
+
+@dataclass
+class SweepResult:
+    """Rows (one per prompt and condition), their summary with KL, and the recommendations."""
+
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    recommendations: dict[str, Recommendation]
+    settings: dict[str, Any]
+
+
+def sweep(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    vectors: EmotionVectors,
+    emotions: Sequence[str],
+    *,
+    layers: Sequence[int],
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    scales: np.ndarray,
+    kl_texts: Sequence[str] = (),
+    max_new_tokens: int = 30,
+    batch_size: int = 32,
+    where: str = "all",
+    seed: int = 0,
+    prompt: bool | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> SweepResult:
+    """Steer ``prompts`` with each emotion at each (layer, alpha) and recommend a setting per
+    emotion. ``progress`` gets the number of generations finished after each slice.
+
+    >>> res = sweep(lm, prompts, vecs, ["gratitude"], layers=[15], scales=s)  # doctest: +SKIP
+    >>> res.recommendations["gratitude"].alpha  # doctest: +SKIP
+    0.25
+    """
+    for e in emotions:
+        check_vectors(lm, vectors, e, layers)
+    use_prompt = has_chat_template(lm) if prompt is None else prompt
+    conds: list[Condition] = []
+    for k, e in enumerate(emotions):
+        conds += conditions(vectors, e, layers=layers, alphas=alphas, scales=scales, seed=seed,
+                            random=k == 0, none=k == 0, prompt=use_prompt)  # fmt: skip
+    rows = run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, where=where, progress=progress)  # fmt: skip
+    summary = summarize(rows)
+    kl: dict[tuple, float] = {}
+    if kl_texts:
+        steered = [c for c in conds if c.steers]
+        values = next_token_kl(lm, kl_texts, [c.steers for c in steered], batch_size=batch_size)
+        kl = {c.key(): float(v) for c, v in zip(steered, values, strict=True)}
+    for r in summary:
+        r["kl"] = round(kl.get((r["condition"], r["emotion"], r["layer"], r["alpha"]), 0.0), 5)
+    recs = {}
+    for e in emotions:
+        by_setting = {
+            (r["layer"], r["alpha"]): r["kl"]
+            for r in summary
+            if r["condition"] == "direction" and r["emotion"] == e
+        }
+        recs[e] = recommend(summary, e, kl=by_setting, where=where)
+    settings = {"emotions": list(emotions), "layers": list(layers), "alphas": list(alphas),
+                "where": where, "max_new_tokens": max_new_tokens, "seed": seed,
+                "n_prompts": len(prompts), "prompting_baseline": use_prompt,
+                "kl_texts": len(kl_texts), "decoding": "greedy"}  # fmt: skip
+    return SweepResult(rows, summary, recs, settings)
+
+
+def settings_path(vectors_path: str | os.PathLike[str]) -> Path:
+    """Where a vectors file's recommended settings live: ``v.safetensors`` -> ``v.steer.json``."""
+    from emocircuits.geometry.vectors import safetensors_path
+
+    p = safetensors_path(vectors_path)
+    return p.with_name(p.name.removesuffix(".safetensors") + ".steer.json")
+
+
+def model_key(provenance: dict[str, Any]) -> str:
+    """Settings are per model weights and dtype (greedy text depends on both)."""
+    rev = provenance.get("revision") or provenance.get("name")
+    return f"{rev}|{provenance.get('dtype', 'float32')}"
+
+
+def save_recommendations(
+    vectors_path: str | os.PathLike[str],
+    provenance: dict[str, Any],
+    recs: dict[str, Recommendation],
+    evidence: dict[str, Any],
+) -> Path:
+    """Merge ``recs`` into the vectors' settings file (other models' entries are kept)."""
+    from emocircuits.capture.store import atomic_write_json
+
+    path = settings_path(vectors_path)
+    data: dict[str, Any] = {"format": "emocircuits.steer-settings", "version": 1, "models": {}}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text("utf-8"))
+            data["models"] = dict(old.get("models", {}))
+        except (json.JSONDecodeError, AttributeError):
+            raise DataError("not a steer-settings JSON file", where=str(path)) from None
+    key = model_key(provenance)
+    entry = data["models"].get(key, {"model": provenance, "emotions": {}})
+    entry["model"] = provenance
+    for e, r in recs.items():
+        entry["emotions"][e] = {**asdict(r), "evidence": evidence}
+    data["models"][key] = entry
+    atomic_write_json(path, data)
+    return path
+
+
+def load_recommendation(
+    vectors_path: str | os.PathLike[str], provenance: dict[str, Any], emotion: str
+) -> dict[str, Any]:
+    """The saved recommended setting of ``emotion`` for this model, or a clear error."""
+    path = settings_path(vectors_path)
+    hint = f"run `emocircuits steer-sweep --model ... --vectors {vectors_path}` first"
+    if not path.is_file():
+        raise DataError(f"no --layer/--alpha given and no recommended settings ({path}); {hint}")
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        entry = data["models"][model_key(provenance)]
+    except json.JSONDecodeError:
+        raise DataError("not a steer-settings JSON file", where=str(path)) from None
+    except KeyError:
+        raise DataError(
+            f"{path} has no settings for this model ({model_key(provenance)}); {hint}"
+        ) from None
+    if emotion not in entry["emotions"]:
+        raise DataError(f"{path} has no setting for {emotion!r} on this model; {hint}")
+    return entry["emotions"][emotion]
