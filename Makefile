@@ -1,4 +1,5 @@
-# make demo  - set up .venv (torch CPU, the package, the default real model) and run the demo
+# make demo  - set up .venv (torch CPU, the package, the built-in real models) and run the
+#              default study (emocircuits run): prints the answers and the report's path
 # make test  - set up with dev tools and pass the whole suite (what CI runs)
 # GPU users: make demo TORCH_SPEC="torch==2.13.0" PYTHON=python3.11, or any torch spec you like.
 
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
-DEMO_OUT ?= runs/demo/baseline-smollm2-135m
+DEMO_OUT ?= runs/demo
 
 .PHONY: install demo test lint format bench clean
 
@@ -23,11 +24,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/emocircuits extract --model smollm2-135m --data baseline --out $(DEMO_OUT)
-	$(BIN)/emocircuits summary $(DEMO_OUT) --position mean
-	$(BIN)/emocircuits geometry --activations $(DEMO_OUT) --out $(DEMO_OUT)-geometry
+	$(BIN)/emocircuits run --out $(DEMO_OUT)
 
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/ruff check src tests bench conftest.py
 	$(BIN)/ruff format --check src tests bench conftest.py
 	$(BIN)/python -m pytest

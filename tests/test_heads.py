@@ -294,6 +294,31 @@ def test_run_conditions_mixes_conditions_in_one_batch_like_separate_runs(tiny):
             close(mixed[c][m], alone[m])
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox_parallel", "llama", "gemma3_text"])
+def test_run_conditions_equal_a_whole_forward_pass_under_the_ablation_hooks(tiny, arch):
+    """Rows resumed from their first ablated block, many conditions in one left-padded
+    batch: the logit difference of one unpadded prompt run whole under ablating_heads."""
+    lm = tiny(arch)
+    texts, labels, _ = _prompts(2)
+    cap = capture_heads(lm, texts, baseline_rows=labels == "neutral", batch_size=4)
+    v = np.random.default_rng(3).normal(size=(lm.arch.width, 1)).astype(np.float32)
+    r = Readout("x", (3, 4), (5, 9), ("a", "b"))
+    rows = tuple(range(len(texts)))
+    conds = [Condition(((1, 0), (2, 1)), rows), Condition(((0, 2),), rows[::2]),
+             Condition((), rows[1::3])]  # fmt: skip
+    kw = {"position": "mean", "layer": 2, "directions": v, "readouts": [r]}
+    res = run_conditions(lm, texts, conds, values=cap.z_mean, batch_size=3, rows_per_pass=5, **kw)
+    for c, cond in enumerate(conds):
+        for k, row in enumerate(cond.rows):
+            enc = lm.tokenizer(readout_texts([texts[row]]), return_tensors="pt")
+            where = torch.ones(enc["input_ids"].shape, dtype=torch.bool)
+            where[0, 0] = False  # every position but the first
+            with torch.no_grad(), ablating_heads(lm, list(cond.heads), cap.z_mean, where):
+                logits = lm.model(**enc).logits[:, -1]
+            want = float(logit_diff(logits, r)[0])
+            assert res[c]["logit_diff"][k, 0] == pytest.approx(want, abs=1e-4), (arch, c, k)
+
+
 # ------------------------------------------------------------------------ statistics
 def test_contrast_planted_and_by_hand():
     rng = np.random.default_rng(0)

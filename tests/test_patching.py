@@ -19,6 +19,7 @@ import torch
 import emocircuits as ec
 from emocircuits.capture.hooks import count_hooks, hooked
 from emocircuits.errors import DataError
+from emocircuits.geometry.probes import fit_probe
 from emocircuits.geometry.vectors import EmotionVectors
 from emocircuits.interventions import readout as readout_module
 from emocircuits.interventions.ablation import (
@@ -34,15 +35,18 @@ from emocircuits.interventions.ablation import (
     run_ablation,
     split_rows,
 )
+from emocircuits.interventions.forward import resume, trace, unembed
 from emocircuits.interventions.patching import (
     _patch_fn,
     match_pairs,
     patch,
+    random_directions,
     recovered_fraction,
     resid_edit_hooks,
 )
 from emocircuits.interventions.readout import Readout, logit_diff, readout_texts
 
+from conftest import TINY_CONFIGS
 from helpers import close, one_error_line, run
 
 ARCHS = ["gpt2", "llama", "gemma3_text"]  # absolute positions; BOS + RoPE; sliding window 4
@@ -134,6 +138,42 @@ def test_patch_fn_replaces_the_whole_vector_or_only_its_component_along_v():
     close(_patch_fn(src[:1, :1], slice(1, 2), u)(h[:1])[0, 1], src[0, 0], "v = difference")
 
 
+# ------------------------------------------------------------------------- resumable pass
+ALL_ARCHS = sorted(TINY_CONFIGS)
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_resumed_rows_equal_the_model_and_edits_equal_hooked_runs(tiny, arch):
+    """A resumed copy of a row from any block gives transformers' own logits (left-padded
+    batch, any start); an edit on entry equals the same edit by a hook in a full pass."""
+    lm = tiny(arch)
+    n0 = count_hooks(lm.model)
+    texts = readout_texts(["Thank you so much for all of the help today.", "Sorry!",
+                           "The bus is late again."])  # fmt: skip
+    enc = lm.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
+    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    inputs = {**enc, "position_ids": pos}
+    with torch.no_grad():
+        want = lm.model(**inputs).logits[:, -1]
+    L = lm.arch.n_layers
+    tr = trace(lm, inputs)
+    assert len(tr.resid) == L + 1 and count_hooks(lm.model) == n0
+    ids = [3, 17, 40, 41]
+    close(unembed(lm, tr.resid[L][:, -1], ids), want[:, ids], f"{arch} trace")
+    src, start = [2, 0, 1, 0, 2, 1], [0, L, 1, 2, L - 1, 0]
+    h = resume(lm, tr, src, start)
+    close(unembed(lm, h[:, -1], ids), want[src][:, ids], f"{arch} resumed")
+    # an edit entering at layer 2 = the same edit by a hook on block 1's output
+    v = torch.randn(lm.arch.width)
+    h = resume(lm, tr, [0, 1, 2], [2, 2, 2], enter=lambda i, rows: tr.resid[i][rows] + v)
+    with torch.no_grad(), hooked(resid_edit_hooks(lm.arch, {2: lambda x: x + v})):
+        hooked_logits = lm.model(**inputs).logits[:, -1]
+    close(unembed(lm, h[:, -1], ids), hooked_logits[:, ids], f"{arch} edited")
+    part = trace(lm, inputs, stop=2)
+    assert part.stop == 2 and count_hooks(lm.model) == n0
+    close(part.resid[2], tr.resid[2])
+
+
 # ------------------------------------------------------------------------------- patching
 @pytest.fixture(scope="module")
 def patched(tiny):
@@ -220,6 +260,38 @@ def test_kv_cache_shortcut_equals_a_full_forward_pass(patched, arch):
             want = _full_forward_patch(lm, *ids, layer, slice(0, t - 3), rs[p.emotion])
             got = res.full[res.layers.index(layer), 0, k]
             assert got == pytest.approx(float(want[0]), abs=1e-4), (layer, "body")
+
+
+def _hooked_patch(lm, ids_e, ids_n, layer, cols, v, r):
+    """Reference: a plain forward pass of the neutral prompt with the library's residual
+    edit hook (no trace, no resumed rows)."""
+    with torch.no_grad():
+        hs = lm.model(input_ids=ids_e, output_hidden_states=True).hidden_states
+    src = hs[layer][:, cols]
+    with torch.no_grad(), hooked(resid_edit_hooks(lm.arch, {layer: _patch_fn(src, cols, v)})):
+        logits = lm.model(input_ids=ids_n).logits[:, -1]
+    return float(logit_diff(logits, r)[0])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resumed_directional_and_random_patches_equal_a_hooked_forward_pass(patched, arch):
+    lm, res, texts = patched[arch]
+    full_texts = readout_texts(texts)
+    rs, vecs = _readouts(), _vectors(lm)
+    rnd = torch.as_tensor(random_directions(lm.arch.width, res.layers, 0), dtype=torch.float32)
+    for k in range(0, len(res.pairs), 3):
+        p = res.pairs[k]
+        ids = [torch.tensor([lm.tokenizer(full_texts[r])["input_ids"]])
+               for r in (p.emotion_row, p.neutral_row)]  # fmt: skip
+        for layer in (1, 2):
+            li = res.layers.index(layer)
+            v = torch.as_tensor(vecs.directions[p.emotion][layer], dtype=torch.float32)
+            want = _hooked_patch(lm, *ids, layer, slice(None), v, rs[p.emotion])
+            assert res.directional_all[li, k] == pytest.approx(want, abs=1e-4)
+            want = _hooked_patch(lm, *ids, layer, slice(None), rnd[li], rs[p.emotion])
+            assert res.random_all[li, k] == pytest.approx(want, abs=1e-4)
+            want = _hooked_patch(lm, *ids, layer, slice(0, p.n_tokens - 3), v, rs[p.emotion])
+            assert res.directional[li, 0, k] == pytest.approx(want, abs=1e-4)
 
 
 def test_batched_equals_one_pair_at_a_time(patched):
@@ -421,6 +493,34 @@ def test_run_ablation_on_a_tiny_model(tiny):
         run_ablation(lm, _vectors(lm), _readouts(), pick(tr), pick(ev), targets=["joy"])
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3_text"])
+@pytest.mark.parametrize("mode", ["fixed", "per_layer"])
+def test_run_ablation_rows_equal_an_evaluation_under_the_ablating_hooks(tiny, arch, mode):
+    """Every condition runs as rows resumed from the first ablated layer, each with its own
+    subspace: the same logit differences and fixed-probe activations as a whole forward
+    pass under :func:`ablating`."""
+    lm = tiny(arch)
+    texts, labels = _data(12)
+    tr, ev = split_rows(labels, 8, 4)
+    pick = lambda rows: ([texts[i] for i in rows], [labels[i] for i in rows])  # noqa: E731
+    vecs, rs = _vectors(lm), _readouts()
+    res = run_ablation(lm, vecs, rs, pick(tr), pick(ev), from_layer=2, mode=mode, n_random=2,
+                       methods=("ncm",), folds=2, batch_size=5, rows_per_pass=7)  # fmt: skip
+    layers = list(range(2, lm.arch.n_layers + 1))
+    ev_texts = pick(ev)[0]
+    bases = direction_bases(vecs, list(EMOTIONS), layers, from_layer=2, mode=mode)
+    with ablating(lm, bases):
+        want = evaluate(lm, ev_texts, rs, batch_size=3)
+    clean = evaluate(lm, ev_texts, rs, batch_size=3)
+    for e in EMOTIONS:
+        close(res.ld["direction:all"][e], want.ld[e], f"{arch} {mode} {e}")
+        close(res.ld["none"][e], clean.ld[e])
+    probe = fit_probe(evaluate(lm, pick(tr)[0], rs).acts, pick(tr)[1], "ncm")
+    y = np.array([probe.classes.index(v) for v in pick(ev)[1]])
+    got = res.correct["direction:all"]["ncm"]
+    assert np.array_equal(got, probe.predict(want.acts) == y[:, None])
+
+
 def test_random_bases_fixed_and_per_layer():
     a = random_bases(8, [1, 2], 2, mode="fixed", seed=0)
     b = random_bases(8, [1, 2], 2, mode="per_layer", seed=0)
@@ -471,6 +571,26 @@ def test_cli_patch_and_ablate_write_their_folders(cli_setup, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert set(s["headline"]) == {"gratitude", "apology", "anger", "all"}
     assert s["settings"]["from_layer"] == 2 and "p" in stdout
+
+
+def test_cli_fast_budget_fills_the_settings_not_given(cli_setup, capsys):
+    model, vecs, root = cli_setup
+    out = root / "patch-fast"
+    code, _, err = run(capsys, "patch", "--model", model, "--vectors", vecs, "--data",
+                       "baseline", "--budget", "fast", "--n-pairs", "4", "--n-boot", "20",
+                       "--out", out, "--quiet", "--no-plots")  # fmt: skip
+    assert code == 0, err
+    st = json.loads((out / "summary.json").read_text())["settings"]
+    assert st["budget"] == "fast" and st["n_positions"] == 3 and st["n_pairs_requested"] == 4
+    assert st["n_layers"] == 8 and st["layers"] == [0, 1, 2, 3]  # the tiny model has 4
+    out = root / "ablate-fast"
+    code, _, err = run(capsys, "ablate", "--model", model, "--vectors", vecs, "--data",
+                       "baseline", "--budget", "fast", "--from-layer", "2", "--n-random",
+                       "3", "--n-boot", "20", "--out", out, "--quiet")  # fmt: skip
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["headline"]) == {"all"} and s["settings"]["n_random"] == 3
+    assert s["settings"]["n_held_out"] == 4 * 10 and s["settings"]["n_train"] == 4 * 32
 
 
 @pytest.mark.parametrize(

@@ -101,8 +101,16 @@ def test_cli_writes_jsonl_and_summary(setup, capsys):
                             "--max-new-tokens", "4", "--quiet")  # fmt: skip
     assert code == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 3 * len(PROMPTS)
+    assert len(rows) == (1 + 1 + 4) * len(PROMPTS)  # none, direction, 4 random draws
     assert {"prompt", "condition", "layer", "alpha", "continuation", "vader"} <= set(rows[0])
+    draws = [r["draw"] for r in rows if r["condition"] == "random"]
+    assert sorted(set(draws)) == [0, 1, 2, 3] and len(draws) == 4 * len(PROMPTS)
+    rand = {(r["draw"], r["prompt_index"]): r["continuation"] for r in rows
+            if r["condition"] == "random"}  # fmt: skip
+    assert len({tuple(rand[d, i] for i in range(len(PROMPTS))) for d in range(4)}) > 1
+    summary = {r["condition"]: r for r in json.loads(out.with_suffix(".summary.json")
+                                                        .read_text())["summary"]}  # fmt: skip
+    assert summary["random"]["n"] == 4 * len(PROMPTS)  # the draws pooled into one row
     meta = json.loads(out.with_suffix(".summary.json").read_text())
     assert meta["emotion"] == "anger" and meta["settings"]["layers"] == [1]
     assert len(meta["scales"]["values"]) == lm.arch.n_layers + 1

@@ -743,13 +743,14 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from emocircuits.interventions.run import has_chat_template
 
     chat = has_chat_template(lm) and not args.no_prompt_baseline
-    n = len(prompts) * (1 + chat + len(layers) * len(alphas) * (2 + (transfer is not None)))
+    per = 1 + args.n_random + (transfer is not None)
+    n = len(prompts) * (1 + chat + len(layers) * len(alphas) * per)
     with tqdm(total=n, desc="steer", unit="text", disable=args.quiet) as bar:
         rows = steer_prompts(
             lm, prompts, vecs, args.emotion, layers=layers, alphas=alphas,
             scales=scales, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             where=where, seed=args.seed, prompt=False if args.no_prompt_baseline else None,
-            transfer=transfer, progress=bar.update,
+            transfer=transfer, n_random=args.n_random, progress=bar.update,
         )  # fmt: skip
     out = Path(args.out)
     _write_jsonl(out, rows)
@@ -765,7 +766,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
                    "values": [round(float(v), 4) for v in scales]},
         "settings": {"layers": list(layers), "alphas": list(alphas), "where": where,
                      "source": source, "max_new_tokens": args.max_new_tokens,
-                     "seed": args.seed, "decoding": "greedy", "dtype": str(lm.dtype),
+                     "seed": args.seed, "n_random": args.n_random, "decoding": "greedy",
+                     "dtype": str(lm.dtype),
                      "prompts": str(args.prompts or "shipped neutral prompts (tune split)"),
                      "n_prompts": len(prompts)},
         "summary": summary,
@@ -795,7 +797,10 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
 
     prompts, vecs, lm, scales, kl_texts = _steer_setup(args, args.emotion or [])
     emotions = args.emotion or [e for e in vecs.emotions if e != "neutral"]
-    layers = args.layer or [x for x in default_layers(lm.arch.n_layers) if x in vecs.layers]
+    layers = args.layer or [
+        x for x in default_layers(lm.arch.n_layers, args.n_layers) if x in vecs.layers
+    ]
+    prompts = prompts[: args.n_prompts]
     if not layers:
         raise EmocircuitsError(f"none of the default layers is in {args.vectors}; give --layer")
     if args.alpha:
@@ -803,7 +808,7 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
     else:
         mid = layers[len(layers) // 2]
         alphas, calibration = calibrate_alphas(lm, vecs, emotions, layer=mid, scales=scales,
-                                               kl_texts=kl_texts)  # fmt: skip
+                                               kl_texts=kl_texts, n=args.n_alphas)  # fmt: skip
         print(f"alphas from the data (KL on neutral text at layer {mid}): {alphas}")
     out = Path(args.out) if args.out else safetensors_path(args.vectors).with_suffix("")
     out = out if args.out else out.with_name(out.name + f"-sweep-{lm.name}")
@@ -888,17 +893,48 @@ def _patch_meta(lm, ds, vecs, readouts, args: argparse.Namespace) -> dict:
     }
 
 
+def _budget(args: argparse.Namespace, budgets: dict[str, dict]) -> None:
+    """Fill the settings not given on the command line from ``budgets[args.budget]``."""
+    for key, value in budgets[args.budget].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def _add_causal_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """The arguments `patch` and `ablate` share."""
+    _add_model_arg(p)
+    p.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    p.add_argument("--data", default="extended", help="preset or JSONL (default extended)")
+    p.add_argument("--baseline", default="neutral", help="label of the neutral prompts")
+    p.add_argument(
+        "--budget",
+        choices=("default", "fast"),
+        default="default",
+        help="named settings for the options not given (fast: for a whole-study run)",
+    )
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--batch-size", type=_positive, default=batch_size)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def cmd_patch(args: argparse.Namespace) -> int:
     import time
 
     from emocircuits.geometry.analysis import write_tables
-    from emocircuits.interventions.patching import headline, patch
+    from emocircuits.interventions.patching import PATCH_BUDGETS, headline, patch
     from emocircuits.interventions.readout import readout
     from emocircuits.models import load_model
 
     start = time.time()
+    _budget(args, PATCH_BUDGETS)
     ds, vecs, emotions = _patch_inputs(args)
-    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    lm = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                    progress=not args.quiet)  # fmt: skip
     layers = None
     if args.layers:
         layers = sorted({lm.arch.normalize_layer(x, "resid") for x in args.layers})
@@ -906,7 +942,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     res = patch(
         lm, ds.texts, ds.labels, vecs, readouts, emotions=emotions, baseline=args.baseline,
         n_pairs=args.n_pairs, min_pairs=args.min_pairs, n_positions=args.n_positions,
-        layers=layers, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+        layers=layers, n_layers=args.n_layers, batch_size=args.batch_size, seed=args.seed,
+        progress=not args.quiet,
     )  # fmt: skip
     rows = res.table(n_boot=args.n_boot, level=args.level, seed=args.seed)
     gaps = res.gaps(n_boot=args.n_boot, level=args.level, seed=args.seed)
@@ -916,7 +953,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
         "version": 1,
         **_patch_meta(lm, ds, vecs, readouts, args),
         "settings": {**res.settings, "layers": res.layers, "columns": res.columns,
-                     "n_boot": args.n_boot, "ci_level": args.level},
+                     "n_boot": args.n_boot, "ci_level": args.level, "budget": args.budget,
+                     "dtype": args.dtype},
         "gaps": gaps,
         "headline": head,
         "seconds": round(time.time() - start, 1),
@@ -955,18 +993,20 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     import time
 
     from emocircuits.geometry.analysis import write_tables
-    from emocircuits.interventions.ablation import ALL, run_ablation, split_rows
+    from emocircuits.interventions.ablation import ABLATE_BUDGETS, ALL, run_ablation, split_rows
     from emocircuits.interventions.readout import readout
     from emocircuits.models import load_model
 
     start = time.time()
+    _budget(args, ABLATE_BUDGETS)
     ds, vecs, emotions = _patch_inputs(args)
     for t in args.targets or ():
         if t != ALL and t not in emotions:
             raise EmocircuitsError(f"cannot ablate {t!r}: no direction with a readout "
                                    f"(have {', '.join(emotions)})")  # fmt: skip
     tr, ev = split_rows(ds.labels, args.n_train, args.n_eval, seed=args.seed)
-    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    lm = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                    progress=not args.quiet)  # fmt: skip
     readouts = {e: readout(lm.tokenizer, e) for e in emotions}
 
     def pick(rows):
@@ -984,7 +1024,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         "format": "emocircuits.ablate",
         "version": 1,
         **_patch_meta(lm, ds, vecs, readouts, args),
-        "settings": {**res.settings, "n_boot": args.n_boot, "ci_level": args.level},
+        "settings": {
+            **res.settings,
+            "n_boot": args.n_boot,
+            "ci_level": args.level,
+            "budget": args.budget,
+            "dtype": args.dtype,
+        },
         "chance": res.chance,
         "held_out_ids": [ds.ids[i] for i in ev],
         "headline": head,
@@ -1037,9 +1083,15 @@ def _p(v: float | None) -> str:
 def cmd_heads(args: argparse.Namespace) -> int:
     from emocircuits.data import load_dataset
     from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
-    from emocircuits.interventions.heads import analyze_heads, check_request, write_heads
+    from emocircuits.interventions.heads import (
+        HEADS_BUDGETS,
+        analyze_heads,
+        check_request,
+        write_heads,
+    )
     from emocircuits.models import load_model
 
+    _budget(args, HEADS_BUDGETS)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise EmocircuitsError(f"{out} exists and is not a folder")
@@ -1062,6 +1114,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )  # fmt: skip
     res.summary["vectors"] = {"file": str(safetensors_path(args.vectors)), **vecs.meta()}
+    res.summary["settings"]["budget"] = args.budget
     folder = write_heads(res, out)
     paths = []
     if not args.no_plots:
@@ -1094,6 +1147,61 @@ def cmd_heads(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------- models
+# ----------------------------------------------------------------------------------- run
+def _set_overrides(items: Sequence[str]) -> dict[str, dict]:
+    """``--set table.key=value`` (value parsed as TOML, else taken as a string)."""
+    import tomllib
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        table, dot, name = key.strip().rpartition(".")
+        if not eq or not dot or not name:
+            raise EmocircuitsError(
+                f"--set {item!r}: expected TABLE.KEY=VALUE, e.g. geometry.n_boot=200"
+            )
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        out.setdefault(table, {})[name] = parsed
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from emocircuits.study.config import load_config
+
+    over = _set_overrides(args.set or [])
+    study = over.setdefault("study", {})
+    for k in ("models", "data", "out", "dtype"):
+        if getattr(args, k):
+            study[k] = getattr(args, k)
+    if args.only:
+        study["analyses"] = list(args.only)
+    if args.no_mlflow:
+        study["mlflow"] = False
+    cfg = load_config(args.config, over)
+    if args.print_config:
+        sys.stdout.write(cfg.to_toml())
+        return 0
+    from emocircuits.study.runner import run_study
+    from emocircuits.study.summary import print_summary
+
+    res = run_study(cfg, progress=not args.quiet)
+    print_summary(res)
+    for key, why in res.failed.items():
+        print(f"emocircuits: error: stage {key}: {why}", file=sys.stderr)
+    return 2 if res.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from emocircuits.report.html import write_report
+
+    path = write_report(args.dir)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from emocircuits.models import BUILTINS, SUPPORTED
 
@@ -1531,8 +1639,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--transfer",
         default=None,
-        help="vectors already mapped into this model (`compare --map-vectors`): adds the "
+        help="vectors already mapped into this model (`emocircuits map-vectors`): adds the "
         "condition `transfer`",
+    )
+    st.add_argument(
+        "--n-random",
+        type=_positive,
+        default=4,
+        help="random directions per setting (default 4; condition `random`, column `draw`); "
+        "their rows are pooled: one draw is a noisy estimate of the null",
     )
     st.set_defaults(func=cmd_steer)
 
@@ -1540,17 +1655,27 @@ def build_parser() -> argparse.ArgumentParser:
         "steer-sweep",
         help="dose-response over layers x alphas; saves the recommended setting per emotion",
         description="Steers the prompts (default: 20 shipped open-ended neutral prompts) "
-        "with every emotion's direction at every --layer (default: 4 layers at 30-60%% of "
-        "the depth) and --alpha (default: 5 strengths chosen from the data, spanning a KL "
-        "of 0.03-0.5 nats/token on neutral text), plus a random direction at each setting, "
+        "with every emotion's direction at every --layer (default: --n-layers 4 layers "
+        "evenly at 30-60% of the depth) and --alpha (default: --n-alphas 5 strengths chosen "
+        "from the data, geometrically spaced between those costing a KL of 0.03 and 0.5 "
+        "nats/token on neutral text), plus a random direction at each setting, "
         "all in one batched generation. Writes rows.jsonl, summary.csv, sweep.json and a "
         "dose-response figure per emotion into --out, and the recommended setting per "
-        "emotion (largest lower 95%% bound of the effect with perplexity <= 1.35x none, "
+        "emotion (largest lower 95% bound of the effect with perplexity <= 1.35x none, "
         "distinct-2 >= 0.75x none, and the random direction moving VADER < 0.15) into "
         "VECTORS.steer.json, which `steer` reads.",
     )
     _add_steer_args(sw)
     sw.add_argument("--emotion", nargs="+", default=None, help="default: all in the vectors")
+    sw.add_argument(
+        "--n-layers", type=_positive, default=4, help="default layers (without --layer; 4)"
+    )
+    sw.add_argument(
+        "--n-alphas", type=_positive, default=5, help="strengths chosen from the data (5)"
+    )
+    sw.add_argument(
+        "--n-prompts", type=_positive, default=None, help="use only the first N prompts"
+    )
     sw.add_argument("--out", default=None, help="folder (default: next to the vectors)")
     sw.set_defaults(func=cmd_steer_sweep)
 
@@ -1567,33 +1692,29 @@ def build_parser() -> argparse.ArgumentParser:
         "reference words after the cue; recovered fraction = sum(LD_patched - LD_neutral) / "
         "sum(LD_emotion - LD_neutral) over pairs, with a bootstrap interval over pairs. "
         "Writes pairs.csv, gaps.csv, patching.csv, summary.json and heatmaps "
-        "(docs/FORMAT.md). Cost: SmolLM2-135M, 24 pairs per emotion, 6 positions, 31 "
-        "layers: about 3,500 batched forward passes (tens of minutes on 2 CPU cores; fewer "
-        "--layers or --n-pairs for a quick look).",
+        "(docs/FORMAT.md). Each patched run starts from the clean run at its layer; "
+        "--budget fast (8 layers, 3 positions, 12 pairs per emotion) is the whole-study "
+        "setting (docs/BENCHMARKS.md has the costs).",
     )
-    _add_model_arg(pa)
-    pa.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
-    pa.add_argument("--data", default="extended", help="preset or JSONL (default extended)")
+    _add_causal_args(pa, batch_size=32)
     pa.add_argument("--emotion", nargs="+", default=None, help="emotions (default: all)")
-    pa.add_argument("--baseline", default="neutral", help="label of the neutral prompts")
-    pa.add_argument("--n-pairs", type=_positive, default=24, help="pairs per emotion (24)")
+    pa.add_argument("--n-pairs", type=_positive, default=None, help="pairs per emotion (24)")
     pa.add_argument(
         "--min-pairs", type=_positive, default=5, help="fewer equal-length pairs is an error"
     )
     pa.add_argument(
-        "--n-positions", type=_positive, default=6, help="last positions patched one by one (6)"
+        "--n-positions", type=_positive, default=None, help="last positions patched one by one (6)"
     )
     pa.add_argument(
         "--layers", type=_layers, default=None, help="resid layers, e.g. '0-30' (default all)"
     )
-    pa.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
-    pa.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    pa.add_argument("--batch-size", type=_positive, default=32)
+    pa.add_argument(
+        "--n-layers",
+        type=_positive,
+        default=None,
+        help="patch this many evenly spaced --layers, first and last included (default all)",
+    )
     pa.add_argument("--seed", type=int, default=0, help="pairing and random directions")
-    pa.add_argument("--out", required=True, help="output folder")
-    pa.add_argument("--no-plots", action="store_true", help="tables only")
-    pa.add_argument("--trust-remote-code", action="store_true")
-    pa.add_argument("--quiet", action="store_true", help="no progress bars")
     pa.set_defaults(func=cmd_patch)
 
     ab = sub.add_parser(
@@ -1609,12 +1730,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fitted on clean activations of --n-train other prompts per label, read at every "
         "layer, and probes refitted on the ablated activations (k-fold) at --probe-layer. "
         "p = (1 + #random draws removing as much) / (1 + draws). Writes ablation_ld.csv, "
-        "ablation_probe.csv, summary.json and figures (docs/FORMAT.md).",
+        "ablation_probe.csv, summary.json and figures (docs/FORMAT.md). --budget fast "
+        "(targets all, 19 random subspaces, 10 held-out prompts per label) is the "
+        "whole-study setting.",
     )
-    _add_model_arg(ab)
-    ab.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
-    ab.add_argument("--data", default="extended", help="preset or JSONL (default extended)")
-    ab.add_argument("--baseline", default="neutral", help="label of the neutral prompts")
+    _add_causal_args(ab, batch_size=16)
     ab.add_argument(
         "--targets", type=_csv, default=None, help="emotions and/or all (default: each and all)"
     )
@@ -1622,22 +1742,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-layer", type=int, default=None, help="first ablated layer (default n_layers // 2)"
     )
     ab.add_argument("--mode", choices=("fixed", "per_layer"), default="fixed")
-    ab.add_argument("--n-random", type=_positive, default=20, help="random draws per dimension")
+    ab.add_argument(
+        "--n-random", type=_positive, default=None, help="random draws per dimension (20)"
+    )
     ab.add_argument(
         "--probe-layer", type=int, default=None, help="headline probe layer (default the last)"
     )
     ab.add_argument("--methods", type=_csv, default=("logreg", "ncm"), help="probe methods")
     ab.add_argument("--position", default="mean", help="probe position rule (default mean)")
-    ab.add_argument("--n-train", type=_positive, default=80, help="probe prompts per label")
-    ab.add_argument("--n-eval", type=_positive, default=40, help="held-out prompts per label")
-    ab.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
-    ab.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    ab.add_argument("--batch-size", type=_positive, default=16)
+    ab.add_argument("--n-train", type=_positive, default=None, help="probe prompts per label (80)")
+    ab.add_argument(
+        "--n-eval", type=_positive, default=None, help="held-out prompts per label (40)"
+    )
     ab.add_argument("--seed", type=int, default=0, help="split and random directions")
-    ab.add_argument("--out", required=True, help="output folder")
-    ab.add_argument("--no-plots", action="store_true", help="tables only")
-    ab.add_argument("--trust-remote-code", action="store_true")
-    ab.add_argument("--quiet", action="store_true", help="no progress bars")
     ab.set_defaults(func=cmd_ablate)
 
     hd = sub.add_parser(
@@ -1667,14 +1784,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="readout resid layer (default: the vectors' layer with the best separation)",
     )
-    hd.add_argument("--top-k", type=_positive, nargs="+", default=[1, 2, 4, 8])
-    hd.add_argument("--n-random", type=_positive, default=50, help="random head sets per k")
+    hd.add_argument(
+        "--budget",
+        choices=("default", "fast"),
+        default="default",
+        help="named settings for the options not given (fast: 32 prompts per class, k = 2 "
+        "and 8 against 19 random sets on 4 prompts per class, for a whole-study run)",
+    )
+    hd.add_argument("--top-k", type=_positive, nargs="+", default=None, help="(1 2 4 8)")
+    hd.add_argument("--n-random", type=_positive, default=None, help="random head sets per k (50)")
     hd.add_argument(
         "--n-ablate",
         type=_positive,
-        default=12,
-        help="prompts per class in the ablation (cost: about n_random x len(top-k) x "
-        "emotions x n-ablate prompt runs)",
+        default=None,
+        help="prompts per class in the ablation (12; cost: about n_random x len(top-k) x "
+        "emotions x n-ablate prompt runs, each from its first ablated block on)",
     )
     hd.add_argument(
         "--n-per-class", type=_positive, default=None, help="prompts per class (default all)"
@@ -1691,6 +1815,45 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--trust-remote-code", action="store_true")
     hd.add_argument("--quiet", action="store_true", help="no progress bars")
     hd.set_defaults(func=cmd_heads)
+
+    from emocircuits.study.config import ANALYSES
+
+    ru = sub.add_parser(
+        "run",
+        help="the whole study: data -> capture -> geometry -> compare -> causal tests -> report",
+        description="Runs the whole study and writes DIR/report.html. Every stage is cached "
+        "in DIR/stages/<stage>/<label>-<hash> by a hash of its inputs and settings: a re-run "
+        "with nothing changed does no model work, a changed setting re-runs only the stages "
+        "that depend on it, an interrupted run resumes. Defaults: models smollm2-135m and "
+        "gemma3-270m, datasets extended and baseline, every analysis; steering strengths "
+        "and layers are chosen from the data (see `steer-sweep --help`). A TOML config sets "
+        "anything: a [study] table and one table per command with that command's options "
+        "(see --print-config). Tracked in MLflow (DIR/mlflow.db unless "
+        "MLFLOW_TRACKING_URI is set).",
+        epilog="examples:\n  emocircuits run\n  emocircuits run --print-config > study.toml\n"
+        "  emocircuits run --config study.toml --out runs/mystudy\n"
+        "  emocircuits run --models smollm2-135m --only geometry steer --set "
+        "steer-sweep.max_new_tokens=20\n"
+        "  mlflow ui --backend-store-uri sqlite:///runs/study/mlflow.db",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ru.add_argument("--config", help="study TOML file")
+    ru.add_argument("--models", nargs="+", help="models (built-in names, folders, .gguf, hub ids)")
+    ru.add_argument("--data", nargs="+", help="datasets (preset names or JSONL files)")
+    ru.add_argument("--out", help="output folder (default runs/study)")
+    ru.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+    ru.add_argument("--only", nargs="+", choices=ANALYSES, help="run only these analyses")
+    ru.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
+                    help="set one option, e.g. geometry.n_boot=200 (repeatable)")  # fmt: skip
+    ru.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    ru.add_argument("--print-config", action="store_true",
+                    help="print the effective configuration (TOML) and exit")  # fmt: skip
+    ru.add_argument("--quiet", action="store_true", help="no live progress display")
+    ru.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="rebuild DIR/report.html from a finished study")
+    rp.add_argument("dir", help="the study's output folder")
+    rp.set_defaults(func=cmd_report)
 
     mo = sub.add_parser("models", help="built-in models and supported architectures")
     mo.set_defaults(func=cmd_models)

@@ -30,3 +30,7 @@ class ModelError(EmocircuitsError):
 
 class CaptureError(EmocircuitsError):
     """An extraction was asked for something impossible (layer out of range, ...)."""
+
+
+class ReportError(EmocircuitsError):
+    """A folder cannot be reported on (not a study folder, unreadable study.json)."""

@@ -58,3 +58,33 @@ def split_halves(labels: np.ndarray, n_splits: int = 100, seed: int = 0) -> np.n
         for s in range(n_splits):
             out[s, rng.permutation(idx)[: len(idx) // 2]] = True
     return out
+
+
+def bootstrap_counts(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """``[n_boot, n]``: how often each of ``n`` rows is drawn in each plain (not
+    stratified) bootstrap resample; every row of the result sums to ``n``. A resampled sum
+    of paired per-row values ``x [n, ...]`` is ``counts @ x``, so every statistic built
+    from sums (means, ratios of means) shares one resampling.
+
+    >>> c = bootstrap_counts(5, n_boot=3, seed=0)
+    >>> c.shape, c.sum(1).tolist()
+    ((3, 5), [5.0, 5.0, 5.0])
+    """
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n)) + n * np.arange(n_boot)[:, None]
+    return np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def bootstrap_mean_ci(
+    x: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean of ``x`` over its first axis (rows
+    resampled with :func:`bootstrap_counts`).
+
+    >>> lo, hi = bootstrap_mean_ci(np.array([1.0, 2.0, 3.0, 4.0]), n_boot=200)
+    >>> bool(1.0 <= lo <= 2.5 <= hi <= 4.0)
+    True
+    """
+    x = np.asarray(x, dtype=np.float64)
+    means = (bootstrap_counts(len(x), n_boot, seed) / len(x)) @ x.reshape(len(x), -1)
+    lo, hi = percentile_ci(means.reshape(n_boot, *x.shape[1:]), level)
+    return lo, hi

@@ -20,7 +20,9 @@ the data, not by a scale: random unit directions are the norm-matched control. T
 empirical p-value of an effect is ``(1 + #{null >= observed}) / (1 + n_random)``.
 
 **What is measured** on held-out prompts (each emotion's and the baseline's), clean and
-under every ablation, in one forward pass per batch (:func:`evaluate`):
+under every ablation (the clean run once per batch; every ablated condition as rows of one
+batch that resume the clean run at layer ``L``, each row with its own subspace, see
+:func:`~emocircuits.interventions.forward.resume`):
 
 - the **logit-difference gap** of each emotion (:mod:`~emocircuits.interventions.readout`):
   ``gap = mean LD_e(emotion prompts) - mean LD_e(neutral prompts)``; the fraction removed
@@ -48,19 +50,34 @@ the probes' training prompts and the held-out prompts are disjoint (:func:`split
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from emocircuits.capture.hooks import hooked
 from emocircuits.errors import DataError
+from emocircuits.interventions.forward import (
+    Trace,
+    length_groups,
+    resume,
+    take_rows,
+    trace,
+    unembed,
+)
 from emocircuits.interventions.patching import resid_edit_hooks
-from emocircuits.interventions.readout import Readout, logit_diff, readout_texts
+from emocircuits.interventions.readout import (
+    Readout,
+    logit_diff,
+    readout_columns,
+    readout_texts,
+)
 
 if TYPE_CHECKING:
+    from emocircuits.capture.positions import Selection
     from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.models.loading import LoadedModel
 
@@ -154,6 +171,24 @@ class Evaluation:
     acts: np.ndarray
 
 
+def _held_batches(
+    lm: LoadedModel, texts: Sequence[str], position: str, batch_size: int
+) -> Iterator[tuple[np.ndarray, Selection, dict[str, torch.Tensor]]]:
+    """Left-padded batches of ``texts`` of similar token lengths
+    (:func:`~emocircuits.interventions.forward.length_groups`): rows, the position rule's
+    selection, the model inputs."""
+    from emocircuits.capture.capture import token_lengths, tokenize
+    from emocircuits.capture.positions import get_rule
+
+    if position == "all":
+        raise DataError("the ablation reads one value per prompt: a position rule other than 'all'")
+    rule = get_rule(position)
+    for rows in length_groups(token_lengths(lm, texts), batch_size):
+        batch, inputs = tokenize(lm, [texts[i] for i in rows], [None] * len(rows),
+                                 padding_side="left")  # fmt: skip
+        yield rows, rule(batch), inputs
+
+
 def evaluate(
     lm: LoadedModel,
     texts: Sequence[str],
@@ -164,47 +199,26 @@ def evaluate(
 ) -> Evaluation:
     """LD of every readout and the residual at every layer, for ``texts`` with the cue
     appended; one forward pass per batch (left padding, position ids from the mask, only
-    the last position's logits). Runs under whatever hooks are active (an ablation).
+    the readout words' logits at the last position). Runs under whatever hooks are active
+    (an ablation).
 
     >>> rs = {"gratitude": readout(lm.tokenizer, "gratitude")}  # doctest: +SKIP
     >>> ev = evaluate(lm, ["Thank you!"], rs)  # doctest: +SKIP
     """
-    import torch
-
-    from emocircuits.capture.capture import (
-        CaptureSpec,
-        Recorder,
-        plan_batches,
-        token_lengths,
-        tokenize,
-    )
-
     cues = {r.cue for r in readouts.values()}
     if len(cues) != 1:
         raise DataError(f"the readouts use different cues {sorted(cues)}")
     full = readout_texts(texts, cues.pop())
-    spec = CaptureSpec(sites=("resid",), positions=(position,), batch_size=batch_size)
-    spec.check(lm.arch)
-    recorder = Recorder(lm.arch, spec)
-    device = lm.arch.base_model.device
-    n = len(full)
+    cols = readout_columns(readouts.values())
+    n, L = len(full), lm.arch.n_layers
     ld = {e: np.zeros(n) for e in readouts}
-    acts: np.ndarray | None = None
-    with torch.no_grad(), hooked(recorder.hooks()):
-        for rows in plan_batches(token_lengths(lm, full), batch_size):
-            batch, inputs = tokenize(lm, [full[i] for i in rows], [None] * len(rows),
-                                     padding_side="left")  # fmt: skip
-            recorder.begin(batch)
-            out = lm.model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False,
-                           logits_to_keep=1)  # fmt: skip
-            logits = out.logits[:, -1]
-            for e, r in readouts.items():
-                ld[e][rows] = logit_diff(logits, r)
-            x = recorder.collect()[f"resid/{position}"]
-            if acts is None:
-                acts = np.zeros((n, *x.shape[1:]), dtype=np.float32)
-            acts[rows] = x
-    assert acts is not None
+    acts = np.zeros((n, L + 1, lm.arch.width), dtype=np.float32)
+    for rows, sel, inputs in _held_batches(lm, full, position, batch_size):
+        tr = trace(lm, inputs)
+        acts[rows] = torch.stack([sel.reduce(h.float().cpu()) for h in tr.resid], 1).numpy()
+        logits = unembed(lm, tr.resid[L][:, -1], cols).float().cpu()
+        for e, r in readouts.items():
+            ld[e][rows] = logit_diff(logits, r, cols)
     return Evaluation(ld, acts)
 
 
@@ -422,6 +436,49 @@ def _r(v: Any, nd: int = 6) -> float | None:
 
 
 # -------------------------------------------------------------------------------- running
+def _projection(
+    tr: Trace,
+    q_all: torch.Tensor,
+    cid: torch.Tensor,
+    src: torch.Tensor,
+    sel: Selection,
+    rec: torch.Tensor,
+    from_layer: int,
+) -> tuple[Callable[[int, np.ndarray], torch.Tensor], Callable[..., torch.Tensor]]:
+    """:func:`~emocircuits.interventions.forward.resume` callbacks (``enter``, ``after``)
+    for rows that copy the trace's rows ``src``: each row projects its condition's subspace
+    (``q_all[cid[row], layer - from_layer]``: orthonormal rows, zero padding) out of the
+    residual at every layer from ``from_layer`` on, and records the position rule's value
+    there into ``rec [rows, layers, W]``."""
+
+    def project(layer: int, h: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        q = q_all[cid[idx], layer - from_layer].to(device=h.device, dtype=h.dtype)
+        h = h - torch.einsum("nsk,nkw->nsw", torch.einsum("nsw,nkw->nsk", h, q), q)
+        rec[idx, layer - from_layer] = take_rows(sel, src[idx]).reduce(h.float().cpu())
+        return h
+
+    def enter(layer: int, rows: np.ndarray) -> torch.Tensor:
+        return project(layer, tr.resid[layer][src[torch.from_numpy(rows)]], rows)
+
+    def after(block: int, h: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        return project(block + 1, h, rows)
+
+    return enter, after
+
+
+ABLATE_BUDGETS: dict[str, dict[str, Any]] = {
+    "default": {"n_train": 80, "n_eval": 40, "n_random": 20, "targets": None},
+    "fast": {"n_train": 32, "n_eval": 10, "n_random": 19, "targets": ("all",)},
+}
+"""Named settings of ``emocircuits ablate --budget`` (``n_train``/``n_eval``: prompts per
+label for :func:`split_rows`; the rest: :func:`run_ablation`'s). ``default``: each
+emotion's direction and their span (``all``) against 20 random subspaces of each
+dimension (smallest attainable p = 1/21). ``fast`` (for a whole-study run): the span only,
+against 19 random subspaces of its dimension (smallest p = 1/20 = 0.05), on 10 held-out
+prompts per label, probes fitted on 32 per label."""
+
+
 def run_ablation(
     lm: LoadedModel,
     vectors: EmotionVectors,
@@ -439,6 +496,7 @@ def run_ablation(
     baseline: str = "neutral",
     folds: int = 5,
     batch_size: int = 16,
+    rows_per_pass: int = 64,
     seed: int = 0,
     progress: bool = False,
 ) -> AblationResult:
@@ -505,10 +563,20 @@ def run_ablation(
             b = random_bases(width, layers, dim, mode=mode, seed=hash((seed, dim, k)) % 2**32)
             conds.append((Condition(f"random{dim}:{k}", "random", f"random{dim}", dim, k), b))
 
+    full_ev = readout_texts(ev_texts, next(iter(readouts.values())).cue)
+    cols = readout_columns(readouts.values())
+    n, W = len(ev_texts), width
+    # per condition and ablated layer: an orthonormal basis, zero-padded to the largest dim
+    kmax = max((max(len(b) for b in bases.values()) if bases else 1) for _, bases in conds)
+    q_all = torch.zeros(len(conds), len(layers), kmax, W)
+    for c, (_, bases) in enumerate(conds):
+        for j, layer in enumerate(layers if bases else ()):
+            q = orthonormal(np.asarray(bases[layer]))
+            q_all[c, j, : len(q)] = torch.as_tensor(q, dtype=torch.float32)
+
     bar = tqdm(total=len(conds) + 1, desc="ablate", unit="condition", disable=not progress)
     try:
         clean_train = evaluate(lm, tr_texts, readouts, position=position, batch_size=batch_size)
-        bar.update(1)
         probes = {m: fit_probe(clean_train.acts, tr_labels, m) for m in methods}
         classes = list(dict.fromkeys(tr_labels))
         lab = np.asarray(ev_labels)
@@ -517,16 +585,55 @@ def run_ablation(
         correct: dict[str, dict[str, np.ndarray]] = {}
         refit: dict[str, dict[str, float]] = {}
         pi = all_layers.index(probe_layer)
-        for cond, bases in conds:
-            with ablating(lm, bases):
-                ev = evaluate(lm, ev_texts, readouts, position=position, batch_size=batch_size)
-            ld[cond.name] = ev.ld
-            correct[cond.name] = {m: p.predict(ev.acts) == y[:, None] for m, p in probes.items()}
-            refit[cond.name] = {
-                m: float(cross_validated(ev.acts[:, [pi]], lab, m, k=folds, seed=seed)[0])
+
+        def score(name: str, logits: np.ndarray, acts: np.ndarray) -> None:
+            ld[name] = {e: logit_diff(logits, r, cols) for e, r in readouts.items()}
+            correct[name] = {m: p.predict(acts) == y[:, None] for m, p in probes.items()}
+            refit[name] = {
+                m: float(cross_validated(acts[:, [pi]], lab, m, k=folds, seed=seed)[0])
                 for m in methods
             }
-            bar.update(1)
+
+        # the clean held-out run; each batch's trace is kept from the first ablated layer
+        clean_logits = np.zeros((n, len(cols)))
+        clean_acts = np.zeros((n, last + 1, W), dtype=np.float32)
+        held = []
+        for rows, sel, inputs in _held_batches(lm, full_ev, position, batch_size):
+            tr = trace(lm, inputs)
+            clean_acts[rows] = torch.stack(
+                [sel.reduce(h.float().cpu()) for h in tr.resid], 1
+            ).numpy()
+            clean_logits[rows] = unembed(lm, tr.resid[last][:, -1], cols).float().cpu().numpy()
+            tr.resid = [h if i == from_layer else None for i, h in enumerate(tr.resid)]  # type: ignore[misc]
+            held.append((rows, sel, tr))
+        score("none", clean_logits, clean_acts)
+        bar.update(2)
+        # every ablated condition: rows = (condition, prompt) resumed from the first
+        # ablated layer, each row projecting its own subspace out at every later layer
+        per_cond = n * len(layers) * W * 4
+        group = max(1, int(2**27 // max(1, per_cond)))  # conditions whose activations fit
+        todo = list(range(1, len(conds)))
+        for g0 in range(0, len(todo), group):
+            part_conds = todo[g0 : g0 + group]
+            logits = {c: np.zeros((n, len(cols))) for c in part_conds}
+            acts = {c: clean_acts.copy() for c in part_conds}
+            for rows, sel, tr in held:
+                jobs = [(c, j) for c in part_conds for j in range(len(rows))]
+                for s0 in range(0, len(jobs), rows_per_pass):
+                    chunk = jobs[s0 : s0 + rows_per_pass]
+                    src = torch.tensor([j for _, j in chunk])
+                    cid = torch.tensor([c for c, _ in chunk])
+                    rec = torch.zeros(len(chunk), len(layers), W)
+                    enter, after = _projection(tr, q_all, cid, src, sel, rec, from_layer)
+                    h = resume(lm, tr, src.numpy(), [from_layer] * len(chunk), enter=enter,
+                               after=after)  # fmt: skip
+                    lg = unembed(lm, h[:, -1], cols).float().cpu().numpy()
+                    for q, (c, j) in enumerate(chunk):
+                        logits[c][rows[j]] = lg[q]
+                        acts[c][rows[j], from_layer:] = rec[q].numpy()
+            for c in part_conds:
+                score(conds[c][0].name, logits.pop(c), acts.pop(c))
+                bar.update(1)
     finally:
         bar.close()
     chance = max(float((lab == c).mean()) for c in set(ev_labels))
@@ -534,6 +641,7 @@ def run_ablation(
         "from_layer": from_layer, "probe_layer": probe_layer, "mode": mode,
         "targets": targets, "n_random": n_random, "methods": list(methods),
         "position": position, "baseline": baseline, "folds": folds, "seed": seed,
+        "batch_size": batch_size, "rows_per_pass": rows_per_pass,
         "n_train": len(tr_texts), "n_held_out": len(ev_texts),
         "ablated_layers": [layers[0], layers[-1]],
     }  # fmt: skip

@@ -46,7 +46,11 @@ prompts. Two measures, both as **drops** (unablated minus ablated, per prompt, a
 :func:`~emocircuits.interventions.readout.logit_diff`), (b) the projection on ``v`` at layer
 R at the readout positions (the direction itself). ``p = (1 + #draws with a drop >= the
 top-k drop) / (1 + n_random)``, one-sided. ``share_of_gap``: the drop as a fraction of the
-unablated emotion-minus-neutral gap of the measure.
+unablated emotion-minus-neutral gap of the measure. Cost: the clean run of each batch of
+prompts is recorded once; each (draw, prompt) then runs only the blocks from its first
+ablated head on, many draws in one batch (:mod:`~emocircuits.interventions.forward`), and
+only the readout words' logits are computed. A whole-study run uses the budget ``fast``
+of :data:`HEADS_BUDGETS`.
 
 Why two rankings: the direction lives at the prompt's positions, the logit difference at
 the cue's last token, and a head can write the direction at one and not the other. Heads
@@ -73,8 +77,26 @@ from emocircuits.capture.capture import plan_batches, token_lengths, tokenize
 from emocircuits.capture.hooks import Hook, first_tensor, hooked
 from emocircuits.capture.positions import Selection, TokenBatch, get_rule, last
 from emocircuits.errors import DataError
-from emocircuits.geometry.stats import bootstrap_weights, class_means, percentile_ci
-from emocircuits.interventions.readout import Readout, logit_diff, readout, readout_texts
+from emocircuits.geometry.stats import (
+    bootstrap_mean_ci,
+    bootstrap_weights,
+    class_means,
+    percentile_ci,
+)
+from emocircuits.interventions.forward import (
+    length_groups,
+    resume,
+    take_rows,
+    trace,
+    unembed,
+)
+from emocircuits.interventions.readout import (
+    Readout,
+    logit_diff,
+    readout,
+    readout_columns,
+    readout_texts,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -298,16 +320,16 @@ def capture_heads(
                 hooks.append((norm, "forward", on_post_norm(site, i)))
     batches = plan_batches(token_lengths(lm, texts), batch_size)
     device = arch.base_model.device
+    cols = readout_columns(readouts.values())
     with hooked(hooks), torch.inference_mode():
         for rows in tqdm(batches, desc="heads: capture", unit="batch", disable=not progress):
             b = _prepare(lm, texts, limits, spans, rows, position)
             cur.update(batch=b, rows=rows, base=torch.from_numpy(base[rows]))
-            out = lm.model(
-                **{k: v.to(device) for k, v in b.inputs.items()}, use_cache=False, logits_to_keep=1
-            )
-            logits = out.logits[:, -1].float().cpu()
-            for e, r in readouts.items():
-                lds[e][rows] = logit_diff(logits, r)
+            out = arch.base_model(**{k: v.to(device) for k, v in b.inputs.items()}, use_cache=False)
+            if cols:  # only the readout words' logits, at the cue's last token
+                logits = unembed(lm, out.last_hidden_state[:, -1], cols, normed=True)
+                for e, r in readouts.items():
+                    lds[e][rows] = logit_diff(logits.float().cpu(), r, cols)
     z_mean = (z_sum / z_count).float().reshape(L, H, d).numpy() if z_count else None
     return HeadCapture(z, a_scale, act, m_scale, resid, z_mean, lds)
 
@@ -490,9 +512,7 @@ def ablation_stat(
     """
     base, top, random = (np.asarray(a, np.float64) for a in (base, top, random))
     drops = base - top
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(drops), size=(n_boot, len(drops)))
-    lo, hi = percentile_ci(drops[idx].mean(1), level)
+    lo, hi = bootstrap_mean_ci(drops, n_boot, level, seed)
     rd = (base[None] - random).mean(1) if random.size else np.array([])
     top_drop = float(drops.mean())
     if rd.size:
@@ -511,11 +531,15 @@ def ablating_heads(
     heads: np.ndarray | Sequence[tuple[int, int]],
     values: np.ndarray | None = None,
     where: torch.Tensor | None = None,
+    rows: Callable[[], np.ndarray] | None = None,
 ) -> Iterator[None]:
     """Replace heads' ``z`` (input of the attention output projection) for the duration of
     the block: by ``values [L, H, d]`` (e.g. :attr:`HeadCapture.z_mean`; None: zero) at the
     positions ``where [b, s]`` (None: every position). ``heads``: ``(block, head)`` pairs,
     a ``[L, H]`` boolean mask, or ``[b, L, H]`` (its own heads for each row of the batch).
+    ``rows``: when the batch a block sees holds only some of the ``b`` rows (a
+    :func:`~emocircuits.interventions.forward.resume` staircase), a function that returns
+    their indices.
 
     >>> with ablating_heads(lm, [(3, 1)], cap.z_mean, where):  # doctest: +SKIP
     ...     lm.model(**inputs)
@@ -533,14 +557,19 @@ def ablating_heads(
     rep = None if values is None else torch.as_tensor(np.asarray(values), dtype=torch.float32)
 
     def hook(i: int) -> Callable[..., Any]:
-        m = mask[..., i, :]  # [H] or [b, H]
+        m_all = mask[..., i, :]  # [H] or [b, H]
 
         def fn(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
             zt = args[0]
             b, s = zt.shape[:2]
+            m, w = m_all, where
+            if rows is not None:
+                idx = torch.from_numpy(np.asarray(rows()))
+                m = m if m.dim() == 1 else m[idx]
+                w = None if w is None else w[idx.to(w.device)]
             sel = m.reshape(-1, 1, H, 1).to(zt.device)  # one row of heads, or one per row
-            if where is not None:
-                sel = sel & where.to(zt.device).view(b, s, 1, 1)
+            if w is not None:
+                sel = sel & w.to(zt.device).view(b, s, 1, 1)
             new = torch.zeros((), dtype=zt.dtype) if rep is None else rep[i].to(zt.dtype)
             out = torch.where(sel, new.to(zt.device), zt.view(b, s, H, d)).reshape(zt.shape)
             return (out, *args[1:]), kwargs
@@ -572,17 +601,26 @@ def run_conditions(
     values: np.ndarray | None,
     spans: Sequence[tuple[int, int] | None] | None = None,
     batch_size: int = 16,
+    rows_per_pass: int = 64,
     progress: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """For each condition, per row: the logit difference of each readout at the cue's last
     token (``"logit_diff" [rows, E]``; NaN for a None readout) and the projection of
     resid layer ``layer`` at the readout positions on each direction (``"projection"
-    [rows, E]``, ``directions [W, E]``). Rows of different conditions share batches, each
-    row with its own ablated heads (mean values ``values``; None: zero)."""
+    [rows, E]``, ``directions [W, E]``), with the condition's heads ablated (mean values
+    ``values``; None: zero).
+
+    Cost: each batch of ``batch_size`` prompts runs once clean
+    (:func:`~emocircuits.interventions.forward.trace`, which also gives every condition
+    without heads); each (condition, prompt) then runs only the blocks from its first
+    ablated head on, ``rows_per_pass`` of them in one batch
+    (:func:`~emocircuits.interventions.forward.resume`), and only up to ``layer`` when no
+    readout needs the logits. Only the readout words' logits are computed."""
     from tqdm.auto import tqdm
 
     _check_position(position)
     arch = lm.arch
+    L, H = arch.n_layers, arch.n_heads
     layer = arch.normalize_layer(layer, "resid")
     if layer < 1:
         raise DataError("the readout layer must be >= 1 (layer 0 is the embedding)")
@@ -591,46 +629,78 @@ def run_conditions(
     spans = list(spans) if spans is not None else [None] * len(prompts)
     vecs = torch.as_tensor(np.asarray(directions, np.float32))
     n_e = vecs.shape[1]
-    jobs = [(c, r) for c, cond in enumerate(conditions) for r in cond.rows]
-    lengths = token_lengths(lm, texts)
-    jobs.sort(key=lambda j: (-lengths[j[1]], j[1], j[0]))
+    cols = readout_columns(readouts)
+    stop = L if cols else layer
+    masks = np.zeros((len(conditions), L, H), bool)
+    for c, cond in enumerate(conditions):
+        for i, h in cond.heads:
+            masks[c, arch.normalize_layer(i, "heads"), h] = True
+    first = [int(np.flatnonzero(m.any(1))[0]) if m.any() else stop for m in masks]
     out = [{m: np.full((len(c.rows), n_e), np.nan) for m in METRICS} for c in conditions]
     slot = {(c, r): k for c, cond in enumerate(conditions) for k, r in enumerate(cond.rows)}
-    cur: dict[str, Any] = {}
+    by_row: dict[int, list[int]] = {}
+    for c, cond in enumerate(conditions):
+        for r in cond.rows:
+            by_row.setdefault(int(r), []).append(c)
+    needed = np.array(sorted(by_row), dtype=np.int64)
+    lengths = token_lengths(lm, [texts[i] for i in needed])
+    batches = [needed[b] for b in length_groups(lengths, batch_size)]  # little padding
+    n_jobs = sum(len(v) for v in by_row.values())
+    bar = tqdm(total=n_jobs, desc="heads: ablation", unit="run", disable=not progress)
 
-    def on_resid(module: Any, args: Any, output: Any) -> None:
-        sel = cur["batch"].selections["readout"]
-        cur["resid"] = sel.reduce(first_tensor(output).float().cpu())
+    def put(c: int, r: int, proj: torch.Tensor, ld: torch.Tensor | None) -> None:
+        k = slot[(c, r)]
+        out[c]["projection"][k] = proj.numpy()
+        if ld is not None:
+            for e, rd in enumerate(readouts):
+                if rd is not None:
+                    out[c]["logit_diff"][k, e] = logit_diff(ld, rd, cols)
 
-    device = arch.base_model.device
-    steps = range(0, len(jobs), batch_size)
-    with torch.inference_mode():
-        for s in tqdm(steps, desc="heads: ablation", unit="batch", disable=not progress):
-            part = jobs[s : s + batch_size]
-            rows = [r for _, r in part]
+    try:
+        for rows in batches:
             b = _prepare(lm, texts, limits, spans, rows, position)
-            mask = np.zeros((len(part), arch.n_layers, arch.n_heads), bool)
-            for j, (c, _) in enumerate(part):
-                for i, h in conditions[c].heads:
-                    mask[j, i, h] = True
-            cur["batch"] = b
-            with (
-                hooked([(arch.blocks[layer - 1], "forward", on_resid)]),
-                ablating_heads(lm, mask, values, b.where.to(device)),
-            ):
-                res = lm.model(
-                    **{k: v.to(device) for k, v in b.inputs.items()},
-                    use_cache=False,
-                    logits_to_keep=1,
-                )
-            logits = res.logits[:, -1].float().cpu()
-            proj = (cur["resid"].cpu() @ vecs).numpy()
-            for j, (c, r) in enumerate(part):
-                k = slot[(c, r)]
-                out[c]["projection"][k] = proj[j]
-                for e, rd in enumerate(readouts):
-                    if rd is not None:
-                        out[c]["logit_diff"][k, e] = logit_diff(logits[j], rd)
+            tr = trace(lm, b.inputs, stop=stop)
+            sel = b.selections["readout"]
+            clean_proj = sel.reduce(tr.resid[layer].float().cpu()) @ vecs  # [B, E]
+            clean_ld = unembed(lm, tr.resid[L][:, -1], cols).float().cpu() if cols else None
+            jobs = []
+            for j, r in enumerate(rows):
+                for c in by_row[int(r)]:
+                    if first[c] >= stop:  # nothing to ablate before the last layer needed
+                        put(c, int(r), clean_proj[j], None if clean_ld is None else clean_ld[j])
+                    else:
+                        jobs.append((first[c], c, j))
+            bar.update(sum(len(by_row[int(r)]) for r in rows) - len(jobs))
+            jobs.sort()
+            for s0 in range(0, len(jobs), rows_per_pass):
+                part = jobs[s0 : s0 + rows_per_pass]
+                src = torch.tensor([j for _, _, j in part])
+                proj = clean_proj[src].clone()
+                state: dict[str, np.ndarray] = {}
+
+                def before(i: int, active: np.ndarray, state=state) -> None:
+                    state["rows"] = active
+
+                def after(
+                    i: int, h: torch.Tensor, active: np.ndarray, src=src, proj=proj, sel=sel
+                ) -> Any:
+                    if i == layer - 1:
+                        rs = torch.from_numpy(active)
+                        proj[rs] = take_rows(sel, src[rs]).reduce(h.float().cpu()) @ vecs
+                    return h
+
+                with ablating_heads(
+                    lm, masks[[c for _, c, _ in part]], values, b.where[src],
+                    rows=lambda state=state: state["rows"],
+                ):  # fmt: skip
+                    h = resume(lm, tr, src.numpy(), [f for f, _, _ in part], stop=stop,
+                               before=before, after=after)  # fmt: skip
+                ld = unembed(lm, h[:, -1], cols).float().cpu() if cols else None
+                for q, (_, c, j) in enumerate(part):
+                    put(c, int(rows[j]), proj[q], None if ld is None else ld[q])
+                bar.update(len(part))
+    finally:
+        bar.close()
     return out
 
 
@@ -937,6 +1007,17 @@ def _ablation_table(
         "n_conditions": len(conds),
     }
     return out, meta
+
+
+HEADS_BUDGETS: dict[str, dict[str, Any]] = {
+    "default": {"top_k": (1, 2, 4, 8), "n_random": 50, "n_ablate": 12, "n_per_class": None},
+    "fast": {"top_k": (2, 8), "n_random": 19, "n_ablate": 4, "n_per_class": 32},
+}
+"""Named settings of :func:`analyze_heads` (``emocircuits heads --budget``). ``default``:
+contributions over every prompt, k = 1, 2, 4, 8 against 50 random head sets (smallest
+attainable p = 1/51) on 12 prompts per class. ``fast`` (for a whole-study run): 32 prompts
+per class, k = 2 and 8 against 19 random sets (smallest attainable p = 1/20 = 0.05) on 4
+prompts per class."""
 
 
 def analyze_heads(

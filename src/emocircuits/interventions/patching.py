@@ -46,15 +46,27 @@ downstream is a function of that layer), as does ``full`` at the last layer and 
 ``-1``; patching a position whose token is the same in both prompts at layer 0 (the cue)
 recovers exactly 0. The tests check these.
 
-**Cost.** The pairs of all emotions are run together, sorted by length in left-padded
-batches (position ids from the mask), so that a position counted from the end is one
-column of the batch. Per batch, layer and kind: one pass per single position and one for
-the body. A patch at position ``t`` leaves the positions before ``t`` unchanged (causal
-attention), so the neutral prefix is run once into a KV cache and each single-position
-pass computes only the columns from ``t`` on; only the last position's logits are
-computed. SmolLM2-135M, 24 pairs per emotion, 6 positions, 31 layers: about 3,500 passes.
-The model is never modified: every edit is a hook
-(:func:`~emocircuits.capture.hooks.hooked`), removed on exit.
+**Cost.** The pairs of all emotions run together in left-padded batches of similar token
+lengths (position ids from the mask), so that a position counted from the end is one
+column of the batch. Each batch runs clean once per side
+(:func:`~emocircuits.interventions.forward.trace`, keeping the key-value cache). A patch at
+resid layer ``l`` leaves everything before ``l`` as in the clean run, and a patch at
+position ``t`` leaves the columns before ``t`` unchanged (causal attention), so:
+
+- directional and random patches of the body or of every position resume the neutral run
+  at layer ``l`` (:func:`~emocircuits.interventions.forward.resume`; rows = pairs x layers
+  x kinds in one staircase batch);
+- a single-position patch runs only the columns from ``t`` on, over the neutral run's
+  cached prefix (rows = pairs x layers, each row with its own patched layer);
+- the full body patch runs only the last ``n_positions`` columns over a cache that holds
+  the emotion run's keys and values of the body from layer ``l`` on (exact: from ``l`` on
+  the body is the emotion run's) and the neutral run's before.
+
+Only the readout words' logits are computed. On SmolLM2-135M and `extended` the default
+(24 pairs per emotion, 6 positions, all 31 layers) and the whole-study budget ``fast``
+(:data:`PATCH_BUDGETS`) cost what docs/BENCHMARKS.md lists ("Causal analyses"), in plain
+forward passes of one prompt. The model is never modified: every edit is a hook
+(:func:`~emocircuits.capture.hooks.hooked`) or an edit of a resumed row's residual.
 
 >>> pairs, found = match_pairs(["anger", "neutral", "anger", "neutral"], [5, 5, 6, 7],
 ...                            ["anger"], min_pairs=1)
@@ -76,7 +88,14 @@ import numpy as np
 
 from emocircuits.capture.hooks import Hook, hooked
 from emocircuits.errors import DataError
-from emocircuits.interventions.readout import Readout, logit_diff, readout_texts
+from emocircuits.geometry.stats import bootstrap_counts, bootstrap_mean_ci
+from emocircuits.interventions.forward import Trace, length_groups, resume, trace, unembed
+from emocircuits.interventions.readout import (
+    Readout,
+    logit_diff,
+    readout_columns,
+    readout_texts,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -219,8 +238,7 @@ class PatchResult:
         for emo in self.emotions:
             m = self._rows(emo)
             d = self.ld_emotion[m] - self.ld_neutral[m]
-            boots = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))]
-            lo, hi = np.quantile(boots.mean(1), [(1 - level) / 2, (1 + level) / 2])
+            lo, hi = bootstrap_mean_ci(d, n_boot, level, seed)
             out.append(
                 {
                     "emotion": emo,
@@ -321,10 +339,7 @@ def recovered_fraction(
     mask = np.isfinite(p)
     num = np.where(mask, p - n, 0.0)
     den = np.where(mask, e - n, 0.0)
-    n_pairs = p.shape[-1]
-    idx = np.random.default_rng(seed).integers(0, n_pairs, (n_boot, n_pairs))
-    w = np.zeros((n_boot, n_pairs))
-    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)  # times each pair is drawn
+    w = bootstrap_counts(p.shape[-1], n_boot, seed)  # times each pair is drawn
     a = (1 - level) / 2
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # cells without pairs stay NaN
@@ -345,11 +360,11 @@ def _patch_fn(
 
     def fn(h: torch.Tensor) -> torch.Tensor:
         h = h.clone()
-        src = source.to(h.dtype)
+        src = source.to(device=h.device, dtype=h.dtype)
         if direction is None:
             h[:, index] = src
         else:
-            v = direction.to(h.dtype)
+            v = direction.to(device=h.device, dtype=h.dtype)
             v = v.expand(h.shape[0], -1)[:, None]  # [batch, 1, width]
             cur = h[:, index]
             h[:, index] = cur + ((src - cur) * v).sum(-1, keepdim=True) * v
@@ -358,70 +373,153 @@ def _patch_fn(
     return fn
 
 
-def _record_fn(store: dict[int, torch.Tensor], layer: int) -> Callable:
-    def fn(h: torch.Tensor) -> None:
-        store[layer] = h.detach().clone()
-
-    return fn
-
-
 class _Runner:
-    """Forward passes of one model on a left-padded batch: last-position logits, with
-    residual edits and an optional KV cache of the first columns (copied, so the cached
-    prefix can be reused)."""
+    """Forward passes of one model on a left-padded batch of pairs, reading only the
+    readout words' logits at the last position: clean traces
+    (:func:`~emocircuits.interventions.forward.trace`), KV-cached passes over the last
+    columns (rows = pairs x layers, each row with its own patched layer) and resumed
+    staircases (:func:`~emocircuits.interventions.forward.resume`)."""
 
     def __init__(self, lm: LoadedModel, readouts: Mapping[str, Readout]) -> None:
         self.lm, self.readouts = lm, readouts
+        self.cols = readout_columns(readouts.values())
         self.device = lm.arch.base_model.device
         self.passes = 0
 
-    def logits(
-        self,
-        batch: _Batch,
-        edits: Mapping[int, Callable] | None = None,
-        *,
-        neutral: bool = True,
-        start: int = 0,
-        past: Any = None,
-    ) -> torch.Tensor:
-        """Run columns ``start:`` (the cache holds the columns before)."""
-        import torch
-
-        ids = batch.ids_n if neutral else batch.ids_e
-        kw: dict[str, Any] = {"use_cache": past is not None, "logits_to_keep": 1}
-        if past is not None:
-            kw["past_key_values"] = copy.deepcopy(past)
-        with torch.no_grad(), hooked(resid_edit_hooks(self.lm.arch, edits or {})):
-            out = self.lm.model(
-                input_ids=ids[:, start:].to(self.device),
-                attention_mask=batch.mask.to(self.device),
-                position_ids=batch.pos[:, start:].to(self.device),
-                **kw,
-            )
+    def trace(self, batch: _Batch, neutral: bool) -> Trace:
+        """The clean run of every pair, with its key-value cache."""
         self.passes += 1
-        return out.logits[:, -1]
+        ids = batch.ids_n if neutral else batch.ids_e
+        inputs = {"input_ids": ids, "attention_mask": batch.mask, "position_ids": batch.pos}
+        return trace(self.lm, inputs, use_cache=True)
 
-    def prefix(self, batch: _Batch, end: int) -> Any:
-        """KV cache of the neutral run's columns ``:end``."""
+    def final(self, h: torch.Tensor, normed: bool = False) -> torch.Tensor:
+        """Readout-word logits ``[n, len(cols)]`` from the last position's ``h [n, W]``."""
+        return unembed(self.lm, h, self.cols, normed=normed).float().cpu()
+
+    def prefix(self, batch: _Batch, end: int, tr: Trace, neutral: bool = True) -> Any:
+        """KV cache of the neutral (or emotion) run's columns ``:end``: the trace's
+        cache ``tr.cache`` cropped, or (where a sliding-window layer has already dropped
+        columns) a pass over them."""
         import torch
 
-        with torch.no_grad():
-            out = self.lm.model(
-                input_ids=batch.ids_n[:, :end].to(self.device),
+        cache = copy.deepcopy(tr.cache)
+        try:
+            cache.crop(end - batch.width)
+            return cache
+        except RuntimeError:  # a sliding-window layer kept only its window
+            pass
+        ids = batch.ids_n if neutral else batch.ids_e
+        with torch.inference_mode():
+            out = self.lm.arch.base_model(
+                input_ids=ids[:, :end].to(self.device),
                 attention_mask=batch.mask[:, :end].to(self.device),
                 position_ids=batch.pos[:, :end].to(self.device),
                 use_cache=True,
-                logits_to_keep=1,
             )
         self.passes += 1
         return out.past_key_values
+
+    def cached(
+        self,
+        batch: _Batch,
+        rows: np.ndarray,
+        start: int,
+        past: Any,
+        edits: Mapping[int, Callable],
+        mix: tuple[Any, np.ndarray] | None = None,
+    ) -> torch.Tensor:
+        """Readout logits of the neutral run's columns ``start:`` for the batch rows
+        ``rows`` (repeated as needed), the columns before coming from ``past`` (None: no
+        prefix); ``mix = (emotion_past, use [n_rows, n_layers])``: block i of row j reads
+        the emotion run's prefix where ``use[j, i]``."""
+        import torch
+
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        kw: dict[str, Any] = {"use_cache": past is not None}
+        if past is not None:
+            kw["past_key_values"] = _select(past, idx, mix)
+        with torch.inference_mode(), hooked(resid_edit_hooks(self.lm.arch, edits)):
+            out = self.lm.arch.base_model(
+                input_ids=batch.ids_n[idx, start:].to(self.device),
+                attention_mask=batch.mask[idx].to(self.device),
+                position_ids=batch.pos[idx, start:].to(self.device),
+                **kw,
+            )
+        self.passes += 1
+        return self.final(out.last_hidden_state[:, -1], normed=True)
 
     def ld(self, logits: torch.Tensor, emotions: Sequence[str]) -> np.ndarray:
         out = np.empty(len(emotions))
         for emo in set(emotions):
             m = np.array([e == emo for e in emotions])
-            out[m] = logit_diff(logits[_index(m)], self.readouts[emo])
+            out[m] = logit_diff(logits[_index(m)], self.readouts[emo], self.cols)
         return out
+
+
+def _select(past: Any, idx: torch.Tensor, mix: tuple[Any, np.ndarray] | None) -> Any:
+    """A new cache holding the rows ``idx`` of ``past`` (and, per ``mix``, per layer and
+    row, of the emotion run's cache instead)."""
+    import torch
+
+    out = copy.deepcopy(past)
+    out.batch_select_indices(idx)
+    if mix is not None:
+        other, use = mix
+        for i, layer in enumerate(out.layers):
+            src = other.layers[i]
+            if layer.keys is None or not layer.keys.numel():
+                continue
+            m = torch.from_numpy(use[:, i]).view(-1, 1, 1, 1).to(layer.keys.device)
+            layer.keys = torch.where(m, src.keys[idx], layer.keys)
+            layer.values = torch.where(m, src.values[idx], layer.values)
+    return out
+
+
+def _rows_patch(
+    rows: np.ndarray, source: torch.Tensor, index: slice, direction: torch.Tensor | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`_patch_fn` applied to the batch rows ``rows`` only (``source`` and
+    ``direction`` one row per entry of ``rows``)."""
+    import torch
+
+    idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    fn = _patch_fn(source, index, direction)
+
+    def edit(h: torch.Tensor) -> torch.Tensor:
+        h = h.clone()
+        h[idx] = fn(h[idx])
+        return h
+
+    return edit
+
+
+def _entering(
+    tr_e: Trace,
+    tr_n: Trace,
+    part: Sequence[tuple[int, int, int]],
+    kinds: Sequence[tuple],
+    body: int,
+    rnd: torch.Tensor,
+) -> Callable[[int, np.ndarray], torch.Tensor]:
+    """For :func:`~emocircuits.interventions.forward.resume`: the neutral residual of the
+    jobs ``part[q] = (layer index, kind, pair row)`` at their layer, patched along the
+    kind's direction (``kinds[kind] = (name, [n_layers, rows, W] or None: random)``) at
+    the body's columns (``name == "body"``) or at all of them."""
+    import torch
+
+    def enter(i: int, new: np.ndarray) -> torch.Tensor:
+        hs = []
+        for q in new:
+            li, kind, j = part[q]
+            name, vv = kinds[kind]
+            d = rnd[li] if vv is None else vv[li, j]
+            cols = slice(0, body) if name == "body" else slice(None)
+            src = tr_e.resid[i][j : j + 1, cols]
+            hs.append(_patch_fn(src, cols, d)(tr_n.resid[i][j : j + 1]))
+        return torch.cat(hs)
+
+    return enter
 
 
 def _index(mask: np.ndarray) -> Any:
@@ -434,11 +532,37 @@ def _columns(n_positions: int) -> list[str]:
     return [BODY, *(str(-k) for k in range(n_positions, 0, -1))]
 
 
+def spaced(layers: Sequence[int], n: int | None) -> list[int]:
+    """``n`` evenly spaced entries of ``layers``, the first and the last included (None
+    or ``n >= len(layers)``: all of them).
+
+    >>> spaced(list(range(31)), 8)
+    [0, 4, 9, 13, 17, 21, 26, 30]
+    """
+    layers = list(layers)
+    if n is None or n >= len(layers):
+        return layers
+    if n < 2:
+        raise DataError(f"patching needs at least 2 layers, got n_layers={n}")
+    return [layers[i] for i in np.unique(np.round(np.linspace(0, len(layers) - 1, n)).astype(int))]
+
+
 def random_directions(width: int, layers: Sequence[int], seed: int) -> np.ndarray:
     """``[len(layers), width]`` random unit directions (one per layer, from ``seed``)."""
     rng = np.random.default_rng([seed, 7919])
     v = rng.normal(size=(len(layers), width))
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+PATCH_BUDGETS: dict[str, dict[str, Any]] = {
+    "default": {"n_pairs": 24, "n_positions": 6, "n_layers": None},
+    "fast": {"n_pairs": 12, "n_positions": 3, "n_layers": 8},
+}
+"""Named settings of :func:`patch` (``emocircuits patch --budget``): ``default`` is the
+full heatmap (every layer, 6 positions, 24 pairs per emotion); ``fast`` (for a
+whole-study run) patches 8 evenly spaced layers (the embedding and the last included),
+the cue's two tokens and the one before (-1, -2, -3) and the body, with 12 pairs per
+emotion."""
 
 
 def patch(
@@ -454,14 +578,18 @@ def patch(
     min_pairs: int = 5,
     n_positions: int = 6,
     layers: Sequence[int] | None = None,
+    n_layers: int | None = None,
     batch_size: int = 32,
+    rows_per_pass: int = 64,
     seed: int = 0,
     progress: bool = False,
 ) -> PatchResult:
     """Match pairs, run them clean, and patch at every layer and position (module
     docstring). ``texts``/``labels``: the prompts without the cue (it is appended);
     ``readouts``: a :class:`~emocircuits.interventions.readout.Readout` per emotion;
-    ``layers``: resid layers to patch (default: all of ``vectors.layers``).
+    ``layers``: resid layers to patch (default: all of ``vectors.layers``), of which
+    ``n_layers`` evenly spaced ones are kept (the first and the last included; None: all);
+    ``rows_per_pass``: edited rows run together.
 
     >>> res = patch(lm, ds.texts, ds.labels, vecs, {e: readout(lm.tokenizer, e)
     ...             for e in ("gratitude", "anger")})  # doctest: +SKIP
@@ -479,6 +607,7 @@ def patch(
         if layer not in vectors.layers:
             raise DataError(f"layer {layer} is not in the vectors (layers {vectors.layers})")
         arch.normalize_layer(layer, "resid")
+    layers = spaced(layers, n_layers)
     if n_positions < 1:
         raise DataError(f"n_positions must be >= 1, got {n_positions}")
     cues = {r.cue for r in readouts.values()}
@@ -503,52 +632,86 @@ def patch(
         e: torch.as_tensor(vectors.directions[e][vec_idx], dtype=torch.float32) for e in emotions
     }
     rnd = torch.as_tensor(random_directions(arch.width, layers, seed), dtype=torch.float32)
+    resid = [arch.normalize_layer(x, "resid") for x in layers]
+    L = arch.n_layers
 
     pad = lm.tokenizer.pad_token_id
     pad = pad if pad is not None else (lm.tokenizer.eos_token_id or 0)
-    batches = [_Batch.make(pairs, g, token_ids, pad) for g in _groups(pairs, batch_size)]
-    total = sum(_n_passes(b.width, n_positions, n_l) for b in batches)
-    resid_layers = sorted({arch.normalize_layer(x, "resid") for x in layers})
+    groups = length_groups([q.n_tokens for q in pairs], batch_size)  # little padding
+    batches = [_Batch.make(pairs, g.tolist(), token_ids, pad) for g in groups]
     runner = _Runner(lm, readouts)
-    bar = tqdm(total=total, desc="patch", unit="pass", disable=not progress)
+    per_chunk = max(1, 4 * rows_per_pass // max(1, batch_size))  # layers per cached pass
+    bar = tqdm(total=len(batches) * n_l, desc="patch", unit="layer", disable=not progress)
     try:
         for b in batches:
             g, s, t = b.rows, b.width, b.lengths
+            n_b = len(g)
             emos = [pairs[i].emotion for i in g]
-            store: dict[int, torch.Tensor] = {}
-            rec = {x: _record_fn(store, x) for x in resid_layers}
-            ld_e[g] = runner.ld(runner.logits(b, rec, neutral=False), emos)
-            ld_n[g] = runner.ld(runner.logits(b), emos)
-            # KV caches of the neutral run before each single patched column
-            caches = {k: runner.prefix(b, s - k) for k in range(1, min(n_positions, s - 1) + 1)}
-            bar.update(2 + len(caches))
-            for li, layer in enumerate(layers):
-                src = store[arch.normalize_layer(layer, "resid")]  # [n, s, W]
-                v = torch.stack([dirs[e][li] for e in emos])  # [n, W]
+            tr_e, tr_n = runner.trace(b, neutral=False), runner.trace(b, neutral=True)
+            ld_e[g] = runner.ld(runner.final(tr_e.resid[L][:, -1]), emos)
+            ld_n[g] = runner.ld(runner.final(tr_n.resid[L][:, -1]), emos)
+            v = torch.stack([dirs[e] for e in emos], 1)  # [n_layers, n_b, W]
+            body = s - n_positions  # columns :body patched together
+            # 1. single columns -k (full and directional) and the full body patch: KV-cached
+            # passes over the last columns, rows = pairs x a chunk of layers
+            caches = {
+                k: runner.prefix(b, s - k, tr_n) for k in range(1, min(n_positions, s - 1) + 1)
+            }
+            emo_body = runner.prefix(b, body, tr_e, neutral=False) if body >= 1 else None
+            for c0 in range(0, n_l, per_chunk):
+                chunk = list(range(c0, min(n_l, c0 + per_chunk)))
+                rows = np.tile(np.arange(n_b), len(chunk))  # layer-major
+                which = np.repeat(np.arange(len(chunk)), n_b)
                 for c, col in enumerate(columns):
-                    if col == BODY:  # every column before the last n_positions
-                        if s - n_positions < 1:
+                    if col == BODY:
+                        if emo_body is None:
                             continue
-                        idx, start, past = slice(0, s - n_positions), 0, None
-                        source, valid = src[:, idx], t - n_positions >= 1
-                    else:
-                        k = -int(col)
-                        if k > s:
-                            continue
-                        source, valid = src[:, s - k : s - k + 1], t >= k
-                        if k in caches:
-                            idx, start, past = slice(0, 1), s - k, caches[k]
-                        else:  # the first column: no prefix
-                            idx, start, past = slice(0, 1), 0, None
+                        use = np.array([[i >= resid[chunk[w]] for i in range(L)] for w in which])
+                        # body columns read the emotion run's keys and values from the
+                        # patched layer on; the last columns are the neutral run's
+                        lg = runner.cached(b, rows, body, caches[n_positions], {},
+                                           mix=(emo_body, use))  # fmt: skip
+                        ld = runner.ld(lg, [emos[r] for r in rows]).reshape(len(chunk), n_b)
+                        full[np.ix_(chunk, [c], g)] = np.where(t - n_positions >= 1, ld,
+                                                               np.nan)[:, None]  # fmt: skip
+                        continue
+                    k = -int(col)
+                    if k > s:
+                        continue
+                    start, past = (s - k, caches[k]) if k in caches else (0, None)
                     for out, direction in ((full, None), (directional, v)):
-                        edit = {layer: _patch_fn(source, idx, direction)}
-                        ld = runner.ld(runner.logits(b, edit, start=start, past=past), emos)
-                        out[li, c, g] = np.where(valid, ld, np.nan)
-                        bar.update(1)
-                for out, direction in ((dir_all, v), (rnd_all, rnd[li])):
-                    edit = {layer: _patch_fn(src, slice(0, s), direction)}
-                    out[li, g] = runner.ld(runner.logits(b, edit), emos)
-                    bar.update(1)
+                        edits = {}
+                        for w, li in enumerate(chunk):
+                            sel = np.flatnonzero(which == w)
+                            source = tr_e.resid[resid[li]][:, s - k : s - k + 1]
+                            d = None if direction is None else direction[li]
+                            edits[layers[li]] = _rows_patch(sel, source, slice(0, 1), d)
+                        lg = runner.cached(b, rows, start, past, edits)
+                        ld = runner.ld(lg, [emos[r] for r in rows]).reshape(len(chunk), n_b)
+                        out[np.ix_(chunk, [c], g)] = np.where(t >= k, ld, np.nan)[:, None]
+            # 2. directional body, directional and random at every position: each row
+            # resumes the neutral run from its patched layer with the edit on entry
+            kinds = [("all", v), ("random", None)] + ([("body", v)] if body >= 1 else [])
+            jobs = [(li, kind, j) for li in range(n_l) for kind in range(len(kinds))
+                    for j in range(n_b)]  # fmt: skip
+            jobs.sort(key=lambda x: (resid[x[0]], x[1], x[2]))
+            for s0 in range(0, len(jobs), rows_per_pass):
+                part = jobs[s0 : s0 + rows_per_pass]
+                enter = _entering(tr_e, tr_n, part, kinds, body, rnd)
+                h = resume(lm, tr_n, [j for _, _, j in part], [resid[li] for li, _, _ in part],
+                           enter=enter)  # fmt: skip
+                runner.passes += 1
+                lg = runner.final(h[:, -1])
+                ld = runner.ld(lg, [emos[j] for _, _, j in part])
+                for q, (li, kind, j) in enumerate(part):
+                    name = kinds[kind][0]
+                    if name == "all":
+                        dir_all[li, g[j]] = ld[q]
+                    elif name == "random":
+                        rnd_all[li, g[j]] = ld[q]
+                    elif t[j] - n_positions >= 1:
+                        directional[li, 0, g[j]] = ld[q]
+            bar.update(n_l)
     finally:
         bar.close()
     settings = {
@@ -557,7 +720,9 @@ def patch(
         "n_pairs_requested": n_pairs,
         "min_pairs": min_pairs,
         "n_positions": n_positions,
+        "n_layers": n_layers,
         "batch_size": batch_size,
+        "rows_per_pass": rows_per_pass,
         "seed": seed,
         "forward_passes": runner.passes,
         "pairing": "equal token length after the cue; shuffled within each length, zipped, "
@@ -623,29 +788,6 @@ class _Batch:
         mask = torch.tensor([[0] * (s - n) + [1] * n for n in t])
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         return cls(np.array(rows), padded("emotion_row"), padded("neutral_row"), mask, pos, t)
-
-
-def _groups(pairs: Sequence[Pair], batch_size: int, spread: float = 1.25) -> list[list[int]]:
-    """Pair indices sorted by token length, at most ``batch_size`` a batch, and a new batch
-    wherever a pair is more than ``spread`` times longer than the batch's first (little
-    padding: a long prompt does not widen a batch of short ones)."""
-    order = sorted(range(len(pairs)), key=lambda i: (pairs[i].n_tokens, i))
-    out: list[list[int]] = []
-    for i in order:
-        if (
-            out
-            and len(out[-1]) < batch_size
-            and (pairs[i].n_tokens <= spread * pairs[out[-1][0]].n_tokens)
-        ):
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
-
-
-def _n_passes(t: int, n_positions: int, n_layers: int) -> int:
-    cells = (t - n_positions >= 1) + min(n_positions, t)
-    return 2 + min(n_positions, t - 1) + n_layers * (2 * cells + 2)
 
 
 def _column_tokens(

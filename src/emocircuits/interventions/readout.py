@@ -21,7 +21,7 @@ much of that gap they recover or remove.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +98,31 @@ def readout_texts(texts: Sequence[str], cue: str = CUE) -> list[str]:
     return [t.rstrip() + cue for t in texts]
 
 
-def logit_diff(logits: Any, r: Readout) -> np.ndarray:
+def readout_columns(readouts: Iterable[Readout | None]) -> list[int]:
+    """The vocabulary ids the ``readouts`` read (sorted, each once; None entries skipped):
+    the only unembedding rows a logit difference needs.
+
+    >>> readout_columns([Readout("a", (7, 3), (5,), ("x", "y"))])
+    [3, 5, 7]
+    """
+    return sorted(
+        {i for r in readouts if r is not None for i in (*r.emotion_ids, *r.reference_ids)}
+    )
+
+
+def logit_diff(logits: Any, r: Readout, columns: Sequence[int] | None = None) -> np.ndarray:
     """LD of each row of ``logits`` (``[..., vocab]`` array or tensor, the readout
-    position's next-token logits)."""
+    position's next-token logits; with ``columns``, ``[..., len(columns)]``: the logits of
+    those vocabulary ids only, e.g. :func:`readout_columns`).
+
+    >>> float(logit_diff(np.array([1.0, 4.0, 2.0]), Readout("a", (9,), (7, 8), ("x",)),
+    ...                  columns=[7, 8, 9]))   # 2 - (1 + 4) / 2
+    -0.5
+    """
     x = np.asarray(logits.float() if hasattr(logits, "float") else logits, dtype=np.float64)
-    return x[..., list(r.emotion_ids)].mean(-1) - x[..., list(r.reference_ids)].mean(-1)
+    if columns is None:
+        emo, ref = list(r.emotion_ids), list(r.reference_ids)
+    else:
+        at = {c: j for j, c in enumerate(columns)}
+        emo, ref = [at[i] for i in r.emotion_ids], [at[i] for i in r.reference_ids]
+    return x[..., emo].mean(-1) - x[..., ref].mean(-1)

@@ -62,6 +62,7 @@ class Condition:
     alpha: float = 0.0
     steers: list[Steer] = field(default_factory=list)
     instruction: str | None = None  # with {prompt} and {feeling}; chat template applied
+    draw: int | None = None  # which random direction (random condition only)
 
     def key(self) -> tuple:
         return (self.condition, self.emotion, self.layer, self.alpha)
@@ -149,7 +150,8 @@ def perplexity(
 ) -> np.ndarray:
     """Perplexity of each continuation (token ids) after its prompt (text or ids) under the
     model as it is (call outside any steering): ``exp`` of the mean next-token loss over the
-    new tokens; NaN for an empty continuation. Batched with right padding."""
+    new tokens; NaN for an empty continuation. Batched with left padding and explicit
+    positions (equal to scoring one at a time: tested)."""
     import torch
 
     seqs = []
@@ -162,17 +164,16 @@ def perplexity(
     with torch.no_grad():
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            full = [seqs[i][0] + seqs[i][1] for i in chunk]
-            n = max(map(len, full))
-            x = torch.full((len(full), n), pad, dtype=torch.long)
-            mask = torch.zeros_like(x)
-            for j, f in enumerate(full):
-                x[j, : len(f)] = torch.tensor(f)
-                mask[j, : len(f)] = 1
-            logp = torch.log_softmax(lm.model(input_ids=x, attention_mask=mask).logits.float(), -1)
+            # left padding: every continuation ends at the last position, so the LM head
+            # and the softmax run only over the last max(len(c)) + 1 positions
+            x, mask = _left_pad([seqs[i][0] + seqs[i][1] for i in chunk], pad)
+            keep = max(len(seqs[i][1]) for i in chunk) + 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = lm.model(input_ids=x, attention_mask=mask, position_ids=pos,
+                              logits_to_keep=keep).logits  # fmt: skip
             for j, i in enumerate(chunk):
-                p, c = seqs[i]
-                pred = logp[j, len(p) - 1 : len(p) + len(c) - 1]
+                c = seqs[i][1]
+                pred = torch.log_softmax(logits[j, keep - 1 - len(c) : keep - 1].float(), -1)
                 nll = -pred.gather(1, torch.tensor(c)[:, None]).mean()
                 out[i] = float(torch.exp(nll))
     return out
@@ -249,10 +250,13 @@ def conditions(
     none: bool = True,
     prompt: bool = False,
     transfer: EmotionVectors | None = None,
+    n_random: int = 1,
 ) -> list[Condition]:
     """The conditions of one steering run (see the module docstring). ``scales``: the
     typical residual norm per layer (:func:`~emocircuits.interventions.typical_norms`);
-    ``layers`` use the activation-folder numbering, as ``vectors.layers``."""
+    ``layers`` use the activation-folder numbering, as ``vectors.layers``. ``n_random``
+    random directions per setting (their rows are pooled in the summary: one draw is a
+    noisy estimate of what an arbitrary push of that size does to the text)."""
     out = [Condition("none")] if none else []
     if prompt:
         out.append(Condition("prompt", emotion, instruction=INSTRUCTION))
@@ -260,11 +264,11 @@ def conditions(
     for layer in layers:
         s = float(scales[layer])
         v = vectors.directions[emotion][vectors.layers.index(layer)]
-        r = random_direction(width, seed + layer)
+        rs = [random_direction(width, seed + layer + 7919 * d) for d in range(n_random)]
         for a in alphas:
             out.append(Condition("direction", emotion, layer, a, [Steer(layer, v, a, s)]))
-            if random:
-                out.append(Condition("random", None, layer, a, [Steer(layer, r, a, s)]))
+            for d, r in enumerate(rs if random else []):
+                out.append(Condition("random", None, layer, a, [Steer(layer, r, a, s)], draw=d))
             if transfer is not None:
                 t = transfer.directions[emotion][transfer.layers.index(layer)]
                 out.append(Condition("transfer", emotion, layer, a, [Steer(layer, t, a, s)]))
@@ -319,6 +323,7 @@ def run_conditions(
                 "emotion": c.emotion,
                 "layer": c.layer,
                 "alpha": c.alpha,
+                "draw": c.draw,
                 "where": where,
                 "continuation": texts[k],
                 "n_new_tokens": len(ids[k]),
@@ -345,16 +350,17 @@ def steer_prompts(
     seed: int = 0,
     prompt: bool | None = None,
     transfer: EmotionVectors | None = None,
+    n_random: int = 1,
     progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for every prompt and condition of one emotion. ``prompt`` (the prompting
-    baseline) defaults to on for chat models."""
+    baseline) defaults to on for chat models; ``n_random`` random directions per setting."""
     check_vectors(lm, vectors, emotion, layers)
     if transfer is not None:
         check_vectors(lm, transfer, emotion, layers)
     conds = conditions(vectors, emotion, layers=layers, alphas=alphas, scales=scales,
                        seed=seed, prompt=has_chat_template(lm) if prompt is None else prompt,
-                       transfer=transfer)  # fmt: skip
+                       transfer=transfer, n_random=n_random)  # fmt: skip
     return run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, where=where, progress=progress)  # fmt: skip
 

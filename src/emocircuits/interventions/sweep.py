@@ -68,15 +68,22 @@ KL_RANGE = (0.03, 0.5)
 the emotion directions cost this much KL (nats per token) on neutral text: below, the text
 barely changes; above, it stops being fluent."""
 
-DEPTHS = (0.3, 0.4, 0.5, 0.6)
-"""Default layers, as fractions of the depth: steering works best in the middle."""
+DEPTHS = (0.3, 0.6)
+"""Default layers lie evenly in this range of fractions of the depth: steering works best
+in the middle."""
 
 LIMITS = {"perplexity_ratio": 1.35, "distinct_2_ratio": 0.75, "random_vader_change": 0.15}
 
 
-def default_layers(n_layers: int) -> list[int]:
-    """Four residual layers at :data:`DEPTHS` of the model's depth."""
-    return sorted({max(1, round(f * n_layers)) for f in DEPTHS})
+def default_layers(n_layers: int, n: int = 4) -> list[int]:
+    """``n`` residual layers evenly spaced in :data:`DEPTHS` of the model's depth (one: the
+    middle of that range).
+
+    >>> default_layers(30), default_layers(30, 2), default_layers(30, 1)
+    ([9, 12, 15, 18], [9, 18], [13])
+    """
+    fr = np.linspace(*DEPTHS, n) if n > 1 else [sum(DEPTHS) / 2]
+    return sorted({max(1, round(float(f) * n_layers)) for f in fr})
 
 
 def effect(row: dict[str, Any], emotion: str) -> tuple[str, float, float, float]:

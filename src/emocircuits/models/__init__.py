@@ -8,6 +8,7 @@ from emocircuits.models.loading import (
     cache_dir,
     convert_gguf,
     load_model,
+    shared_models,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "cache_dir",
     "convert_gguf",
     "load_model",
+    "shared_models",
 ]

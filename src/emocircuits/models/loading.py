@@ -207,6 +207,29 @@ def _folder_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
+_SHARED: dict[tuple, LoadedModel] | None = None
+
+
+@contextmanager
+def shared_models() -> Iterator[dict[tuple, LoadedModel]]:
+    """Within the block, :func:`load_model` returns the model already loaded with the same
+    arguments instead of loading it again (the study runs many stages per model in one
+    process; nothing modifies a loaded model, hooks always clean up). Nested blocks share.
+
+    >>> with shared_models():  # doctest: +SKIP
+    ...     assert load_model("smollm2-135m") is load_model("smollm2-135m")
+    """
+    global _SHARED
+    outer = _SHARED
+    if outer is None:
+        _SHARED = {}
+    try:
+        yield _SHARED  # type: ignore[misc]
+    finally:
+        if outer is None:
+            _SHARED = None
+
+
 def load_model(
     name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
@@ -227,6 +250,24 @@ def load_model(
     >>> lm.arch.n_layers, lm.provenance["dequantised_from"]  # doctest: +SKIP
     (30, 'Q4_1')
     """
+    key = (str(name_or_path), str(dtype), device, revision, trust_remote_code, str(cache))
+    if _SHARED is not None and key in _SHARED:
+        return _SHARED[key]
+    lm = _load_model(name_or_path, dtype, device, revision, trust_remote_code, progress, cache)
+    if _SHARED is not None:
+        _SHARED[key] = lm
+    return lm
+
+
+def _load_model(
+    name_or_path: str | os.PathLike[str],
+    dtype: str | torch.dtype,
+    device: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    progress: bool,
+    cache: str | os.PathLike[str] | None,
+) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
@@ -320,4 +361,5 @@ __all__ = [
     "cache_dir",
     "convert_gguf",
     "load_model",
+    "shared_models",
 ]

@@ -1,0 +1,307 @@
+"""The study's configuration: one TOML file that can set every option of every stage.
+
+A study config has a ``[study]`` table (models, datasets, which analyses, output folder)
+and one table per stage command, named like the command, whose keys are that command's
+long options (``n_boot`` or ``n-boot`` for ``--n-boot``). What a table does not set keeps
+the command's own default; the options the runner fills in itself (``--model``, ``--data``,
+``--out``, ``--activations``, ``--vectors``, ...) cannot be set. ``emocircuits run
+--print-config`` prints the effective configuration as TOML, a valid config file.
+
+>>> cfg = load_config(None, overrides={"study": {"models": ["smollm2-135m"]}})
+>>> cfg.models, cfg.stage_options("geometry")["n_boot"]
+(['smollm2-135m'], 1000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emocircuits.errors import EmocircuitsError
+
+
+class ConfigError(EmocircuitsError):
+    """A study configuration that cannot be used (names the file and line)."""
+
+
+ANALYSES = ("geometry", "compare", "steer", "patch", "ablate", "heads")
+
+# the command behind each stage; `vectors` runs inside the geometry stage
+COMMANDS = {
+    "capture": "extract",
+    "geometry": "geometry",
+    "vectors": "vectors",
+    "compare": "compare",
+    "steer": "steer-sweep",
+    "patch": "patch",
+    "ablate": "ablate",
+    "heads": "heads",
+}
+
+# options the runner sets from the study itself: never read from a stage table
+RUNNER_SET = frozenset(
+    ("model", "data", "out", "output", "activations", "vectors", "compare", "names",
+     "vectors_dir", "models", "output_table", "quiet", "overwrite", "trust_remote_code",
+     "revision", "dtype", "help")
+)  # fmt: skip
+
+STUDY_DEFAULTS: dict[str, Any] = {
+    "models": ["smollm2-135m", "gemma3-270m"],
+    "data": ["extended", "baseline"],
+    "out": "runs/study",
+    "dtype": "float32",
+    "revision": "",
+    "trust_remote_code": False,
+    "analyses": list(ANALYSES),
+    "causal_data": "extended",
+    "mlflow": True,
+}
+
+# settings the study uses where a command's default is sized for a single, deeper run
+# (the whole default study must fit in about ten minutes on two cores)
+STUDY_STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vectors": {"method": "one_vs_rest", "position": "mean"},
+    "steer": {"n_layers": 2, "n_alphas": 3, "n_prompts": 12, "max_new_tokens": 24},
+    "patch": {"budget": "fast"},
+    "ablate": {"budget": "fast"},
+    "heads": {"budget": "fast"},
+}
+
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-parsers of ``emocircuits`` by command name."""
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return dict(a.choices)
+    raise AssertionError("the emocircuits parser has no sub-commands")
+
+
+def options(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The settable options of a stage command (dest -> action)."""
+    return {
+        a.dest: a
+        for a in sub._actions
+        if a.option_strings and a.dest not in RUNNER_SET and a.dest != "help"
+    }
+
+
+def _argv(action: argparse.Action, value: Any) -> list[str]:
+    flag = next(o for o in action.option_strings if o.startswith("--"))
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return [flag] if value != action.default else []
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+        return [flag, *items] if action.nargs in ("+", "*") else [flag, ",".join(items)]
+    return [flag, str(value)]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _line(text: str, table: str, key: str) -> int | None:
+    """Line (1-based) of ``key`` inside ``[table]`` of a TOML text, or of the table itself."""
+    current = None
+    for i, raw in enumerate(text.splitlines(), 1):
+        s = raw.strip()
+        if s.startswith("[") and not s.startswith("[["):
+            current = s.strip("[] ").strip("\"'")
+            if key == "" and current == table:
+                return i
+            continue
+        m = _KEY.match(raw)
+        if m and current == table and m.group(1).strip("\"'") == key:
+            return i
+    return None
+
+
+@dataclass
+class StudyConfig:
+    """The effective configuration: ``study`` settings plus per-command options."""
+
+    study: dict[str, Any]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "(defaults)"
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.study["models"])
+
+    @property
+    def data(self) -> list[str]:
+        return list(self.study["data"])
+
+    @property
+    def out(self) -> Path:
+        return Path(self.study["out"])
+
+    def on(self, analysis: str) -> bool:
+        return analysis in self.study["analyses"]
+
+    def stage_options(self, stage: str) -> dict[str, Any]:
+        """Every settable option of the stage's command, with its effective value."""
+        return dict(self.stages[COMMANDS[stage]])
+
+    def argv(self, stage: str) -> list[str]:
+        """The command-line options that give the stage its configured settings."""
+        from emocircuits.cli import build_parser
+
+        opts = options(subcommands(build_parser())[COMMANDS[stage]])
+        out: list[str] = []
+        for k, v in self.stages[COMMANDS[stage]].items():
+            out += _argv(opts[k], v)
+        return out
+
+    def to_toml(self) -> str:
+        """The effective configuration as a TOML file (``--print-config``)."""
+        lines = [f"# emocircuits study configuration (from {self.source})", "[study]"]
+        lines += [f"{k} = {_toml(v)}" for k, v in self.study.items()]
+        for cmd, opts in self.stages.items():
+            lines += ["", f"[{cmd}]"]
+            for k, v in opts.items():
+                lines.append(f"# {k} = (automatic)" if v is None else f"{k} = {_toml(v)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def load_config(
+    path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None
+) -> StudyConfig:
+    """Read a study TOML (or none: the defaults), apply ``overrides`` (same shape, e.g.
+    from the command line) and check every key and value against the commands' options.
+    Problems raise :class:`ConfigError` naming ``file:line``."""
+    from emocircuits.cli import build_parser
+
+    text, raw, src = "", {}, "(defaults)"
+    if path is not None:
+        src = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read the config {path}: {e.strerror}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+            line = m.group(1) if m else text.count("\n") + 1  # "at end of document"
+            where = f"{path}:{line}"
+            msg = re.sub(r"\s*\(at (line|end).*\)", "", str(e))
+            raise ConfigError(f"{where}: not valid TOML: {msg}") from None
+
+    def where(table: str, key: str = "") -> str:
+        line = _line(text, table, key)
+        return f"{src}:{line}" if line else src
+
+    subs = subcommands(build_parser())
+    names = {c for c in COMMANDS.values()}
+    study = dict(STUDY_DEFAULTS)
+    merged: dict[str, dict[str, Any]] = {}
+    for layer, is_file in ((raw, True), (overrides or {}, False)):
+        for table, values in layer.items():
+            here = (lambda k="", t=table: where(t, k)) if is_file else (lambda k="": "--set")
+            if table != "study" and table not in names:
+                known = ", ".join(["study", *sorted(names)])
+                raise ConfigError(f"{here()}: unknown table [{table}] (known: {known})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{here()}: [{table}] must be a table of settings")
+            for key, value in values.items():
+                k = key.replace("-", "_")
+                if table == "study":
+                    if k not in STUDY_DEFAULTS:
+                        raise ConfigError(
+                            f"{here(key)}: unknown study setting {key!r} "
+                            f"(known: {', '.join(STUDY_DEFAULTS)})"
+                        )
+                    study[k] = _check_study(k, value, here(key))
+                else:
+                    opts = options(subs[table])
+                    if k not in opts:
+                        why = (
+                            "is set by the study runner"
+                            if k in RUNNER_SET
+                            else f"is not an option of `emocircuits {table}`"
+                        )
+                        raise ConfigError(f"{here(key)}: [{table}] {key} {why}")
+                    merged.setdefault(table, {})[k] = (value, here(key))
+    stages: dict[str, dict[str, Any]] = {}
+    for stage, cmd in COMMANDS.items():
+        sub = subs[cmd]
+        opts = options(sub)
+        given = {**STUDY_STAGE_DEFAULTS.get(stage, {})}
+        given.update({k: v for k, (v, _) in merged.get(cmd, {}).items()})
+        argv: list[str] = []
+        for k, v in given.items():
+            try:
+                argv += _argv(opts[k], v)
+            except ValueError as e:
+                raise ConfigError(f"{merged[cmd][k][1]}: [{cmd}] {k}: {e}") from None
+        ns = _parse(sub, cmd, argv, merged.get(cmd, {}), where(cmd))
+        stages[cmd] = {k: _jsonable(getattr(ns, k)) for k in opts}
+    return StudyConfig(study, stages, src)
+
+
+def _parse(
+    sub: argparse.ArgumentParser, cmd: str, argv: list[str], given: dict, fallback: str
+) -> argparse.Namespace:
+    required = [a for a in sub._actions if a.required and a.option_strings]
+    fill = []
+    for a in required:  # the runner's own (paths): any placeholder parses
+        fill += [a.option_strings[-1], "x"]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return sub.parse_args(fill + argv)
+    except SystemExit:
+        msg = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "bad value"
+        msg = re.sub(r"^.*?error: ", "", msg).removesuffix(" (see --help)")
+        flag = re.search(r"--([a-z0-9\-]+)", msg)
+        key = flag.group(1).replace("-", "_") if flag else ""
+        at = given[key][1] if key in given else fallback
+        raise ConfigError(f"{at}: [{cmd}] {msg}") from None
+
+
+def _check_study(key: str, value: Any, where: str) -> Any:
+    want = type(STUDY_DEFAULTS[key])
+    if want is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: study {key} must be a list of names")
+        if key == "analyses":
+            bad = [v for v in value if v not in ANALYSES]
+            if bad:
+                raise ConfigError(
+                    f"{where}: unknown analysis {bad[0]!r} (known: {', '.join(ANALYSES)})"
+                )
+        elif not value:
+            raise ConfigError(f"{where}: study {key} is empty")
+        return list(value)
+    if not isinstance(value, want):
+        raise ConfigError(f"{where}: study {key} must be a {want.__name__}, got {value!r}")
+    if key == "dtype" and value not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"{where}: unknown dtype {value!r} (float32, bfloat16, float16)")
+    return value

@@ -1,0 +1,219 @@
+"""`emocircuits run`: the configuration (TOML, --set, --print-config, errors with
+file:line), the stage plan and its cache (reuse, re-running only what a changed setting
+touches, resuming after kill -9), study.json and the stage folders, on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emocircuits.study.config import ConfigError, load_config
+from emocircuits.study.runner import run_study
+from emocircuits.study.stages import STAGE_FILE, plan_study
+
+from helpers import one_error_line, run
+
+FAST = {
+    "geometry": {"n_boot": 40, "n_splits": 8, "n_perm": 20, "folds": 3},
+    "compare": {"n_perm": 40, "n_perm_heavy": 10},
+    "steer-sweep": {"max_new_tokens": 4, "layer": [1], "alpha": [0.5, 1.0], "batch_size": 64},
+    "heads": {"top_k": [1, 2], "n_random": 4, "n_boot": 50, "top_neurons": 3},
+}
+
+
+def tiny_config(out: Path, models: list[Path], analyses=("geometry", "compare", "steer", "heads"),
+                **study):  # fmt: skip
+    over = {k: dict(v) for k, v in FAST.items()}
+    over["study"] = {"models": [str(m) for m in models], "data": ["baseline"],
+                     "causal_data": "baseline", "out": str(out), "analyses": list(analyses),
+                     "mlflow": False, **study}  # fmt: skip
+    return over
+
+
+# ------------------------------------------------------------------------------ configuration
+def test_print_config_is_a_config_that_reads_back_the_same(tmp_path, capsys):
+    code, out, _ = run(capsys, "run", "--print-config", "--set", "geometry.n_boot=77",
+                       "--models", "smollm2-135m")  # fmt: skip
+    assert code == 0
+    path = tmp_path / "study.toml"
+    path.write_text(out)
+    cfg = load_config(path)
+    assert cfg.models == ["smollm2-135m"]
+    assert cfg.stage_options("geometry")["n_boot"] == 77
+    assert cfg.stage_options("capture")["positions"] == ["last", "mean", "emotion_word"]
+    assert cfg.to_toml().splitlines()[1:] == out.splitlines()[1:]  # only the source differs
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("[study]\nmodels = ['a']\n\n[geometry]\nn_bot = 3\n", 5, "not an option"),
+        ("[study]\nmodls = ['a']\n", 2, "unknown study setting"),
+        ("[geometry]\nn_boot = 'many'\n", 2, "n-boot"),
+        ("[patch]\nout = 'x'\n", 2, "set by the study runner"),
+        ("[stear]\nx = 1\n", 1, "unknown table"),
+        ("[study]\nanalyses = ['geometry', 'vibes']\n", 2, "unknown analysis"),
+        ("[study]\nmodels = [\n", 3, "not valid TOML"),
+    ],
+)
+def test_config_errors_name_file_and_line(tmp_path, capsys, text, line, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}:{line}: ") and words in str(e.value), str(e.value)
+    code, out, err = run(capsys, "run", "--config", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2 and out == "" and words in one_error_line(err)
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_set_and_flags_override_the_file(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[study]\nmodels = ['a']\n[steer-sweep]\nmax_new_tokens = 12\n")
+    cfg = load_config(path, {"study": {"models": ["b"]}, "steer-sweep": {"max-new-tokens": 9}})
+    assert cfg.models == ["b"] and cfg.stage_options("steer")["max_new_tokens"] == 9
+    assert cfg.argv("steer")[:2] == ["--max-new-tokens", "9"]
+
+
+def test_the_plan_depends_only_on_what_changed(tiny_dir, tmp_path):
+    models = [tiny_dir("llama"), tiny_dir("gpt2")]
+    base = plan_study(load_config(None, tiny_config(tmp_path, models)))
+    over = tiny_config(tmp_path, models)
+    over["steer-sweep"]["max_new_tokens"] = 5
+    changed = plan_study(load_config(None, over))
+    diff = {a.key for a, b in zip(base, changed, strict=True) if a.hash != b.hash}
+    assert diff == {"steer/llama", "steer/gpt2"}
+    over = tiny_config(tmp_path, models)
+    over["extract"] = {"batch_size": 4}  # upstream of everything
+    assert all(
+        a.hash != b.hash for a, b in zip(base, plan_study(load_config(None, over)), strict=True)
+    )
+    keys = [s.key for s in base]
+    assert keys.index("capture/llama.baseline") < keys.index("geometry/llama.baseline")
+    assert keys[-1] == "compare/baseline"
+
+
+# ----------------------------------------------------------------------------------- running
+@pytest.fixture(scope="module")
+def study(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "s"
+    over = tiny_config(out, [tiny_dir("llama"), tiny_dir("gpt2")], mlflow=True)
+    res = run_study(load_config(None, over), progress=False)
+    return out, over, res
+
+
+def test_a_study_writes_its_stages_and_study_json(study):
+    out, _, res = study
+    assert res.failed == {}
+    doc = json.loads((out / "study.json").read_text())
+    assert doc["finished"] and doc["seconds"] > 0
+    keys = [s["key"] for s in doc["stages"]]
+    assert keys == [s["key"] for s in res.stages] and len(keys) == 9  # 4 per model + compare
+    for s in doc["stages"]:
+        d = out / s["dir"]
+        man = json.loads((d / STAGE_FILE).read_text())
+        assert man["hash"] == s["hash"] and d.name.endswith(s["hash"][:12])
+        assert all((d / p).is_file() for p in man["outputs"])
+        assert man["provenance"]["data_sha256"] == doc["provenance"]["datasets"]["baseline"][
+            "sha256"]  # fmt: skip
+        assert man["provenance"]["model"]["dtype"] == "float32" or s["stage"] == "compare"
+        assert not d.with_name(d.name + ".partial").exists()
+    steer = out / next(s["dir"] for s in doc["stages"] if s["key"] == "steer/llama")
+    assert {"rows.jsonl", "summary.csv", "sweep.json", "vectors.steer.json"} <= {
+        p.name for p in steer.iterdir()
+    }
+    geo = out / next(s["dir"] for s in doc["stages"] if s["key"] == "geometry/llama.baseline")
+    assert (geo / "summary.json").is_file() and (geo / "vectors.safetensors").is_file()
+    models = doc["provenance"]["models"]
+    assert set(models) == {"llama", "gpt2"}
+    assert models["gpt2"]["architecture"]["model_type"] == "gpt2"
+    assert models["llama"]["revision"].startswith("sha256:")
+    assert doc["provenance"]["versions"]["torch"]
+
+
+def test_a_second_run_reuses_everything(study):
+    out, over, _ = study
+    before = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    res = run_study(load_config(None, over), progress=False)
+    assert res.ran == [] and time.perf_counter() - t0 < 20
+    after = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_changing_one_setting_reruns_only_what_depends_on_it(study):
+    _, over, _ = study
+    over = json.loads(json.dumps(over))
+    over["heads"]["top_neurons"] = 4
+    res = run_study(load_config(None, over), progress=False)
+    assert sorted(res.ran) == ["heads/gpt2", "heads/llama"]
+
+
+def test_a_failing_stage_is_reported_and_the_rest_goes_on(tiny_dir, tmp_path, capsys):
+    """The tiny tokenizer has no one-token feeling words: `patch` cannot read out a logit
+    difference. The study says so, runs the rest, caches nothing of the failed stage."""
+    over = tiny_config(tmp_path / "s", [tiny_dir("llama")], analyses=("patch",))
+    res = run_study(load_config(None, over), progress=False)
+    assert list(res.failed) == ["patch/llama"] and "feeling word" in res.failed["patch/llama"]
+    assert [s["key"] for s in res.stages] == ["capture/llama.baseline", "geometry/llama.baseline"]
+    assert not list((tmp_path / "s" / "stages" / "patch").glob(f"*/{STAGE_FILE}"))
+
+
+def test_killed_run_resumes(tiny_dir, tmp_path):
+    """kill -9 during the study; the next run reuses every finished stage and completes."""
+    out = tmp_path / "k"
+    over = tiny_config(out, [tiny_dir("llama"), tiny_dir("gpt2")], analyses=("geometry",))
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(load_config(None, over).to_toml())
+    cmd = [sys.executable, "-m", "emocircuits", "run", "--config", str(cfg), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "stages").glob(f"geometry/*/{STAGE_FILE}")):
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    first = {s.parent.name for s in (out / "stages").rglob(STAGE_FILE)}
+    assert first, "no stage finished before the kill"
+    res = run_study(load_config(cfg), progress=False)
+    assert res.failed == {}
+    reused = {Path(s["dir"]).name for s in res.stages if s["cached"]}
+    assert first <= reused
+    assert len(res.stages) == 4 and (out / "study.json").is_file()
+
+
+def test_the_study_is_in_mlflow_with_params_per_layer_metrics_and_artifacts(study, monkeypatch):
+    """Read back with MLflow's own client from the study's SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    out, _, _ = study
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name("emocircuits")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    # every `run` of the folder logs one tree (other tests re-run this study): take one
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parents and all(r.info.status == "FINISHED" for r in parents)
+    geo = next(r for r in runs if r.info.run_name.startswith("geometry") and
+               r.data.tags.get("emocircuits.label") == "llama.baseline")  # fmt: skip
+    params = geo.data.params
+    assert [v for k, v in params.items() if k.split(".")[-1] == "n_boot"] == ["40"], params
+    model_run = client.get_run(geo.data.tags["mlflow.parentRunId"])
+    assert model_run.data.params, "the model's run has no parameters"
+    parent = client.get_run(model_run.data.tags["mlflow.parentRunId"])
+    assert "mlflow.parentRunId" not in parent.data.tags and parent.info.status == "FINISHED"
+    assert parent.data.tags["emocircuits.out"] == str(out.resolve())
+    per_layer = [k for k in geo.data.metrics if k.startswith("probes_cv/")]
+    assert per_layer, sorted(geo.data.metrics)
+    hist = client.get_metric_history(geo.info.run_id, per_layer[0])
+    assert sorted(m.step for m in hist) == list(range(len(hist))) and len(hist) == 4  # 3 + emb
+    names = {a.path for a in client.list_artifacts(geo.info.run_id)}
+    assert "summary.json" in names and any(n.endswith(".csv") for n in names)
+    assert (out / "mlartifacts").is_dir()
