@@ -202,8 +202,21 @@ def test_sweep_then_steer_with_the_recommended_setting(setup, capsys):
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     meta = json.loads((out / "sweep.json").read_text())
     alphas = meta["settings"]["alphas"]
-    # none + (2 emotions + random) x 2 layers x 5 alphas, for each prompt
-    assert len(rows) == len(PROMPTS) * (1 + 3 * 2 * len(alphas))
+    # none + (2 emotions + random) x 2 layers x 5 alphas, for each prompt, and 3 more random
+    # draws at each setting checked before it was recommended
+    checked = {tuple(k) for k in meta["settings"]["random_checked"]}
+    assert meta["settings"]["n_verify"] == 4 and 1 <= len(checked) <= 2 * 3
+    assert len(rows) == len(PROMPTS) * (1 + 3 * 2 * len(alphas) + 3 * len(checked))
+    draws: dict[tuple, list[int]] = {}
+    for r in rows:
+        if r["condition"] == "random":
+            draws.setdefault((r["layer"], r["alpha"]), []).append(r["draw"])
+    for key, ds in draws.items():
+        want = [0, 1, 2, 3] if key in checked else [0]
+        assert sorted(ds) == sorted(want * len(PROMPTS)), key
+    for e, rec in meta["recommended"].items():
+        pooled = (rec["layer"], rec["alpha"]) in checked
+        assert rec["random_draws"] == (4 if pooled else 1), e
     assert (out / "dose-response-anger.png").is_file() and (out / "summary.csv").is_file()
     rec = meta["recommended"]["anger"]
     assert rec["layer"] in (1, 2) and rec["alpha"] in alphas

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emocircuits.errors import EmocircuitsError
 
@@ -821,8 +821,11 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
             lm, prompts, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
             kl_texts=kl_texts, max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size, where=args.where, seed=args.seed,
-            prompt=False if args.no_prompt_baseline else None, progress=bar.update,
+            prompt=False if args.no_prompt_baseline else None, n_verify=args.n_verify,
+            progress=bar.update,
         )  # fmt: skip
+        bar.total = bar.n  # the random-control checks add a number of rows known only now
+        bar.refresh()
     evidence = {"sweep": str(out), **res.settings, "alpha_calibration": calibration,
                 "prompts": str(args.prompts or "shipped neutral prompts (tune split)")}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -845,7 +848,7 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
         print(f"  {e:10s} layer {r.layer:3d} alpha {r.alpha:<6g} {r.effect} {r.value:+.3f} "
               f"[{r.lo:+.3f}, {r.hi:+.3f}], ppl ratio {r.perplexity_ratio_median:.2f}, "
               f"distinct-2 ratio {r.distinct_2_ratio:.2f}, KL {r.kl:.3f}, random "
-              f"{r.random_vader_change:+.3f}{flag}")  # fmt: skip
+              f"{r.random_vader_change:+.3f} ({r.random_draws} draws){flag}")  # fmt: skip
     print(f"wrote {out}/ (rows.jsonl, summary.csv, sweep.json, dose-response figures) and {path}")
     return 0
 
@@ -893,9 +896,26 @@ def _patch_meta(lm, ds, vecs, readouts, args: argparse.Namespace) -> dict:
     }
 
 
-def _budget(args: argparse.Namespace, budgets: dict[str, dict]) -> None:
-    """Fill the settings not given on the command line from ``budgets[args.budget]``."""
-    for key, value in budgets[args.budget].items():
+def budget_table(command: str) -> dict[str, dict[str, Any]] | None:
+    """The named settings of ``emocircuits COMMAND --budget``, or None if it has none.
+
+    >>> sorted(budget_table("patch")), budget_table("geometry")
+    (['default', 'fast'], None)
+    """
+    if command == "patch":
+        from emocircuits.interventions.patching import PATCH_BUDGETS as table
+    elif command == "ablate":
+        from emocircuits.interventions.ablation import ABLATE_BUDGETS as table
+    elif command == "heads":
+        from emocircuits.interventions.heads import HEADS_BUDGETS as table
+    else:
+        return None
+    return table
+
+
+def fill_budget(args: argparse.Namespace, command: str) -> None:
+    """Fill the settings not given on the command line from the budget ``args.budget``."""
+    for key, value in budget_table(command)[args.budget].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
@@ -926,12 +946,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
     import time
 
     from emocircuits.geometry.analysis import write_tables
-    from emocircuits.interventions.patching import PATCH_BUDGETS, headline, patch
+    from emocircuits.interventions.patching import headline, patch
     from emocircuits.interventions.readout import readout
     from emocircuits.models import load_model
 
     start = time.time()
-    _budget(args, PATCH_BUDGETS)
+    fill_budget(args, "patch")
     ds, vecs, emotions = _patch_inputs(args)
     lm = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                     progress=not args.quiet)  # fmt: skip
@@ -993,12 +1013,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     import time
 
     from emocircuits.geometry.analysis import write_tables
-    from emocircuits.interventions.ablation import ABLATE_BUDGETS, ALL, run_ablation, split_rows
+    from emocircuits.interventions.ablation import ALL, run_ablation, split_rows
     from emocircuits.interventions.readout import readout
     from emocircuits.models import load_model
 
     start = time.time()
-    _budget(args, ABLATE_BUDGETS)
+    fill_budget(args, "ablate")
     ds, vecs, emotions = _patch_inputs(args)
     for t in args.targets or ():
         if t != ALL and t not in emotions:
@@ -1084,14 +1104,13 @@ def cmd_heads(args: argparse.Namespace) -> int:
     from emocircuits.data import load_dataset
     from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
     from emocircuits.interventions.heads import (
-        HEADS_BUDGETS,
         analyze_heads,
         check_request,
         write_heads,
     )
     from emocircuits.models import load_model
 
-    _budget(args, HEADS_BUDGETS)
+    fill_budget(args, "heads")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise EmocircuitsError(f"{out} exists and is not a folder")
@@ -1662,7 +1681,8 @@ def build_parser() -> argparse.ArgumentParser:
         "all in one batched generation. Writes rows.jsonl, summary.csv, sweep.json and a "
         "dose-response figure per emotion into --out, and the recommended setting per "
         "emotion (largest lower 95% bound of the effect with perplexity <= 1.35x none, "
-        "distinct-2 >= 0.75x none, and the random direction moving VADER < 0.15) into "
+        "distinct-2 >= 0.75x none, and --n-verify pooled random directions moving VADER "
+        "< 0.15) into "
         "VECTORS.steer.json, which `steer` reads.",
     )
     _add_steer_args(sw)
@@ -1675,6 +1695,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument(
         "--n-prompts", type=_positive, default=None, help="use only the first N prompts"
+    )
+    sw.add_argument(
+        "--n-verify",
+        type=_positive,
+        default=4,
+        help="random directions (pooled) at a setting before it is recommended (default 4; "
+        "1: the single draw every setting gets)",
     )
     sw.add_argument("--out", default=None, help="folder (default: next to the vectors)")
     sw.set_defaults(func=cmd_steer_sweep)
@@ -1731,7 +1758,7 @@ def build_parser() -> argparse.ArgumentParser:
         "layer, and probes refitted on the ablated activations (k-fold) at --probe-layer. "
         "p = (1 + #random draws removing as much) / (1 + draws). Writes ablation_ld.csv, "
         "ablation_probe.csv, summary.json and figures (docs/FORMAT.md). --budget fast "
-        "(targets all, 19 random subspaces, 10 held-out prompts per label) is the "
+        "(targets all, 39 random subspaces, 10 held-out prompts per label) is the "
         "whole-study setting.",
     )
     _add_causal_args(ab, batch_size=16)
@@ -1789,7 +1816,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("default", "fast"),
         default="default",
         help="named settings for the options not given (fast: 32 prompts per class, k = 2 "
-        "and 8 against 19 random sets on 4 prompts per class, for a whole-study run)",
+        "and 8 against 39 random sets on 4 prompts per class, for a whole-study run)",
     )
     hd.add_argument("--top-k", type=_positive, nargs="+", default=None, help="(1 2 4 8)")
     hd.add_argument("--n-random", type=_positive, default=None, help="random head sets per k (50)")

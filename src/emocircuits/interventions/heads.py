@@ -1011,12 +1011,12 @@ def _ablation_table(
 
 HEADS_BUDGETS: dict[str, dict[str, Any]] = {
     "default": {"top_k": (1, 2, 4, 8), "n_random": 50, "n_ablate": 12, "n_per_class": None},
-    "fast": {"top_k": (2, 8), "n_random": 19, "n_ablate": 4, "n_per_class": 32},
+    "fast": {"top_k": (2, 8), "n_random": 39, "n_ablate": 4, "n_per_class": 32},
 }
 """Named settings of :func:`analyze_heads` (``emocircuits heads --budget``). ``default``:
 contributions over every prompt, k = 1, 2, 4, 8 against 50 random head sets (smallest
 attainable p = 1/51) on 12 prompts per class. ``fast`` (for a whole-study run): 32 prompts
-per class, k = 2 and 8 against 19 random sets (smallest attainable p = 1/20 = 0.05) on 4
+per class, k = 2 and 8 against 39 random sets (smallest attainable p = 1/40 = 0.025) on 4
 prompts per class."""
 
 

@@ -24,7 +24,7 @@ perplexity under the **unsteered** model given the input it was generated from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -226,6 +226,29 @@ def random_direction(width: int, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def random_conditions(
+    width: int, layer: int, alpha: float, scale: float, draws: Iterable[int], *, seed: int = 0
+) -> list[Condition]:
+    """The ``random`` conditions of the given draws at one setting. Draw ``d`` at ``layer``
+    is the same direction whatever the alpha and whichever run asks for it, so extra draws
+    can be added later and pooled with the first.
+
+    >>> [c.draw for c in random_conditions(8, 3, 0.1, 2.0, range(2))]
+    [0, 1]
+    """
+    return [
+        Condition(
+            "random",
+            None,
+            layer,
+            alpha,
+            [Steer(layer, random_direction(width, seed + layer + 7919 * d), alpha, scale)],
+            draw=d,
+        )
+        for d in draws
+    ]
+
+
 def check_vectors(lm: LoadedModel, vectors: EmotionVectors, emotion: str, layers) -> None:
     """Refuse an emotion, width or layer the vectors do not have, with one clear line."""
     if emotion not in vectors.directions:
@@ -264,11 +287,10 @@ def conditions(
     for layer in layers:
         s = float(scales[layer])
         v = vectors.directions[emotion][vectors.layers.index(layer)]
-        rs = [random_direction(width, seed + layer + 7919 * d) for d in range(n_random)]
         for a in alphas:
             out.append(Condition("direction", emotion, layer, a, [Steer(layer, v, a, s)]))
-            for d, r in enumerate(rs if random else []):
-                out.append(Condition("random", None, layer, a, [Steer(layer, r, a, s)], draw=d))
+            if random:
+                out += random_conditions(width, layer, a, s, range(n_random), seed=seed)
             if transfer is not None:
                 t = transfer.directions[emotion][transfer.layers.index(layer)]
                 out.append(Condition("transfer", emotion, layer, a, [Steer(layer, t, a, s)]))

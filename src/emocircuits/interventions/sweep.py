@@ -50,6 +50,7 @@ from emocircuits.interventions.run import (
     conditions,
     has_chat_template,
     next_token_kl,
+    random_conditions,
     run_conditions,
     summarize,
 )
@@ -158,12 +159,13 @@ class Recommendation:
     distinct_2_ratio: float
     kl: float
     random_vader_change: float
+    random_draws: int
     meets_limits: bool
     reason: str = ""
     limits: dict[str, float] = field(default_factory=lambda: dict(LIMITS))
 
 
-def _passes(row: dict[str, Any], rand: dict[str, Any], limits: dict[str, float]) -> list[str]:
+def _fluency_fails(row: dict[str, Any], limits: dict[str, float]) -> list[str]:
     fails = []
     if (
         max(row["perplexity_ratio_median"], row["perplexity_ratio_mean"])
@@ -172,9 +174,20 @@ def _passes(row: dict[str, Any], rand: dict[str, Any], limits: dict[str, float])
         fails.append("perplexity")
     if row["distinct_2_ratio"] < limits["distinct_2_ratio"]:
         fails.append("distinct-2")
+    return fails
+
+
+def _passes(row: dict[str, Any], rand: dict[str, Any], limits: dict[str, float]) -> list[str]:
+    fails = _fluency_fails(row, limits)
     if abs(rand["vader_change"]) >= limits["random_vader_change"]:
         fails.append("random direction moves VADER")
     return fails
+
+
+def _rank(row: dict[str, Any], emotion: str) -> tuple[float, float, float]:
+    """Best first when sorted descending: the effect's lower bound, the effect, a weaker push."""
+    _, v, lo, _ = effect(row, emotion)
+    return (lo, v, -row["alpha"])
 
 
 def recommend(
@@ -199,7 +212,7 @@ def recommend(
         scored.append((r, name, v, lo, hi, ra, _passes(r, ra, limits)))
     ok = [s for s in scored if not s[6]]
     if ok:
-        best = max(ok, key=lambda s: (s[3], s[2], -s[0]["alpha"]))
+        best = max(ok, key=lambda s: _rank(s[0], emotion))
         reason = ""
     else:
         pos = [s for s in scored if s[2] > 0] or scored
@@ -220,6 +233,7 @@ def recommend(
         distinct_2_ratio=r["distinct_2_ratio"],
         kl=round(float((kl or {}).get((r["layer"], r["alpha"]), float("nan"))), 4),
         random_vader_change=ra["vader_change"],
+        random_draws=max(1, int(ra.get("n", 0)) // max(1, int(r.get("n", 1)))),
         meets_limits=bool(ok),
         reason=reason,
         limits=limits,
@@ -251,10 +265,17 @@ def sweep(
     where: str = "all",
     seed: int = 0,
     prompt: bool | None = None,
+    n_verify: int = 4,
+    max_checks: int = 3,
     progress: Callable[[int], object] | None = None,
 ) -> SweepResult:
     """Steer ``prompts`` with each emotion at each (layer, alpha) and recommend a setting per
     emotion. ``progress`` gets the number of generations finished after each slice.
+
+    Every setting gets one random direction; before a setting is recommended, the random
+    control there is raised to ``n_verify`` draws (pooled), because one draw swings VADER
+    by about as much as the 0.15 limit (METHODS.md). Per emotion, up to ``max_checks``
+    settings are checked this way, best first among those within the fluency limits.
 
     >>> res = sweep(lm, prompts, vecs, ["gratitude"], layers=[15], scales=s)  # doctest: +SKIP
     >>> res.recommendations["gratitude"].alpha  # doctest: +SKIP
@@ -269,14 +290,45 @@ def sweep(
                             random=k == 0, none=k == 0, prompt=use_prompt)  # fmt: skip
     rows = run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, where=where, progress=progress)  # fmt: skip
-    summary = summarize(rows)
     kl: dict[tuple, float] = {}
     if kl_texts:
         steered = [c for c in conds if c.steers]
         values = next_token_kl(lm, kl_texts, [c.steers for c in steered], batch_size=batch_size)
         kl = {c.key(): float(v) for c, v in zip(steered, values, strict=True)}
-    for r in summary:
-        r["kl"] = round(kl.get((r["condition"], r["emotion"], r["layer"], r["alpha"]), 0.0), 5)
+
+    def summary_with_kl() -> list[dict[str, Any]]:
+        out = summarize(rows)
+        for r in out:
+            key = (r["condition"], r["emotion"], r["layer"], r["alpha"])
+            r["kl"] = round(kl.get(key, 0.0), 5)
+        return out
+
+    summary = summary_with_kl()
+    width = vectors.directions[emotions[0]].shape[-1]
+    checked: set[tuple[int, float]] = set()
+    rejected: set[tuple[int, float]] = set()  # the pooled random control moves VADER too much
+    for e in emotions:
+        for _ in range(max_checks if n_verify > 1 else 0):
+            fluent = [r for r in summary if r["condition"] == "direction" and r["emotion"] == e
+                      and (r["layer"], r["alpha"]) not in rejected
+                      and not _fluency_fails(r, LIMITS)]  # fmt: skip
+            if not fluent:
+                break
+            best = max(fluent, key=lambda r: _rank(r, e))
+            key = (best["layer"], best["alpha"])
+            if key not in checked:
+                extra = random_conditions(width, key[0], key[1], float(scales[key[0]]),
+                                          range(1, n_verify), seed=seed)  # fmt: skip
+                rows += run_conditions(lm, prompts, extra, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, where=where,
+                                       progress=progress)  # fmt: skip
+                checked.add(key)
+                summary = summary_with_kl()
+            rand = next(r for r in summary if r["condition"] == "random"
+                        and (r["layer"], r["alpha"]) == key)  # fmt: skip
+            if abs(rand["vader_change"]) < LIMITS["random_vader_change"]:
+                break
+            rejected.add(key)
     recs = {}
     for e in emotions:
         by_setting = {
@@ -288,7 +340,8 @@ def sweep(
     settings = {"emotions": list(emotions), "layers": list(layers), "alphas": list(alphas),
                 "where": where, "max_new_tokens": max_new_tokens, "seed": seed,
                 "n_prompts": len(prompts), "prompting_baseline": use_prompt,
-                "kl_texts": len(kl_texts), "decoding": "greedy"}  # fmt: skip
+                "kl_texts": len(kl_texts), "decoding": "greedy", "n_verify": n_verify,
+                "random_checked": sorted(map(list, checked))}  # fmt: skip
     return SweepResult(rows, summary, recs, settings)
 
 

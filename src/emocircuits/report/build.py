@@ -867,11 +867,13 @@ def _ablate_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> 
             null = Null(f"{h.get('n_random')} random subspaces of dimension {h.get('dim')}",
                         _num(g.get("null_mean")), _num(n95[0]), _num(n95[1]))  # fmt: skip
             p = _num(g.get("p"))
-            if target == e:
+            own = target == e
+            if own or (target == "all" and e not in (s.get("headline") or {})):
+                what = "its direction" if own else "the span of all emotions' directions"
                 results.append((e, p is not None and p < ALPHA))
                 b.numbers.append(Number(
-                    f"{e}: share of the logit-difference gap removed by projecting its "
-                    f"direction out (layers {st.get('from_layer')}+)", est, null, p,
+                    f"{e}: share of the logit-difference gap removed by projecting {what} "
+                    f"out (layers {st.get('from_layer')}+)", est, null, p,
                     note=f"gap {_f(_num(g.get('gap_clean')))} → {_f(_num(g.get('gap_ablated')))}",
                 ))  # fmt: skip
             rows.append({"target": target, "measure": f"LD gap {e}", "clean":
@@ -934,8 +936,9 @@ def _rq4(blocks: list[Block]) -> tuple[str, str]:
         hits.append((k, len(patch)))
     if abl:
         k = _count(ok for _, ok in abl)
-        parts.append(f"projecting a direction out removes more of the gap than random "
-                     f"directions (p < {ALPHA}) for {k} of {len(abl)}")  # fmt: skip
+        parts.append(f"projecting the direction (or all directions' span) out removes more "
+                     f"of the gap than random subspaces (p < {ALPHA}) for {k} of "
+                     f"{len(abl)}")  # fmt: skip
         hits.append((k, len(abl)))
     verdict = _verdict(hits)
     return verdict, f"{verdict.capitalize()}: " + "; ".join(parts) + "."

@@ -71,13 +71,16 @@ def fmt_num(v: Any) -> str:
 
 
 def fmt_p(p: Any) -> str:
-    """A p-value: three decimals, or scientific below 0.001.
+    """A p-value: three decimals, or scientific below 0.001 (an analytic p too small for a
+    float is ``< 1e-300``).
 
-    >>> fmt_p(0.04999), fmt_p(1.0), fmt_p(None)
-    ('0.050', '1.000', 'n/a')
+    >>> fmt_p(0.04999), fmt_p(1.0), fmt_p(None), fmt_p(2e-5), fmt_p(0.0)
+    ('0.050', '1.000', 'n/a', '2.0e-05', '< 1e-300')
     """
     if not isinstance(p, int | float) or isinstance(p, bool) or not math.isfinite(p):
         return "n/a"
+    if p == 0:
+        return "< 1e-300"
     return f"{p:.1e}" if 0 < p < 0.001 else f"{p:.3f}"
 
 
@@ -218,7 +221,11 @@ TEMPLATE = r"""<!DOCTYPE html>
 <h1>{{ data.title }}</h1>
 <p>Study folder {{ data.out_dir }}{% if prov.started %} · started {{ prov.started }}{% endif %}
 {% if prov.finished %} · finished {{ prov.finished }}{% endif %}
-{% if prov.seconds is not none %} · {{ prov.seconds | num }} s{% endif %}</p>
+{% if prov.seconds is not none %} · this run {{ prov.seconds | num }} s{% endif %}
+{% set done = prov.stages | selectattr("finished") | list %}
+{% if done %} · {{ done | selectattr("reused") | list | length }} of {{ done | length }}
+stages reused · the stages' own compute
+{{ done | map(attribute="seconds") | select("number") | sum | num }} s{% endif %}</p>
 </header>
 <nav><a href="#summary">Summary</a>
 {% for s in data.sections %}<a href="#{{ s.id }}">{{ s.id | upper }}</a>
@@ -282,6 +289,8 @@ The pilot's claims and why ours differ are in each section.</p>
 </tbody></table></div>
 {% endif %}
 {% for t in b.tables %}
+{% set long = t.rows | length > 12 %}
+{% if long %}<details><summary>{{ t.title }} ({{ t.rows | length }} rows)</summary>{% endif %}
 <div class="scroll"><table>
 <caption>{{ t.title }}</caption>
 <thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
@@ -295,6 +304,7 @@ The pilot's claims and why ours differ are in each section.</p>
 </tbody></table>
 {% if t.note %}<p class="tnote">{{ t.note }}</p>{% endif %}
 <p class="src">from {{ t.source.describe() }}</p></div>
+{% if long %}</details>{% endif %}
 {% endfor %}
 {% set figs = b.figures | embeddable %}
 {% if figs %}<div class="figs">

@@ -67,7 +67,8 @@ STUDY_DEFAULTS: dict[str, Any] = {
 # (the whole default study must fit in about ten minutes on two cores)
 STUDY_STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "vectors": {"method": "one_vs_rest", "position": "mean"},
-    "steer": {"n_layers": 2, "n_alphas": 3, "n_prompts": 12, "max_new_tokens": 24},
+    "compare": {"n_perm_heavy": 100},
+    "steer": {"n_layers": 1, "n_alphas": 3, "n_prompts": 12, "max_new_tokens": 24},
     "patch": {"budget": "fast"},
     "ablate": {"budget": "fast"},
     "heads": {"budget": "fast"},
@@ -194,7 +195,7 @@ def load_config(
     """Read a study TOML (or none: the defaults), apply ``overrides`` (same shape, e.g.
     from the command line) and check every key and value against the commands' options.
     Problems raise :class:`ConfigError` naming ``file:line``."""
-    from emocircuits.cli import build_parser
+    from emocircuits.cli import budget_table, build_parser, fill_budget
 
     text, raw, src = "", {}, "(defaults)"
     if path is not None:
@@ -260,6 +261,9 @@ def load_config(
             except ValueError as e:
                 raise ConfigError(f"{merged[cmd][k][1]}: [{cmd}] {k}: {e}") from None
         ns = _parse(sub, cmd, argv, merged.get(cmd, {}), where(cmd))
+        if budget_table(cmd) is not None:
+            # the budget's values, not its name, go into the settings (and the stage hash)
+            fill_budget(ns, cmd)
         stages[cmd] = {k: _jsonable(getattr(ns, k)) for k in opts}
     return StudyConfig(study, stages, src)
 

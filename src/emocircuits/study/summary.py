@@ -30,7 +30,7 @@ def print_summary(res: StudyResult, console: Any = None) -> None:
     )
     data = collect(res.out)
     for rq in data.sections:
-        console.print(f"[bold]{rq.id.upper()}[/bold] {rq.title}: {rq.answer}", highlight=False)
+        console.print(f"[bold]{rq.title}[/bold] — {rq.answer}", highlight=False)
     if res.report is not None:
         console.print(f"report: {res.report}")
     if (res.out / "mlflow.db").is_file():
