@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"plain generate of {n} continuations: {t4 - t3:.1f} s "
           f"(sweep / plain = {(t3 - t2) / (t4 - t3):.2f}x)")  # fmt: skip
+    checked = res.settings["random_checked"]
+    print(f"random control raised to {res.settings['n_verify']} draws at {len(checked)} settings")
+    for e, r in res.recommendations.items():
+        print(f"  {e}: layer {r.layer} alpha {r.alpha} {r.effect} {r.value:+.3f} "
+              f"[{r.lo:+.3f}, {r.hi:+.3f}] ppl x{r.perplexity_ratio_median:.2f} "
+              f"random {r.random_vader_change:+.3f} ({r.random_draws} draws) "
+              f"{'ok' if r.meets_limits else r.reason}")  # fmt: skip
     return 0
 
 

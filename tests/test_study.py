@@ -82,6 +82,27 @@ def test_set_and_flags_override_the_file(tmp_path):
     assert cfg.argv("steer")[:2] == ["--max-new-tokens", "9"]
 
 
+def test_a_budget_becomes_its_values_in_the_settings(tmp_path, monkeypatch):
+    """What a budget means is part of the stage hash: redefining it re-runs the stage."""
+    from emocircuits.interventions import patching
+
+    cfg = load_config(None, {"patch": {"n_pairs": 5}})
+    opts = cfg.stage_options("patch")
+    fast = patching.PATCH_BUDGETS["fast"]
+    assert opts["budget"] == "fast" and opts["n_pairs"] == 5  # given beats the budget
+    assert opts["n_positions"] == fast["n_positions"] and opts["n_layers"] == fast["n_layers"]
+    assert cfg.stage_options("ablate")["n_random"] >= 39  # p < 0.05 is attainable
+    before = {
+        s.key: s.hash for s in plan_study(load_config(None, {"study": {"out": str(tmp_path)}}))
+    }
+    monkeypatch.setitem(patching.PATCH_BUDGETS, "fast", {**fast, "n_positions": 2})
+    after = {
+        s.key: s.hash for s in plan_study(load_config(None, {"study": {"out": str(tmp_path)}}))
+    }
+    assert {k for k in before if before[k] != after[k]} == {
+        "patch/smollm2-135m", "patch/gemma3-270m"}  # fmt: skip
+
+
 def test_the_plan_depends_only_on_what_changed(tiny_dir, tmp_path):
     models = [tiny_dir("llama"), tiny_dir("gpt2")]
     base = plan_study(load_config(None, tiny_config(tmp_path, models)))

@@ -1270,7 +1270,7 @@ def _add_steer_args(p: argparse.ArgumentParser) -> None:
         "--alpha", type=float, nargs="+", default=None, help="strength(s), x typical norm"
     )
     p.add_argument("--max-new-tokens", type=_positive, default=30)
-    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument(
         "--where",
         choices=("all", "new"),
