@@ -68,9 +68,9 @@ EMOTIONS = ("gratitude", "apology", "anger")
 # library's budget "fast" (checked when the library has one), "default" the CLI defaults.
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {
-        "heads": {"top_k": (2, 8), "n_random": 19, "n_ablate": 4, "n_per_class": 32},
+        "heads": {"top_k": (2, 8), "n_random": 39, "n_ablate": 4, "n_per_class": 32},
         "patch": {"n_pairs": 12, "n_positions": 3, "n_layers": 8},
-        "ablate": {"n_train": 32, "n_eval": 10, "n_random": 19, "targets": ("all",)},
+        "ablate": {"n_train": 32, "n_eval": 10, "n_random": 39, "targets": ("all",)},
     },
     "default": {
         "heads": {"top_k": (1, 2, 4, 8), "n_random": 50, "n_ablate": 12, "n_per_class": None},
