@@ -92,6 +92,14 @@ def test_a_budget_becomes_its_values_in_the_settings(tmp_path, monkeypatch):
     assert opts["budget"] == "fast" and opts["n_pairs"] == 5  # given beats the budget
     assert opts["n_positions"] == fast["n_positions"] and opts["n_layers"] == fast["n_layers"]
     assert cfg.stage_options("ablate")["n_random"] >= 39  # p < 0.05 is attainable
+    # a printed config with the other budget takes that budget's values
+    text = load_config(None).to_toml()
+    assert '# n_positions = 3  (from budget "fast")' in text
+    path = tmp_path / "s.toml"
+    path.write_text(text.replace('[patch]\nbaseline = "neutral"\nbudget = "fast"',
+                                 '[patch]\nbaseline = "neutral"\nbudget = "default"'))  # fmt: skip
+    deep = load_config(path).stage_options("patch")
+    assert deep["n_pairs"] == patching.PATCH_BUDGETS["default"]["n_pairs"] != fast["n_pairs"]
     before = {
         s.key: s.hash for s in plan_study(load_config(None, {"study": {"out": str(tmp_path)}}))
     }

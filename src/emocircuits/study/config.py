@@ -137,6 +137,9 @@ class StudyConfig:
     study: dict[str, Any]
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "(defaults)"
+    # per command, the options whose value comes from its --budget (printed as comments,
+    # so that a printed config with another budget still takes that budget's values)
+    from_budget: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
@@ -173,8 +176,13 @@ class StudyConfig:
         lines += [f"{k} = {_toml(v)}" for k, v in self.study.items()]
         for cmd, opts in self.stages.items():
             lines += ["", f"[{cmd}]"]
+            budget = self.from_budget.get(cmd, set())
             for k, v in opts.items():
-                lines.append(f"# {k} = (automatic)" if v is None else f"{k} = {_toml(v)}")
+                if k in budget:
+                    shown = "(automatic)" if v is None else _toml(v)
+                    lines.append(f"# {k} = {shown}  (from budget {_toml(opts['budget'])})")
+                else:
+                    lines.append(f"# {k} = (automatic)" if v is None else f"{k} = {_toml(v)}")
         return "\n".join(lines) + "\n"
 
 
@@ -249,6 +257,7 @@ def load_config(
                         raise ConfigError(f"{here(key)}: [{table}] {key} {why}")
                     merged.setdefault(table, {})[k] = (value, here(key))
     stages: dict[str, dict[str, Any]] = {}
+    from_budget: dict[str, set[str]] = {}
     for stage, cmd in COMMANDS.items():
         sub = subs[cmd]
         opts = options(sub)
@@ -261,11 +270,13 @@ def load_config(
             except ValueError as e:
                 raise ConfigError(f"{merged[cmd][k][1]}: [{cmd}] {k}: {e}") from None
         ns = _parse(sub, cmd, argv, merged.get(cmd, {}), where(cmd))
-        if budget_table(cmd) is not None:
+        table = budget_table(cmd)
+        if table is not None:
             # the budget's values, not its name, go into the settings (and the stage hash)
+            from_budget[cmd] = {k for k in table[ns.budget] if getattr(ns, k) is None}
             fill_budget(ns, cmd)
         stages[cmd] = {k: _jsonable(getattr(ns, k)) for k in opts}
-    return StudyConfig(study, stages, src)
+    return StudyConfig(study, stages, src, from_budget)
 
 
 def _parse(
