@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import emocircuits as ec
+from emocircuits.data.dataset import load_prompts
 from emocircuits.geometry import compute_vectors
-from emocircuits.interventions import typical_norms
+from emocircuits.interventions import Steer, typical_norms
 from emocircuits.interventions.run import generate, perplexity, steer_prompts, summarize
 
 from helpers import one_error_line, run
@@ -91,6 +92,23 @@ def test_perplexity_by_hand_and_summary_pairs_prompts(setup):
     assert s["none"]["vader_change"] == 0.0
 
 
+def test_a_settings_interval_does_not_depend_on_other_settings_rows():
+    """The sweep adds random draws at some settings and compares the others before and
+    after: their intervals must not move."""
+    rng = np.random.default_rng(0)
+    keys = {"marker_gratitude": 0.0, "marker_apology": 0.0, "marker_anger": 0.0,
+            "repetition": 0.0, "perplexity": 2.0, "continuation": "a b"}  # fmt: skip
+    rows = [{**keys, "prompt_index": i, "condition": c, "layer": layer, "alpha": 1.0,
+             "vader": float(rng.normal())}
+            for c, layer in (("none", None), ("direction", 1), ("random", 1))
+            for i in range(12)]  # fmt: skip
+    before = {r["condition"]: r for r in summarize(rows)}
+    extra = [{**r, "vader": float(rng.normal())} for r in rows if r["condition"] == "random"]
+    after = {r["condition"]: r for r in summarize(extra + rows)}
+    assert after["direction"] == before["direction"]
+    assert after["random"]["n"] == 24 and after["random"] != before["random"]
+
+
 def test_cli_writes_jsonl_and_summary(setup, capsys):
     lm, _, path, root = setup
     model_dir = lm.provenance["folder"]
@@ -115,6 +133,29 @@ def test_cli_writes_jsonl_and_summary(setup, capsys):
     assert meta["emotion"] == "anger" and meta["settings"]["layers"] == [1]
     assert len(meta["scales"]["values"]) == lm.arch.n_layers + 1
     assert "direction" in stdout and "random" in stdout
+    assert meta["settings"]["steer_tokens"] is None and {r["steer_tokens"] for r in rows} == {None}
+
+
+def test_cli_steer_tokens_holds_the_push_for_the_first_tokens_only(setup, capsys):
+    lm, vecs, path, root = setup
+    out = root / "out" / "first2.jsonl"
+    code, _, err = run(capsys, "steer", "--model", lm.provenance["folder"], "--vectors", path,
+                       "--emotion", "anger", "--prompts", root / "prompts.txt", "--out", out,
+                       "--layer", "1", "--alpha", "1.0", "--max-new-tokens", "6",
+                       "--steer-tokens", "2", "--n-random", "1", "--quiet")  # fmt: skip
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert json.loads(out.with_suffix(".summary.json").read_text())["settings"]["steer_tokens"] == 2
+    assert {r["steer_tokens"] for r in rows} == {2}
+    # the rows are those of generate() with the same 2-token push
+    prompts = load_prompts(root / "prompts.txt")
+    meta = json.loads(out.with_suffix(".summary.json").read_text())
+    scale = meta["scales"]["values"][1]
+    v = vecs.directions["anger"][vecs.layers.index(1)]
+    want = generate(lm, prompts, steers=[Steer(1, v, 1.0, scale)], tokens=2, max_new_tokens=6)
+    got = {r["prompt_index"]: r["continuation"] for r in rows if r["condition"] == "direction"}
+    texts = [lm.tokenizer.decode(w, skip_special_tokens=True) for w in want]
+    assert [got[i] for i in range(len(prompts))] == texts
 
 
 @pytest.mark.parametrize(
@@ -135,3 +176,16 @@ def test_cli_refuses_bad_input_with_one_line(setup, capsys, extra, message):
     code, _, err = run(capsys, "steer", "--vectors", path, "--prompts", root / "empty.txt",
                        "--out", out, "--emotion", "anger")  # fmt: skip
     assert code == 2 and "empty.txt:1" in one_error_line(err)
+
+
+@pytest.mark.parametrize("value", ["0", "few"])
+def test_cli_refuses_a_bad_steer_tokens_value(setup, capsys, value):
+    from emocircuits.cli import main
+
+    _, _, path, root = setup
+    with pytest.raises(SystemExit) as exit_:  # argparse's own errors: one line, status 2
+        main(["steer", "--vectors", str(path), "--emotion", "anger", "--out",
+              str(root / "bad" / "t.jsonl"), "--steer-tokens", value])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "argument --steer-tokens:" in err and not (root / "bad" / "t.jsonl").exists()

@@ -102,6 +102,55 @@ def test_new_tokens_only_leaves_the_prompt_alone(tiny):
     assert out[0, enc["input_ids"].shape[1]] != out_all[0, enc["input_ids"].shape[1]]
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_first_k_tokens_only_equals_pushing_those_positions_without_a_cache(tiny, arch):
+    """``tokens=K``: the prompt and the inputs that write new tokens 1..K are pushed, later
+    positions are not (they still attend to the pushed ones); checked against decoding
+    without a cache and a plain hook that pushes exactly those positions."""
+    lm = tiny(arch)
+    n0 = count_hooks(lm.model)
+    layer, scale = 2, float(typical_norms(lm, TEXTS)[2])
+    v = _vector(lm, 4)
+    delta = torch.tensor(2.0 * scale * v / np.linalg.norm(v), dtype=lm.dtype)
+    steers = [Steer(layer=layer, vector=v, alpha=2.0, scale=scale)]
+    n_new, k = 6, 3
+    kw = {"max_new_tokens": n_new, "do_sample": False, "output_scores": True,
+          "return_dict_in_generate": True, "pad_token_id": lm.tokenizer.pad_token_id}  # fmt: skip
+    for text in TEXTS[:2]:
+        enc = lm.tokenizer(text, return_tensors="pt")
+        n_prompt = enc["input_ids"].shape[1]
+        with torch.no_grad():
+            with steering(lm, steers, tokens=k):
+                out = lm.model.generate(**enc, **kw)
+            with steering(lm, steers):
+                full = lm.model.generate(**enc, **kw)
+
+            def push_first(module, args, output, n_prompt=n_prompt):
+                h = output[0] if isinstance(output, tuple) else output
+                h = h.clone()
+                h[:, : n_prompt + k - 1] += delta
+                return (h, *output[1:]) if isinstance(output, tuple) else h
+
+            ids, want = out.sequences[:, :n_prompt], []
+            handle = lm.arch.blocks[layer - 1].register_forward_hook(push_first)
+            try:
+                for _ in range(n_new):
+                    want.append(lm.model(input_ids=ids, use_cache=False).logits[0, -1])
+                    ids = torch.cat([ids, want[-1].argmax().view(1, 1)], 1)
+            finally:
+                handle.remove()
+        assert out.sequences[0].tolist() == ids[0].tolist(), text
+        got = torch.stack([s[0] for s in out.scores]).numpy()
+        close(got, torch.stack(want).numpy(), f"{arch} next-token logits, first {k} pushed")
+        pushed = torch.stack([s[0] for s in full.scores]).numpy()
+        close(got[:k], pushed[:k], "the first k tokens are written as under a full push")
+        if out.sequences[0, : n_prompt + k].tolist() == full.sequences[0, : n_prompt + k].tolist():
+            assert np.abs(got[k] - pushed[k]).max() > 1e-3  # and then it lets go
+    assert count_hooks(lm.model) == n0
+    with pytest.raises(CaptureError, match=">= 0"), steering(lm, steers, tokens=-1):
+        pass
+
+
 def test_hooks_go_away_after_an_exception_and_bad_input_is_refused(tiny):
     lm = tiny("gpt2")
     n0 = count_hooks(lm.model)

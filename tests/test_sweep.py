@@ -23,6 +23,8 @@ from emocircuits.interventions.run import (
 )
 from emocircuits.interventions.scorers import nrc_counts
 from emocircuits.interventions.sweep import (
+    KL_RANGE,
+    KL_RANGE_WINDOW,
     calibrate_alphas,
     load_recommendation,
     recommend,
@@ -188,6 +190,13 @@ def test_alpha_calibration_spans_the_kl_range(setup):
     # the grid's ends lie between the probes whose KL brackets the range
     lo_i = max(i for i, a in enumerate(probes) if kl[a] <= 0.01 or i == 0)
     assert probes[lo_i] <= alphas[0] * 1.01
+    # the default range follows the push: wider for one held for a few tokens
+    kw = {"layer": 2, "scales": s, "kl_texts": PROMPTS}
+    short = calibrate_alphas(lm, vecs, ["anger"], **kw)[0]
+    every = calibrate_alphas(lm, vecs, ["anger"], tokens=None, **kw)[0]
+    assert short == calibrate_alphas(lm, vecs, ["anger"], kl_range=KL_RANGE_WINDOW, **kw)[0]
+    assert every == calibrate_alphas(lm, vecs, ["anger"], kl_range=KL_RANGE, **kw)[0]
+    assert short[-1] > every[-1]
 
 
 def test_sweep_then_steer_with_the_recommended_setting(setup, capsys):
@@ -230,6 +239,9 @@ def test_sweep_then_steer_with_the_recommended_setting(setup, capsys):
     s = json.loads((root / "s.summary.json").read_text())
     assert s["settings"]["layers"] == [rec["layer"]] and s["settings"]["alphas"] == [rec["alpha"]]
     assert "recommended by steer-sweep" in s["settings"]["source"]
+    # the sweep's default push is held for the first 3 new tokens, and steer takes that over
+    assert meta["settings"]["steer_tokens"] == rec["steer_tokens"] == 3
+    assert s["settings"]["steer_tokens"] == 3 and "first 3 new tokens" in stdout
     # the recommended direction rows equal the sweep's rows for that setting
     sweep_rows = {(r["prompt_index"], r["continuation"]) for r in rows
                   if r["condition"] == "direction" and r["emotion"] == "anger"

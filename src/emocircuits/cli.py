@@ -68,6 +68,11 @@ def _positive(value: str) -> int:
     return n
 
 
+def _steer_tokens(value: str) -> int | None:
+    """``all`` (None: push while every new token is written) or a whole number >= 1."""
+    return None if value == "all" else _positive(value)
+
+
 # ---------------------------------------------------------------------------------- data
 def cmd_data(args: argparse.Namespace) -> int:
     from emocircuits.data import load_dataset, presets
@@ -732,14 +737,18 @@ def cmd_steer(args: argparse.Namespace) -> int:
         )
     prompts, vecs, lm, scales, _ = _steer_setup(args, [args.emotion])
     source = "command line"
-    layers, alphas, where = args.layer, args.alpha, args.where
+    layers, alphas, where, steer_tokens = args.layer, args.alpha, args.where, args.steer_tokens
     if not layers or not alphas:
         rec = load_recommendation(args.vectors, lm.provenance, args.emotion)
         layers = layers or [rec["layer"]]
         alphas = alphas or [rec["alpha"]]
         where = rec.get("where", where)
+        if steer_tokens is None:  # given on the command line: that wins
+            steer_tokens = rec.get("steer_tokens")
         source = f"recommended by steer-sweep ({rec['effect']} {rec['value']:+.3f})"
-        print(f"using the recommended setting: layer {layers[0]}, alpha {alphas[0]} ({source})")
+        window = "" if steer_tokens is None else f", first {steer_tokens} new tokens"
+        print(f"using the recommended setting: layer {layers[0]}, alpha {alphas[0]}{window} "
+              f"({source})")  # fmt: skip
     from emocircuits.interventions.run import has_chat_template
 
     chat = has_chat_template(lm) and not args.no_prompt_baseline
@@ -749,8 +758,9 @@ def cmd_steer(args: argparse.Namespace) -> int:
         rows = steer_prompts(
             lm, prompts, vecs, args.emotion, layers=layers, alphas=alphas,
             scales=scales, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            where=where, seed=args.seed, prompt=False if args.no_prompt_baseline else None,
-            transfer=transfer, n_random=args.n_random, progress=bar.update,
+            where=where, tokens=steer_tokens, seed=args.seed,
+            prompt=False if args.no_prompt_baseline else None, transfer=transfer,
+            n_random=args.n_random, progress=bar.update,
         )  # fmt: skip
     out = Path(args.out)
     _write_jsonl(out, rows)
@@ -765,9 +775,9 @@ def cmd_steer(args: argparse.Namespace) -> int:
         "scales": {"what": "median residual norm over content tokens of 64 baseline prompts",
                    "values": [round(float(v), 4) for v in scales]},
         "settings": {"layers": list(layers), "alphas": list(alphas), "where": where,
-                     "source": source, "max_new_tokens": args.max_new_tokens,
-                     "seed": args.seed, "n_random": args.n_random, "decoding": "greedy",
-                     "dtype": str(lm.dtype),
+                     "steer_tokens": steer_tokens, "source": source,
+                     "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                     "n_random": args.n_random, "decoding": "greedy", "dtype": str(lm.dtype),
                      "prompts": str(args.prompts or "shipped neutral prompts (tune split)"),
                      "n_prompts": len(prompts)},
         "summary": summary,
@@ -808,7 +818,8 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
     else:
         mid = layers[len(layers) // 2]
         alphas, calibration = calibrate_alphas(lm, vecs, emotions, layer=mid, scales=scales,
-                                               kl_texts=kl_texts, n=args.n_alphas)  # fmt: skip
+                                               kl_texts=kl_texts, n=args.n_alphas,
+                                               tokens=args.steer_tokens)  # fmt: skip
         print(f"alphas from the data (KL on neutral text at layer {mid}): {alphas}")
     out = Path(args.out) if args.out else safetensors_path(args.vectors).with_suffix("")
     out = out if args.out else out.with_name(out.name + f"-sweep-{lm.name}")
@@ -820,8 +831,9 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
         res = sweep(
             lm, prompts, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
             kl_texts=kl_texts, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, where=args.where, seed=args.seed,
-            prompt=False if args.no_prompt_baseline else None, n_verify=args.n_verify,
+            batch_size=args.batch_size, where=args.where, tokens=args.steer_tokens,
+            seed=args.seed, prompt=False if args.no_prompt_baseline else None,
+            n_verify=args.n_verify,
             progress=bar.update,
         )  # fmt: skip
         bar.total = bar.n  # the random-control checks add a number of rows known only now
@@ -833,7 +845,11 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "summary.csv", csv_bytes(res.summary))
     for e in emotions:
         rec = asdict(res.recommendations[e])
-        save_figure(dose_response(res.summary, e, recommended=rec), out / f"dose-response-{e}")
+        n = args.steer_tokens
+        held = "every token" if n is None else f"held for the first {n} new tokens"
+        title = f"steering with the {e} direction ({held}): dose-response"
+        save_figure(dose_response(res.summary, e, recommended=rec, title=title),
+                    out / f"dose-response-{e}")  # fmt: skip
     meta = {"format": "emocircuits.steer-sweep", "version": 1, "model": lm.provenance,
             "vectors": {"file": str(safetensors_path(args.vectors)), **vecs.meta()},
             "settings": evidence, "recommended": {e: asdict(r) for e, r in
@@ -845,7 +861,8 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
     print("recommended settings:")
     for e, r in res.recommendations.items():
         flag = "" if r.meets_limits else f"  (!) {r.reason}"
-        print(f"  {e:10s} layer {r.layer:3d} alpha {r.alpha:<6g} {r.effect} {r.value:+.3f} "
+        held = "" if r.steer_tokens is None else f" for {r.steer_tokens} tokens"
+        print(f"  {e:10s} layer {r.layer:3d} alpha {r.alpha:<6g}{held} {r.effect} {r.value:+.3f} "
               f"[{r.lo:+.3f}, {r.hi:+.3f}], ppl ratio {r.perplexity_ratio_median:.2f}, "
               f"distinct-2 ratio {r.distinct_2_ratio:.2f}, KL {r.kl:.3f}, random "
               f"{r.random_vader_change:+.3f} ({r.random_draws} draws){flag}")  # fmt: skip
@@ -1258,6 +1275,8 @@ def _add_reading_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_steer_args(p: argparse.ArgumentParser) -> None:
+    from emocircuits.interventions.sweep import SWEEP_STEER_TOKENS
+
     _add_model_arg(p)
     p.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
     p.add_argument(
@@ -1277,6 +1296,16 @@ def _add_steer_args(p: argparse.ArgumentParser) -> None:
         default="all",
         help="add at every position (default) or only at generated tokens",
     )
+    p.add_argument(
+        "--steer-tokens",
+        type=_steer_tokens,
+        default=None,
+        metavar="N|all",
+        help="push only while the first N new tokens are written (with --where all, the "
+        "prompt too); the rest is written without the push, attending to the pushed "
+        "tokens. 'all': the whole continuation (default of steer; steer-sweep: "
+        f"{SWEEP_STEER_TOKENS})",
+    )
     p.add_argument("--seed", type=int, default=0, help="random-direction control (default 0)")
     p.add_argument("--no-prompt-baseline", action="store_true", help="skip the prompting baseline")
     p.add_argument("--trust-remote-code", action="store_true")
@@ -1290,6 +1319,7 @@ def build_parser() -> argparse.ArgumentParser:
     from emocircuits.geometry.directions import CONTRASTS, METHODS
     from emocircuits.geometry.probes import PROBES
     from emocircuits.geometry.subspaces import KINDS
+    from emocircuits.interventions.sweep import SWEEP_STEER_TOKENS
 
     p = _Parser(
         prog="emocircuits",
@@ -1676,8 +1706,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Steers the prompts (default: 20 shipped open-ended neutral prompts) "
         "with every emotion's direction at every --layer (default: --n-layers 4 layers "
         "evenly at 30-60% of the depth) and --alpha (default: --n-alphas 5 strengths chosen "
-        "from the data, geometrically spaced between those costing a KL of 0.03 and 0.5 "
-        "nats/token on neutral text), plus a random direction at each setting, "
+        "from the data, geometrically spaced between those costing a KL of 0.06 and 2 "
+        "nats/token on neutral text; 0.03 and 0.5 with --steer-tokens all), the push held "
+        "for the first --steer-tokens new tokens (default 3), plus a random direction at "
+        "each setting, "
         "all in one batched generation. Writes rows.jsonl, summary.csv, sweep.json and a "
         "dose-response figure per emotion into --out, and the recommended setting per "
         "emotion (largest lower 95% bound of the effect with perplexity <= 1.35x none, "
@@ -1704,7 +1736,7 @@ def build_parser() -> argparse.ArgumentParser:
         "1: the single draw every setting gets)",
     )
     sw.add_argument("--out", default=None, help="folder (default: next to the vectors)")
-    sw.set_defaults(func=cmd_steer_sweep)
+    sw.set_defaults(func=cmd_steer_sweep, steer_tokens=SWEEP_STEER_TOKENS)
 
     pa = sub.add_parser(
         "patch",

@@ -24,6 +24,7 @@ perplexity under the **unsteered** model given the input it was generated from.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -109,6 +110,7 @@ def generate(
     steers: Sequence[Steer] = (),
     per_row: Sequence[Sequence[Steer]] | None = None,
     where: str = "all",
+    tokens: int | None = None,
     max_new_tokens: int = 30,
     batch_size: int = 8,
 ) -> list[list[int]]:
@@ -128,7 +130,7 @@ def generate(
             chunk = order[start : start + batch_size]
             x, mask = _left_pad([ids[i] for i in chunk], pad)
             rows = None if per_row is None else [per_row[i] for i in chunk]
-            with steering(lm, steers, where=where, per_row=rows):
+            with steering(lm, steers, where=where, per_row=rows, tokens=tokens):
                 new = lm.model.generate(
                     input_ids=x,
                     attention_mask=mask,
@@ -305,9 +307,11 @@ def run_conditions(
     max_new_tokens: int = 30,
     batch_size: int = 32,
     where: str = "all",
+    tokens: int | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (condition, prompt): the continuation and its scores. ``progress`` is
+    """One row per (condition, prompt): the continuation and its scores. ``where`` and
+    ``tokens`` as in :func:`~emocircuits.interventions.steering.steering`. ``progress`` is
     called with the number of rows finished after each batch of generations."""
     jobs = [(c, i, encode(lm, p, c)) for c in conds for i, p in enumerate(prompts)]
     chunk = max(batch_size, 1) * 4  # generate in slices so that progress can be reported
@@ -321,6 +325,7 @@ def run_conditions(
             [jobs[k][2] for k in part],
             per_row=[jobs[k][0].steers for k in part],
             where=where,
+            tokens=tokens,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
         )
@@ -347,6 +352,7 @@ def run_conditions(
                 "alpha": c.alpha,
                 "draw": c.draw,
                 "where": where,
+                "steer_tokens": tokens,
                 "continuation": texts[k],
                 "n_new_tokens": len(ids[k]),
                 **{key: float(v[k]) for key, v in scores.items()},
@@ -369,6 +375,7 @@ def steer_prompts(
     max_new_tokens: int = 30,
     batch_size: int = 32,
     where: str = "all",
+    tokens: int | None = None,
     seed: int = 0,
     prompt: bool | None = None,
     transfer: EmotionVectors | None = None,
@@ -376,7 +383,8 @@ def steer_prompts(
     progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for every prompt and condition of one emotion. ``prompt`` (the prompting
-    baseline) defaults to on for chat models; ``n_random`` random directions per setting."""
+    baseline) defaults to on for chat models; ``n_random`` random directions per setting;
+    ``tokens``: push only while the first ``tokens`` new tokens are written."""
     check_vectors(lm, vectors, emotion, layers)
     if transfer is not None:
         check_vectors(lm, transfer, emotion, layers)
@@ -384,7 +392,8 @@ def steer_prompts(
                        seed=seed, prompt=has_chat_template(lm) if prompt is None else prompt,
                        transfer=transfer, n_random=n_random)  # fmt: skip
     return run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, where=where, progress=progress)  # fmt: skip
+                          batch_size=batch_size, where=where, tokens=tokens,
+                          progress=progress)  # fmt: skip
 
 
 SUMMARY_KEYS = ("vader", *[f"marker_{e}" for e in MARKERS], *[f"nrc_{c}" for c in NRC_CATEGORIES])
@@ -401,8 +410,8 @@ def summarize(
     """Per condition, emotion, layer and alpha: mean scores with bootstrap intervals over
     prompts; the change in VADER from ``none`` (paired by prompt); the perplexity ratio to
     ``none`` (median of per-prompt ratios, and ratio of means); distinct-2 and its ratio to
-    ``none``."""
-    rng = np.random.default_rng(seed)
+    ``none``. Each group's bootstrap draws come from its own key, so adding rows of one
+    setting (e.g. more random draws) leaves every other setting's interval as it was."""
     base = {r["prompt_index"]: r for r in rows if r["condition"] == "none"}
     if not base:
         raise DataError("no `none` rows to compare against")
@@ -414,7 +423,8 @@ def summarize(
     out = []
     for (condition, emotion, layer, alpha), rs in groups.items():
         n = len(rs)
-        idx = rng.integers(0, n, size=(n_boot, n))
+        key_seed = zlib.crc32(repr((condition, emotion, layer, alpha)).encode())
+        idx = np.random.default_rng([seed, key_seed]).integers(0, n, size=(n_boot, n))
         row: dict[str, Any] = {"condition": condition, "emotion": emotion, "layer": layer,
                                "alpha": alpha, "n": n}  # fmt: skip
         for key in [k for k in (*SUMMARY_KEYS, "repetition") if k in rs[0]]:

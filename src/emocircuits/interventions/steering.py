@@ -10,6 +10,12 @@ runs (``generate`` and its KV cache included), and take it out again on exit.
   ``l - 1`` (what ``resid`` layer ``l`` captures), layer 0 the embedding output.
 - ``where="all"`` adds at every position, prompt and generated tokens alike;
   ``where="new"`` only at generated tokens (forward passes that continue a KV cache).
+- ``tokens=N`` holds the push only while the first ``N`` new tokens are written: the
+  prompt's positions (with ``where="all"``) and the inputs of the first ``N - 1`` decoding
+  steps are pushed, later positions are not (they still attend to the pushed ones through
+  the KV cache). A short push starts the text in the direction's tone and the model goes
+  on in its own words, at a lower fluency cost than pushing every token (``steer-sweep``
+  uses ``N = 3`` by default).
 - ``per_row``: instead of one set of steers for the whole batch, a list of steers per row
   of the batch (``[]`` for an unsteered row), so that many conditions share one batched
   ``generate``; rows must then match the batch the model sees.
@@ -66,9 +72,11 @@ def steering(
     *,
     where: str = "all",
     per_row: Sequence[Sequence[Steer]] | None = None,
+    tokens: int | None = None,
 ) -> Iterator[None]:
     """Add each :class:`Steer` to the residual stream for the duration of the block (or, with
-    ``per_row``, each row's own steers to that row of the batch)."""
+    ``per_row``, each row's own steers to that row of the batch). ``tokens``: push only
+    while the first ``tokens`` new tokens are written (``None``: all of them)."""
     import torch
 
     if where not in WHERE:
@@ -87,17 +95,22 @@ def steering(
                 full[row, 0] += d
             else:
                 by_layer[layer] = by_layer.get(layer, 0) + d
-    state = {"decoding": False}
+    if tokens is not None and tokens < 0:
+        raise CaptureError(f"steered tokens must be >= 0, not {tokens}")
+    state = {"decoding": False, "step": 0}
 
     def model_pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         cache = kwargs.get("past_key_values")
         state["decoding"] = cache is not None and _cached_length(cache) > 0
+        state["step"] = state["step"] + 1 if state["decoding"] else 0
 
     def add(delta: torch.Tensor):
         delta = delta.to(lm.dtype)  # once, not per call
 
         def apply(h: torch.Tensor) -> torch.Tensor:
             if where == "new" and not state["decoding"]:
+                return h
+            if tokens is not None and state["step"] >= tokens:
                 return h
             if delta.dim() == 3 and h.shape[0] != delta.shape[0]:
                 raise CaptureError(
