@@ -178,6 +178,21 @@ def test_cli_refuses_bad_input_with_one_line(setup, capsys, extra, message):
     assert code == 2 and "empty.txt:1" in one_error_line(err)
 
 
+def test_cli_notes_directions_that_are_not_one_vs_rest(setup, capsys, tmp_path):
+    lm, _, path, root = setup
+    spec = ec.CaptureSpec(sites=("resid",), positions=("mean",))
+    acts = ec.extract(lm, ec.load_dataset("baseline"), tmp_path / "a", spec, progress=False)
+    md = compute_vectors(acts, method="mean_diff").save(tmp_path / "md.safetensors")
+    for vectors, noted in ((md, True), (path, False)):
+        code, stdout, err = run(capsys, "steer", "--model", lm.provenance["folder"],
+                                "--vectors", vectors, "--emotion", "anger", "--prompts",
+                                root / "prompts.txt", "--out", tmp_path / "o.jsonl",
+                                "--layer", "1", "--alpha", "1", "--max-new-tokens", "2",
+                                "--n-random", "1", "--quiet")  # fmt: skip
+        assert code == 0, err
+        assert ("holds mean_diff directions" in stdout) is noted
+
+
 @pytest.mark.parametrize("value", ["0", "few"])
 def test_cli_refuses_a_bad_steer_tokens_value(setup, capsys, value):
     from emocircuits.cli import main

@@ -677,6 +677,10 @@ def _steer_setup(args: argparse.Namespace, emotions: Sequence[str]) -> tuple:
 
     prompts = load_prompts(args.prompts) if args.prompts else neutral_prompts("tune")
     vecs = EmotionVectors.load(args.vectors)
+    if vecs.method != "one_vs_rest":
+        print(f"note: {args.vectors} holds {vecs.method} directions; one_vs_rest directions "
+              "(`vectors --method one_vs_rest`) leave out what all emotions share and "
+              "steer more specifically (docs/BENCHMARKS.md)")  # fmt: skip
     for e in emotions:
         if e not in vecs.directions:
             raise EmocircuitsError(
