@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--layer", type=int, default=15)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--steer-tokens",
+        type=int,
+        default=None,
+        help="hold the push for the first N new tokens (default: every token)",
+    )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -46,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         for name, st in (("plain", ()), ("steered", steers)):
             t0 = time.perf_counter()
-            generate(lm, prompts, steers=st, **kw)
+            generate(lm, prompts, steers=st, tokens=args.steer_tokens if st else None, **kw)
             best[name] = min(best[name], time.perf_counter() - t0)
     ratio = best["plain"] / best["steered"]
     print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, {args.model}")
     print(f"{args.n} prompts x {args.tokens} tokens, batch {args.batch_size}, best of "
-          f"{args.repeats}: plain {best['plain']:.2f} s, steered {best['steered']:.2f} s, "
+          f"{args.repeats}, push held for {args.steer_tokens or 'every'} token(s): plain "
+          f"{best['plain']:.2f} s, steered {best['steered']:.2f} s, "
           f"steered speed = {ratio:.3f}x plain (target >= 0.95)")  # fmt: skip
     return 0
 
