@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         for name, st in (("plain", ()), ("steered", steers)):
             t0 = time.perf_counter()
-            generate(lm, prompts, steers=st, tokens=args.steer_tokens if st else None, **kw)
+            generate(lm, prompts, steers=st, steer_tokens=args.steer_tokens if st else None, **kw)
             best[name] = min(best[name], time.perf_counter() - t0)
     ratio = best["plain"] / best["steered"]
     print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, {args.model}")

@@ -152,7 +152,7 @@ def test_cli_steer_tokens_holds_the_push_for_the_first_tokens_only(setup, capsys
     meta = json.loads(out.with_suffix(".summary.json").read_text())
     scale = meta["scales"]["values"][1]
     v = vecs.directions["anger"][vecs.layers.index(1)]
-    want = generate(lm, prompts, steers=[Steer(1, v, 1.0, scale)], tokens=2, max_new_tokens=6)
+    want = generate(lm, prompts, steers=[Steer(1, v, 1.0, scale)], steer_tokens=2, max_new_tokens=6)
     got = {r["prompt_index"]: r["continuation"] for r in rows if r["condition"] == "direction"}
     texts = [lm.tokenizer.decode(w, skip_special_tokens=True) for w in want]
     assert [got[i] for i in range(len(prompts))] == texts

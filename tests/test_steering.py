@@ -104,7 +104,7 @@ def test_new_tokens_only_leaves_the_prompt_alone(tiny):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
 def test_first_k_tokens_only_equals_pushing_those_positions_without_a_cache(tiny, arch):
-    """``tokens=K``: the prompt and the inputs that write new tokens 1..K are pushed, later
+    """``steer_tokens=K``: the prompt and the inputs that write new tokens 1..K are pushed, later
     positions are not (they still attend to the pushed ones); checked against decoding
     without a cache and a plain hook that pushes exactly those positions."""
     lm = tiny(arch)
@@ -120,7 +120,7 @@ def test_first_k_tokens_only_equals_pushing_those_positions_without_a_cache(tiny
         enc = lm.tokenizer(text, return_tensors="pt")
         n_prompt = enc["input_ids"].shape[1]
         with torch.no_grad():
-            with steering(lm, steers, tokens=k):
+            with steering(lm, steers, steer_tokens=k):
                 out = lm.model.generate(**enc, **kw)
             with steering(lm, steers):
                 full = lm.model.generate(**enc, **kw)
@@ -147,8 +147,9 @@ def test_first_k_tokens_only_equals_pushing_those_positions_without_a_cache(tiny
         if out.sequences[0, : n_prompt + k].tolist() == full.sequences[0, : n_prompt + k].tolist():
             assert np.abs(got[k] - pushed[k]).max() > 1e-3  # and then it lets go
     assert count_hooks(lm.model) == n0
-    with pytest.raises(CaptureError, match=">= 0"), steering(lm, steers, tokens=-1):
-        pass
+    for bad in (0, -1):  # 0 would silently push nothing
+        with pytest.raises(CaptureError, match=">= 1"), steering(lm, steers, steer_tokens=bad):
+            pass
 
 
 def test_hooks_go_away_after_an_exception_and_bad_input_is_refused(tiny):

@@ -193,7 +193,7 @@ def test_alpha_calibration_spans_the_kl_range(setup):
     # the default range follows the push: wider for one held for a few tokens
     kw = {"layer": 2, "scales": s, "kl_texts": PROMPTS}
     short = calibrate_alphas(lm, vecs, ["anger"], **kw)[0]
-    every = calibrate_alphas(lm, vecs, ["anger"], tokens=None, **kw)[0]
+    every = calibrate_alphas(lm, vecs, ["anger"], steer_tokens=None, **kw)[0]
     assert short == calibrate_alphas(lm, vecs, ["anger"], kl_range=KL_RANGE_WINDOW, **kw)[0]
     assert every == calibrate_alphas(lm, vecs, ["anger"], kl_range=KL_RANGE, **kw)[0]
     assert short[-1] > every[-1]

@@ -728,6 +728,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from emocircuits.data.dataset import load_prompts
     from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
     from emocircuits.interventions.run import steer_prompts, summarize
+    from emocircuits.interventions.steering import describe_push
     from emocircuits.interventions.sweep import load_recommendation, settings_path
 
     if args.prompts:
@@ -750,9 +751,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
         if steer_tokens is None:  # given on the command line: that wins
             steer_tokens = rec.get("steer_tokens")
         source = f"recommended by steer-sweep ({rec['effect']} {rec['value']:+.3f})"
-        window = "" if steer_tokens is None else f", first {steer_tokens} new tokens"
-        print(f"using the recommended setting: layer {layers[0]}, alpha {alphas[0]}{window} "
-              f"({source})")  # fmt: skip
+        print(f"using the recommended setting: layer {layers[0]}, alpha {alphas[0]}, pushed at "
+              f"{describe_push(steer_tokens, where)} ({source})")  # fmt: skip
     from emocircuits.interventions.run import has_chat_template
 
     chat = has_chat_template(lm) and not args.no_prompt_baseline
@@ -762,7 +762,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         rows = steer_prompts(
             lm, prompts, vecs, args.emotion, layers=layers, alphas=alphas,
             scales=scales, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            where=where, tokens=steer_tokens, seed=args.seed,
+            where=where, steer_tokens=steer_tokens, seed=args.seed,
             prompt=False if args.no_prompt_baseline else None, transfer=transfer,
             n_random=args.n_random, progress=bar.update,
         )  # fmt: skip
@@ -800,6 +800,7 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
     from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
     from emocircuits.geometry.analysis import csv_bytes
     from emocircuits.geometry.vectors import safetensors_path
+    from emocircuits.interventions.steering import describe_push
     from emocircuits.interventions.sweep import (
         calibrate_alphas,
         default_layers,
@@ -823,7 +824,7 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
         mid = layers[len(layers) // 2]
         alphas, calibration = calibrate_alphas(lm, vecs, emotions, layer=mid, scales=scales,
                                                kl_texts=kl_texts, n=args.n_alphas,
-                                               tokens=args.steer_tokens)  # fmt: skip
+                                               steer_tokens=args.steer_tokens)  # fmt: skip
         print(f"alphas from the data (KL on neutral text at layer {mid}): {alphas}")
     out = Path(args.out) if args.out else safetensors_path(args.vectors).with_suffix("")
     out = out if args.out else out.with_name(out.name + f"-sweep-{lm.name}")
@@ -835,7 +836,7 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
         res = sweep(
             lm, prompts, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
             kl_texts=kl_texts, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, where=args.where, tokens=args.steer_tokens,
+            batch_size=args.batch_size, where=args.where, steer_tokens=args.steer_tokens,
             seed=args.seed, prompt=False if args.no_prompt_baseline else None,
             n_verify=args.n_verify,
             progress=bar.update,
@@ -849,9 +850,8 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "summary.csv", csv_bytes(res.summary))
     for e in emotions:
         rec = asdict(res.recommendations[e])
-        n = args.steer_tokens
-        held = "every token" if n is None else f"held for the first {n} new tokens"
-        title = f"steering with the {e} direction ({held}): dose-response"
+        held = describe_push(args.steer_tokens, args.where)
+        title = f"steering with the {e} direction (pushed at {held}): dose-response"
         save_figure(dose_response(res.summary, e, recommended=rec, title=title),
                     out / f"dose-response-{e}")  # fmt: skip
     meta = {"format": "emocircuits.steer-sweep", "version": 1, "model": lm.provenance,
@@ -862,11 +862,10 @@ def cmd_steer_sweep(args: argparse.Namespace) -> int:
     atomic_write_json(out / "sweep.json", meta)
     path = save_recommendations(args.vectors, lm.provenance, res.recommendations, evidence)
     _print_steer_table([r for r in res.summary if r["condition"] != "direction"])
-    print("recommended settings:")
+    print(f"recommended settings (pushed at {describe_push(args.steer_tokens, args.where)}):")
     for e, r in res.recommendations.items():
         flag = "" if r.meets_limits else f"  (!) {r.reason}"
-        held = "" if r.steer_tokens is None else f" for {r.steer_tokens} tokens"
-        print(f"  {e:10s} layer {r.layer:3d} alpha {r.alpha:<6g}{held} {r.effect} {r.value:+.3f} "
+        print(f"  {e:10s} layer {r.layer:3d} alpha {r.alpha:<6g} {r.effect} {r.value:+.3f} "
               f"[{r.lo:+.3f}, {r.hi:+.3f}], ppl ratio {r.perplexity_ratio_median:.2f}, "
               f"distinct-2 ratio {r.distinct_2_ratio:.2f}, KL {r.kl:.3f}, random "
               f"{r.random_vader_change:+.3f} ({r.random_draws} draws){flag}")  # fmt: skip
@@ -1278,9 +1277,7 @@ def _add_reading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default="neutral", help="baseline label (default neutral)")
 
 
-def _add_steer_args(p: argparse.ArgumentParser) -> None:
-    from emocircuits.interventions.sweep import SWEEP_STEER_TOKENS
-
+def _add_steer_args(p: argparse.ArgumentParser, steer_tokens: int | None = None) -> None:
     _add_model_arg(p)
     p.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
     p.add_argument(
@@ -1303,12 +1300,11 @@ def _add_steer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steer-tokens",
         type=_steer_tokens,
-        default=None,
+        default=steer_tokens,
         metavar="N|all",
         help="push only while the first N new tokens are written (with --where all, the "
         "prompt too); the rest is written without the push, attending to the pushed "
-        "tokens. 'all': the whole continuation (default of steer; steer-sweep: "
-        f"{SWEEP_STEER_TOKENS})",
+        f"tokens; 'all': every token (default {steer_tokens or 'all'})",
     )
     p.add_argument("--seed", type=int, default=0, help="random-direction control (default 0)")
     p.add_argument("--no-prompt-baseline", action="store_true", help="skip the prompting baseline")
@@ -1721,7 +1717,7 @@ def build_parser() -> argparse.ArgumentParser:
         "< 0.15) into "
         "VECTORS.steer.json, which `steer` reads.",
     )
-    _add_steer_args(sw)
+    _add_steer_args(sw, steer_tokens=SWEEP_STEER_TOKENS)
     sw.add_argument("--emotion", nargs="+", default=None, help="default: all in the vectors")
     sw.add_argument(
         "--n-layers", type=_positive, default=4, help="default layers (without --layer; 4)"
@@ -1740,7 +1736,7 @@ def build_parser() -> argparse.ArgumentParser:
         "1: the single draw every setting gets)",
     )
     sw.add_argument("--out", default=None, help="folder (default: next to the vectors)")
-    sw.set_defaults(func=cmd_steer_sweep, steer_tokens=SWEEP_STEER_TOKENS)
+    sw.set_defaults(func=cmd_steer_sweep)
 
     pa = sub.add_parser(
         "patch",

@@ -110,7 +110,7 @@ def generate(
     steers: Sequence[Steer] = (),
     per_row: Sequence[Sequence[Steer]] | None = None,
     where: str = "all",
-    tokens: int | None = None,
+    steer_tokens: int | None = None,
     max_new_tokens: int = 30,
     batch_size: int = 8,
 ) -> list[list[int]]:
@@ -130,7 +130,7 @@ def generate(
             chunk = order[start : start + batch_size]
             x, mask = _left_pad([ids[i] for i in chunk], pad)
             rows = None if per_row is None else [per_row[i] for i in chunk]
-            with steering(lm, steers, where=where, per_row=rows, tokens=tokens):
+            with steering(lm, steers, where=where, per_row=rows, steer_tokens=steer_tokens):
                 new = lm.model.generate(
                     input_ids=x,
                     attention_mask=mask,
@@ -307,11 +307,11 @@ def run_conditions(
     max_new_tokens: int = 30,
     batch_size: int = 32,
     where: str = "all",
-    tokens: int | None = None,
+    steer_tokens: int | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (condition, prompt): the continuation and its scores. ``where`` and
-    ``tokens`` as in :func:`~emocircuits.interventions.steering.steering`. ``progress`` is
+    ``steer_tokens`` as in :func:`~emocircuits.interventions.steering.steering`. ``progress`` is
     called with the number of rows finished after each batch of generations."""
     jobs = [(c, i, encode(lm, p, c)) for c in conds for i, p in enumerate(prompts)]
     chunk = max(batch_size, 1) * 4  # generate in slices so that progress can be reported
@@ -325,7 +325,7 @@ def run_conditions(
             [jobs[k][2] for k in part],
             per_row=[jobs[k][0].steers for k in part],
             where=where,
-            tokens=tokens,
+            steer_tokens=steer_tokens,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
         )
@@ -352,7 +352,7 @@ def run_conditions(
                 "alpha": c.alpha,
                 "draw": c.draw,
                 "where": where,
-                "steer_tokens": tokens,
+                "steer_tokens": steer_tokens,
                 "continuation": texts[k],
                 "n_new_tokens": len(ids[k]),
                 **{key: float(v[k]) for key, v in scores.items()},
@@ -375,7 +375,7 @@ def steer_prompts(
     max_new_tokens: int = 30,
     batch_size: int = 32,
     where: str = "all",
-    tokens: int | None = None,
+    steer_tokens: int | None = None,
     seed: int = 0,
     prompt: bool | None = None,
     transfer: EmotionVectors | None = None,
@@ -384,7 +384,7 @@ def steer_prompts(
 ) -> list[dict[str, Any]]:
     """Rows for every prompt and condition of one emotion. ``prompt`` (the prompting
     baseline) defaults to on for chat models; ``n_random`` random directions per setting;
-    ``tokens``: push only while the first ``tokens`` new tokens are written."""
+    ``steer_tokens``: push only while the first ``steer_tokens`` new tokens are written."""
     check_vectors(lm, vectors, emotion, layers)
     if transfer is not None:
         check_vectors(lm, transfer, emotion, layers)
@@ -392,8 +392,8 @@ def steer_prompts(
                        seed=seed, prompt=has_chat_template(lm) if prompt is None else prompt,
                        transfer=transfer, n_random=n_random)  # fmt: skip
     return run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, where=where, tokens=tokens,
-                          progress=progress)  # fmt: skip
+                          batch_size=batch_size, where=where,
+                          steer_tokens=steer_tokens, progress=progress)  # fmt: skip
 
 
 SUMMARY_KEYS = ("vader", *[f"marker_{e}" for e in MARKERS], *[f"nrc_{c}" for c in NRC_CATEGORIES])

@@ -10,7 +10,7 @@ runs (``generate`` and its KV cache included), and take it out again on exit.
   ``l - 1`` (what ``resid`` layer ``l`` captures), layer 0 the embedding output.
 - ``where="all"`` adds at every position, prompt and generated tokens alike;
   ``where="new"`` only at generated tokens (forward passes that continue a KV cache).
-- ``tokens=N`` holds the push only while the first ``N`` new tokens are written: the
+- ``steer_tokens=N`` holds the push only while the first ``N`` new tokens are written: the
   prompt's positions (with ``where="all"``) and the inputs of the first ``N - 1`` decoding
   steps are pushed, later positions are not (they still attend to the pushed ones through
   the KV cache). A short push starts the text in the direction's tone and the model goes
@@ -72,15 +72,17 @@ def steering(
     *,
     where: str = "all",
     per_row: Sequence[Sequence[Steer]] | None = None,
-    tokens: int | None = None,
+    steer_tokens: int | None = None,
 ) -> Iterator[None]:
     """Add each :class:`Steer` to the residual stream for the duration of the block (or, with
-    ``per_row``, each row's own steers to that row of the batch). ``tokens``: push only
-    while the first ``tokens`` new tokens are written (``None``: all of them)."""
+    ``per_row``, each row's own steers to that row of the batch). ``steer_tokens``:
+    push only while the first ``steer_tokens`` new tokens are written (``None``: all)."""
     import torch
 
     if where not in WHERE:
         raise CaptureError(f"unknown steering position {where!r}; choose from {', '.join(WHERE)}")
+    if steer_tokens is not None and steer_tokens < 1:
+        raise CaptureError(f"steer_tokens must be >= 1 (None: every token), not {steer_tokens}")
     arch = lm.arch
     by_layer: dict[int, Any] = {}
     groups = [steers] if per_row is None else per_row
@@ -95,8 +97,6 @@ def steering(
                 full[row, 0] += d
             else:
                 by_layer[layer] = by_layer.get(layer, 0) + d
-    if tokens is not None and tokens < 0:
-        raise CaptureError(f"steered tokens must be >= 0, not {tokens}")
     state = {"decoding": False, "step": 0}
 
     def model_pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
@@ -110,7 +110,7 @@ def steering(
         def apply(h: torch.Tensor) -> torch.Tensor:
             if where == "new" and not state["decoding"]:
                 return h
-            if tokens is not None and state["step"] >= tokens:
+            if steer_tokens is not None and state["step"] >= steer_tokens:
                 return h
             if delta.dim() == 3 and h.shape[0] != delta.shape[0]:
                 raise CaptureError(
@@ -139,6 +139,20 @@ def steering(
             hooks.append((arch.blocks[layer - 1], "forward", forward))
     with hooked(hooks):
         yield
+
+
+def describe_push(steer_tokens: int | None, where: str = "all") -> str:
+    """Where a push is added, in words (for tables, titles and logs).
+
+    >>> describe_push(3)
+    'the prompt and the first 3 new tokens'
+    >>> describe_push(None, "new")
+    'every new token'
+    """
+    if steer_tokens is None:
+        return "every position" if where == "all" else "every new token"
+    first = f"the first {steer_tokens} new tokens"
+    return f"the prompt and {first}" if where == "all" else first
 
 
 def _cached_length(cache: Any) -> int:

@@ -71,7 +71,7 @@ barely changes; above, it stops being fluent."""
 
 SWEEP_STEER_TOKENS = 3
 """The sweep's default push: held while the prompt and the first 3 new tokens are written
-(``steering(tokens=3)``), then released. The push starts the text in the emotion's tone and
+(``steering(steer_tokens=3)``), then released. The push starts the text in the emotion's tone and
 the model carries on in its own words, which costs less fluency than pushing every token
 (on SmolLM2, apology: 55% of held-out continuations with a marker at perplexity x1.25,
 where no setting pushing every token got past 25% within the limits; docs/BENCHMARKS.md)."""
@@ -130,14 +130,14 @@ def calibrate_alphas(
     kl_texts: Sequence[str],
     n: int = 5,
     kl_range: tuple[float, float] | None = None,
-    tokens: int | None = SWEEP_STEER_TOKENS,
+    steer_tokens: int | None = SWEEP_STEER_TOKENS,
 ) -> tuple[list[float], dict[float, float]]:
     """``n`` geometrically spaced alphas between those where the mean KL of the emotions'
     directions at ``layer`` on ``kl_texts`` reaches ``kl_range`` (log-log interpolation
     on a doubling grid from 1/128 to 2), and the measured KL per probed alpha. Cheap: one
     forward pass over ``kl_texts`` per probe, no generation. ``kl_range`` defaults to
-    :data:`KL_RANGE_WINDOW` for a push held for ``tokens`` tokens, :data:`KL_RANGE` for a
-    push on every token (``tokens=None``).
+    :data:`KL_RANGE_WINDOW` for a push held for ``steer_tokens`` tokens, :data:`KL_RANGE`
+    for a push on every token (``steer_tokens=None``).
 
     >>> alphas, kl = calibrate_alphas(lm, vecs, ["anger"], layer=15, scales=s,
     ...                               kl_texts=texts)  # doctest: +SKIP
@@ -145,7 +145,7 @@ def calibrate_alphas(
     from emocircuits.interventions.steering import Steer
 
     if kl_range is None:
-        kl_range = KL_RANGE if tokens is None else KL_RANGE_WINDOW
+        kl_range = KL_RANGE if steer_tokens is None else KL_RANGE_WINDOW
     probe = [2.0**k for k in range(-7, 2)]
     sets = []
     for e in emotions:
@@ -283,7 +283,7 @@ def sweep(
     max_new_tokens: int = 30,
     batch_size: int = 32,
     where: str = "all",
-    tokens: int | None = SWEEP_STEER_TOKENS,
+    steer_tokens: int | None = SWEEP_STEER_TOKENS,
     seed: int = 0,
     prompt: bool | None = None,
     n_verify: int = 4,
@@ -291,7 +291,7 @@ def sweep(
     progress: Callable[[int], object] | None = None,
 ) -> SweepResult:
     """Steer ``prompts`` with each emotion at each (layer, alpha), the push held while the
-    first ``tokens`` new tokens are written (``None``: all), and recommend a setting per
+    first ``steer_tokens`` new tokens are written (``None``: all), and recommend a setting per
     emotion. ``progress`` gets the number of generations finished after each slice.
 
     Every setting gets one random direction; before a setting is recommended, the random
@@ -311,8 +311,8 @@ def sweep(
         conds += conditions(vectors, e, layers=layers, alphas=alphas, scales=scales, seed=seed,
                             random=k == 0, none=k == 0, prompt=use_prompt)  # fmt: skip
     rows = run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, where=where, tokens=tokens,
-                          progress=progress)  # fmt: skip
+                          batch_size=batch_size, where=where,
+                          steer_tokens=steer_tokens, progress=progress)  # fmt: skip
     kl: dict[tuple, float] = {}
     if kl_texts:
         steered = [c for c in conds if c.steers]
@@ -346,7 +346,8 @@ def sweep(
                 extra = random_conditions(width, key[0], key[1], float(scales[key[0]]),
                                           range(1, n_verify), seed=seed)  # fmt: skip
                 rows += run_conditions(lm, prompts, extra, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, where=where, tokens=tokens,
+                                       batch_size=batch_size, where=where,
+                                       steer_tokens=steer_tokens,
                                        progress=progress)  # fmt: skip
                 checked.add(key)
                 n_checks += 1
@@ -363,9 +364,9 @@ def sweep(
             for r in summary
             if r["condition"] == "direction" and r["emotion"] == e
         }
-        recs[e] = recommend(summary, e, kl=by_setting, where=where, steer_tokens=tokens)
+        recs[e] = recommend(summary, e, kl=by_setting, where=where, steer_tokens=steer_tokens)
     settings = {"emotions": list(emotions), "layers": list(layers), "alphas": list(alphas),
-                "where": where, "steer_tokens": tokens, "max_new_tokens": max_new_tokens,
+                "where": where, "steer_tokens": steer_tokens, "max_new_tokens": max_new_tokens,
                 "seed": seed,
                 "n_prompts": len(prompts), "prompting_baseline": use_prompt,
                 "kl_texts": len(kl_texts), "decoding": "greedy", "n_verify": n_verify,

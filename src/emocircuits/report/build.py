@@ -26,6 +26,7 @@ from typing import Any
 
 from emocircuits.errors import EmocircuitsError, ReportError
 from emocircuits.geometry.analysis import read_table
+from emocircuits.interventions.steering import describe_push
 from emocircuits.report.pilot import PILOT, PilotClaim
 
 STUDY_FILE = "study.json"
@@ -627,14 +628,6 @@ def _steer(ref: StageRef, study: dict[str, Any]) -> Block:
     return _guard(ref, src, title, lambda: _steer_block(ref, s, src, title))
 
 
-def _push(steer_tokens: Any, where: str = "all") -> str:
-    """Where and how long a steering push was held, in words."""
-    prompt = "the prompt and " if where == "all" else ""
-    if steer_tokens is None:
-        return f"while {prompt}every new token were written"
-    return f"while {prompt}the first {steer_tokens} new tokens were written"
-
-
 def _steer_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> Block:
     b = Block(title, src.at("sweep.json"))
     rec = s.get("recommended") or {}
@@ -665,7 +658,7 @@ def _steer_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> B
         src.at("sweep.json"),
         f"Layers {st.get('layers')}, alphas {st.get('alphas')}, {st.get('n_prompts', '?')} "
         f"prompts, {st.get('max_new_tokens', '?')} new tokens, {st.get('decoding', 'greedy')}, "
-        f"pushed {_push(st.get('steer_tokens'), st.get('where', 'all'))}. "
+        f"pushed at {describe_push(st.get('steer_tokens'), st.get('where', 'all'))}. "
         "Effect: VADER change from unsteered (gratitude; anger: its negative) or the share of "
         "continuations with apology markers.",
     ))  # fmt: skip
