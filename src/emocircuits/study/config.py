@@ -203,7 +203,8 @@ def load_config(
     """Read a study TOML (or none: the defaults), apply ``overrides`` (same shape, e.g.
     from the command line) and check every key and value against the commands' options.
     Problems raise :class:`ConfigError` naming ``file:line``."""
-    from emocircuits.cli import budget_table, build_parser, fill_budget
+    from emocircuits.cli import build_parser
+    from emocircuits.commands._common import budget_table, fill_budget
 
     text, raw, src = "", {}, "(defaults)"
     if path is not None:

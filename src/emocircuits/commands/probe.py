@@ -1,0 +1,105 @@
+"""`emocircuits probe`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+from emocircuits.commands._common import _csv, _positive
+
+
+# -------------------------------------------------------------------------------- probe
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from emocircuits.capture import load_activations
+    from emocircuits.capture.store import atomic_write_json
+    from emocircuits.geometry.probes import run_probes
+
+    train = load_activations(args.train)
+    test = load_activations(args.test) if args.test else None
+    rep = run_probes(
+        train,
+        test,
+        site=args.site,
+        position=args.position,
+        methods=args.methods,
+        folds=args.folds,
+        c=args.C,
+        standardize=not args.no_standardize,
+        level=args.level,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, rep.to_json())
+    how = f"trained on {train.path}, tested on {test.path}" if test else f"{args.folds}-fold"
+    table = Table(
+        title=f"probe accuracy by layer · {rep.site}/{rep.position} · {how}",
+        caption=f"chance {rep.chance:.2f}; [..]: {rep.level:.0%} Wilson interval over "
+        f"{rep.n_test} test rows; lexical baseline = layer 0, mean-pooled",
+    )
+    table.add_column("layer", justify="right")
+    for m in rep.results:
+        table.add_column(m, justify="right")
+    for i, layer in enumerate(rep.layers):
+        cells = []
+        for r in rep.results.values():
+            mark = " ◀ best" if layer == r["best_layer"] else ""
+            mark += " (cv pick)" if test and layer == r["selected_layer"] else ""
+            cells.append(
+                f"{r['accuracy'][i]:.2f} [{r['ci_low'][i]:.2f}, {r['ci_high'][i]:.2f}]{mark}"
+            )
+        table.add_row(str(layer), *cells)
+    if not args.quiet:
+        Console().print(table)
+    for m, r in rep.results.items():
+        lex = (rep.lexical or {}).get(m)
+        print(
+            f"{m}: best layer {r['best_layer']} accuracy {r['best_accuracy']:.3f} "
+            f"(layer 0: {r['layer0_accuracy']:.3f}"
+            + (f", lexical baseline {lex:.3f}" if lex is not None else "")
+            + f", chance {rep.chance:.2f}, Bonferroni p {r['best_p_value_bonferroni']:.1e})"
+        )
+    print(f"wrote {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from emocircuits.geometry.probes import PROBES
+
+    pr = sub.add_parser(
+        "probe",
+        help="probe accuracy per layer: k-fold, or trained on one folder and tested on another",
+        description="Linear probes at every layer: multinomial logistic regression (L2, "
+        "features standardised on the training rows) and the nearest-class-mean classifier. "
+        "With --test, trains on --train and tests on --test (transfer to a differently "
+        "written set: the honest estimate); without, k-fold within --train. The JSON has, "
+        "per method, the accuracy at every layer with its Wilson interval and binomial "
+        "p-value against chance, the best layer, the layer chosen by k-fold on the training "
+        "folder, layer 0 and the lexical baseline (layer 0, mean-pooled). See docs/FORMAT.md.",
+    )
+    pr.add_argument("--train", required=True, help="activation folder to train on")
+    pr.add_argument("--test", default=None, help="activation folder to test on (same model)")
+    pr.add_argument("--out", required=True, help="JSON file to write")
+    pr.add_argument(
+        "--methods", type=_csv, default=PROBES, help=f"comma list of {','.join(PROBES)}"
+    )
+    pr.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
+    pr.add_argument(
+        "--position", default=None, help="position rule (default mean if captured, else the first)"
+    )
+    pr.add_argument("--folds", type=_positive, default=5)
+    pr.add_argument("--C", type=float, default=0.1, help="inverse L2 strength (default 0.1)")
+    pr.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pr.add_argument(
+        "--no-standardize",
+        action="store_true",
+        help="fit on raw (centred) features instead of per-dimension z-scores; this weakens "
+        "the layer-0 lexical baseline much more than the deeper layers",
+    )
+    pr.add_argument("--quiet", action="store_true", help="no table, only the summary lines")
+    pr.set_defaults(func=run)

@@ -1,0 +1,60 @@
+"""`emocircuits vectors`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+from emocircuits.commands._common import _add_activations_arg, _add_reading_args
+
+
+# ------------------------------------------------------------------------------- vectors
+def run(args: argparse.Namespace) -> int:
+    from emocircuits.capture import load_activations
+    from emocircuits.geometry import compute_vectors
+    from emocircuits.geometry.vectors import safetensors_path
+
+    acts = load_activations(args.activations)
+    vecs = compute_vectors(
+        acts, method=args.method, site=args.site, position=args.position, baseline=args.baseline
+    )
+    if safetensors_path(args.out) != Path(args.out):
+        print(
+            f"note: writing safetensors to {safetensors_path(args.out)} (never pickle)",
+            file=sys.stderr,
+        )
+    path = vecs.save(args.out)
+    print(
+        f"wrote {path}: {len(vecs.emotions)} emotions ({', '.join(vecs.emotions)}) x "
+        f"{len(vecs.layers)} layers, method {vecs.method}, {vecs.site}/{vecs.position}, "
+        f"baseline {vecs.baseline}"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from emocircuits.geometry.directions import METHODS
+
+    ve = sub.add_parser(
+        "vectors",
+        help="emotion directions per layer from an activation folder",
+        description="Directions per emotion and layer, saved as safetensors + JSON. Methods: "
+        "mean_diff (emotion mean - baseline mean), one_vs_rest (- mean of all other rows), "
+        "raw_mean (the pilot's uncontrasted class mean, for reproducing its tables only), "
+        "pca (leading component of the uncentred emotion-vs-baseline differences), probe "
+        "(logistic-regression weights). The pilot's flag spellings are accepted.",
+    )
+    _add_activations_arg(ve)
+    ve.add_argument(
+        "--out",
+        "--output",
+        required=True,
+        help="vectors file (.safetensors; a .pkl name is written as .safetensors)",
+    )
+    ve.add_argument("--method", default="mean_diff", choices=METHODS)
+    _add_reading_args(ve)
+    ve.set_defaults(func=run)
