@@ -7,8 +7,7 @@
 (200, 31, 576)
 """
 
-__version__ = "0.1.0"
-
+from emocircuits._version import __version__
 from emocircuits.capture import (
     ActivationStore,
     CaptureSpec,
