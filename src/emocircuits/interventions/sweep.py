@@ -17,8 +17,8 @@ specificity limits (:data:`LIMITS`):
   ``perplexity_ratio`` x that of ``none`` (both the median of per-prompt ratios and the
   ratio of means); a margin below the 1.5x that users ask for, because the setting is
   chosen on these prompts and used on others;
-- distinct-2 at least ``distinct_2_ratio`` x that of ``none`` (METHODS.md: perplexity alone
-  lets loops like "pleasepleaseplease" through);
+- distinct-2 at least ``distinct_2_ratio`` x that of ``none`` (docs/METHODS.md: pitfall 10;
+  perplexity alone lets loops like "pleasepleaseplease" through);
 - the random direction at the same (layer, alpha) moves VADER by less than
   ``random_vader_change``: a setting where any push changes the tone is not specific.
 
@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 
 DEFAULT_ALPHAS = (0.03, 0.06, 0.125, 0.25, 0.5)
 """Doubling strengths (x the typical residual norm) for a sweep without calibration: the
-useful range is about 0.125-0.5 on SmolLM2 and 0.03-0.125 on Gemma 3 (METHODS.md)."""
+useful range is about 0.125-0.5 on SmolLM2 and 0.03-0.125 on Gemma 3 (docs/METHODS.md:
+pitfall 12)."""
 
 KL_RANGE = (0.03, 0.5)
 """The alpha grid chosen from the data (:func:`calibrate_alphas`) spans the strengths at which
@@ -296,8 +297,9 @@ def sweep(
 
     Every setting gets one random direction; before a setting is recommended, the random
     control there is raised to ``n_verify`` draws (pooled), because one draw swings VADER
-    by about as much as the 0.15 limit (METHODS.md). Per emotion, up to ``max_checks``
-    settings are checked this way, best first among those within the fluency limits.
+    by about as much as the 0.15 limit (docs/METHODS.md: pitfall 11). Per emotion, up to
+    ``max_checks`` settings are checked this way, best first among those within the
+    fluency limits.
 
     >>> res = sweep(lm, prompts, vecs, ["gratitude"], layers=[15], scales=s)  # doctest: +SKIP
     >>> res.recommendations["gratitude"].alpha  # doctest: +SKIP

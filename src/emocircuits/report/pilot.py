@@ -1,9 +1,8 @@
 """What the pilot claimed for each research question, and why our numbers can differ.
 
-Sources: the pilot's reports (``shared/seeds/pilot-phase3-report.txt``, and
-``pilot-final-report.ja.txt``, in Japanese; quotations are translated) and the methods
-brief (``shared/METHODS.md``, pitfalls 1-7). Only what those texts say is written here; the
-report puts our own numbers next to it.
+Sources: the pilot's two reports (named in each claim's ``source``; the final one is in
+Japanese, and quotations are translated) and the pitfalls of docs/METHODS.md (pitfalls
+1-7). Only what those texts say is written here; the report puts our own numbers next to it.
 
 >>> sorted(PILOT)
 ['rq1', 'rq2', 'rq3', 'rq4']
@@ -45,7 +44,7 @@ PILOT: dict[str, PilotClaim] = {
         ),
         why_different=(
             "Residual streams carry a large component shared by every prompt, so raw class "
-            "means have cosine near 0.99 whatever the emotion (METHODS.md, pitfall 1): the "
+            "means have cosine near 0.99 whatever the emotion (docs/METHODS.md: pitfall 1): the "
             "0.99 measured the shared component, and moving to another token changed which "
             "component dominates, not whether emotions are encoded. We use contrasts "
             "(emotion mean minus neutral mean, or minus the other classes) on centred "
