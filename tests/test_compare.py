@@ -5,6 +5,7 @@ what their definitions say, and the naive null is a random rotation."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -163,6 +164,45 @@ def test_ridge_equals_sklearn_at_the_chosen_penalty():
     # leave-one-out CV chose an interior penalty: neither end of the grid
     s2 = (np.linalg.svd(a[fit], compute_uv=False) ** 2).mean()
     assert 1e-6 * s2 < r.lam[0] < 1e3 * s2
+
+
+@pytest.mark.parametrize(
+    ("n_per", "wa", "wb", "seed"),
+    [(30, 12, 16, 0), (8, 30, 36, 2)],  # more fit rows than dimensions; fewer (ridge interpolates)
+)
+def test_every_statistic_is_exact_to_float64_under_rotation_and_float32_storage(
+    n_per, wa, wb, seed
+):
+    """Every statistic is a function of the activations' geometry computed in float64, so
+    no BLAS (summation order, kernels) can move it beyond float64 rounding: rotating and
+    rescaling both models in float64 changes nothing beyond 1e-8. (Float64 rounding is
+    2^-53 ~ 1e-16; the worst condition measured here and on the real models leaves <= 1e-12,
+    so 1e-8 is 1e4 of headroom; any float32 step (2^-24 ~ 6e-8) shows as >= 1e-7: the shuffled
+    Procrustes SVDs, the label-permuted means and the leave-one-out penalty errors were
+    float32, and the last picked ridge's penalty by rounding noise at the small penalties.)
+    Storing the rotated copies in float32, as a saved folder does, moves each input by up
+    to 2^-24 of itself; the statistics follow by a small multiple of that (measured <= 3e-7
+    here, <= 2e-6 on SmolLM2/Gemma 3 activations), so 1e-6 there."""
+    x, y = planted(n_per=n_per, width=wa, layers=1, seed=seed)
+    rng = np.random.default_rng(seed)
+    xb = x @ rng.normal(size=(wa, wb)) + planted(n_per=n_per, width=wb, layers=1, seed=seed + 9)[0]
+    qb = np.linalg.qr(rng.normal(size=(wb, wb)))[0]
+    qa = np.linalg.qr(rng.normal(size=(wa, wa)))[0]
+    fit, held = split_rows(y, seed=0)
+    kw = {"fit": fit, "held": held, "n_perm": 50, "n_shuffle": 50}
+    base = compare_directions(x, xb, y, [(0, 0)], **kw)
+    rotated = (3.0 * x @ qa, 0.05 * xb @ qb)
+    stored = tuple(r.astype(np.float32) for r in rotated)
+    for (xa2, xb2), tol in ((rotated, 1e-8), (stored, 1e-6)):
+        other = compare_directions(xa2, xb2, y, [(0, 0)], **kw)
+        for m, r in base.items():
+            for f in dataclasses.fields(r):
+                u, v = getattr(r, f.name), getattr(other[m], f.name)
+                if isinstance(u, np.ndarray) and u.dtype.kind == "f":
+                    err = float(np.abs(u - v).max())
+                    assert err <= tol, (m, f.name, err, tol)
+                else:
+                    assert np.array_equal(u, v), (m, f.name, u, v)  # counts, sizes, names
 
 
 def test_unrelated_models_are_not_identified_beyond_chance():

@@ -151,16 +151,26 @@ def _loo_penalty(u, s, y) -> float:
     matrix includes the centring (``1/n``): without it, centred rows are linearly dependent
     and leaving one out looks free. (Generalised cross-validation fails when there are fewer
     rows than dimensions: it prefers the interpolating map, whose held-out R^2 is far below
-    0.)"""
+    0.)
+
+    Computed in float64 and without cancellation: with fewer rows than dimensions the
+    small penalties nearly interpolate, so ``y - yhat`` and ``1 - H_ii`` are both tiny;
+    each is written as its part outside the span of ``u`` (once) plus the part the penalty
+    leaves, ``lam / (s^2 + lam)``, which is exact however small. Subtracting ``H_ii`` from 1
+    instead leaves rounding noise that decides the argmin (in float32 it moved the errors
+    of small penalties by 1-2%, and the chosen penalty with them)."""
     torch = _torch()
+    u, s, y = u.double(), s.double(), y.double()
     grid = (s**2).mean() * torch.logspace(-6, 3, 19, dtype=s.dtype)
-    uf, yf, uy = u.float(), y.float(), (u.T @ y).float()
+    uy = u.T @ y
+    resid_out = y - u @ uy  # what no penalty fits
+    lev_out = 1.0 - 1.0 / len(u) - (u**2).sum(1)  # 1 - H_ii at penalty 0 (>= 0), centring in
     best, best_err = float(grid[0]), float("inf")
     for lam in grid:
-        h = (s**2 / (s**2 + lam)).float()
-        lev = (uf**2 * h).sum(1) + 1.0 / len(uf)  # H_ii, with the (unpenalised) centring
-        resid = yf - (uf * h) @ uy
-        err = float((resid.pow(2).sum(1) / (1 - lev).clamp_min(1e-6) ** 2).sum())
+        shrink = lam / (s**2 + lam)  # 1 - s^2 / (s^2 + lam)
+        resid = resid_out + (u * shrink) @ uy
+        one_minus_lev = (lev_out + (u**2 * shrink).sum(1)).clamp_min(1e-12)
+        err = float((resid.pow(2).sum(1) / one_minus_lev**2).sum())
         if err < best_err:
             best, best_err = float(lam), err
     return best
@@ -168,8 +178,10 @@ def _loo_penalty(u, s, y) -> float:
 
 @dataclass
 class _Layer:
-    """One model's layer, prepared: normalised rows ``t``, the SVD of its fit rows, and the
-    class means of the held rows for the real labels (float64) and the permuted ones."""
+    """One model's layer, prepared: normalised rows ``t``, the SVD of its fit rows, the class
+    means of the held rows for the real labels, and for the permuted ones in the coordinates
+    of ``vt`` (``[P, C, r]``: every use projects them there, and ``r`` is at most the fit
+    rows, often far below the width)."""
 
     t: Any
     u: Any
@@ -206,19 +218,21 @@ def _procrustes(a: _Layer, b: _Layer, d: int, st: _Setup) -> dict[str, Any]:
     tot = (zh_b - zh_b.mean(0)).pow(2).sum()
     r2 = 1 - (scale * zh_a @ rot - zh_b).pow(2).sum() / tot
     cos, ov = _dir_stats((a.mean @ va @ rot)[None], (b.mean @ vb)[None], st.coef)
-    cos_p, ov_p = _dir_stats(
-        a.mean_perm @ va.float() @ rot.float(), b.mean_perm @ vb.float(), st.coef
-    )
+    cos_p, ov_p = _dir_stats(a.mean_perm[..., :d] @ rot, b.mean_perm[..., :d], st.coef)
     da, db = coef @ a.mean @ va, coef @ b.mean @ vb  # real directions, PCA coordinates
-    # shuffled pairs: the map refitted with B's fit rows shuffled (batched SVDs)
-    m_p = torch.einsum("nd,pne->pde", za[fit].float(), zb[fit].float()[st.shuffles])
+    # shuffled pairs: the map refitted with B's fit rows shuffled (batched SVDs). float64:
+    # the rotation of a cross-covariance of unrelated rows is ill-conditioned (its change
+    # goes like |dM| / (s_i + s_j) over its smallest singular values): on SmolLM2/Gemma 3,
+    # inputs moved by float32 rounding moved this null by 2e-3 (R^2) and 4e-2 (cosines)
+    # when computed in float32, by < 1e-6 in float64
+    m_p = torch.einsum("nd,pne->pde", za[fit], zb[fit][st.shuffles])
     u_p, s_p, vt_p = torch.linalg.svd(m_p)
     rot_p = u_p @ vt_p
-    cos_s = _cos_rows(torch.einsum("ed,pdf->pef", da.float(), rot_p), db.float()[None])
-    scale_p = s_p.sum(-1).double() / za_sq
+    cos_s = _cos_rows(torch.einsum("ed,pdf->pef", da, rot_p), db[None])
+    scale_p = s_p.sum(-1) / za_sq
     res_p = (
         scale_p**2 * zh_a.pow(2).sum()
-        - 2 * scale_p * (rot_p * (zh_a.T @ zh_b).float()).sum((1, 2)).double()
+        - 2 * scale_p * (rot_p * (zh_a.T @ zh_b)).sum((1, 2))
         + zh_b.pow(2).sum()
     )
     cent = st.fit_avg @ zb[fit]
@@ -254,18 +268,22 @@ def _ridge(a: _Layer, b: _Layer, st: _Setup) -> dict[str, Any]:
     tot = (hb - hb.mean(0)).pow(2).sum()
     err = (a.t[held] @ w - hb).pow(2).sum(1)
     r2 = 1 - err.sum() / tot
-    span = b.vt[b.s > 1e-10 * b.s.max()]  # [rank, Wb] orthonormal rows
-    mean_b, perm_b = b.mean, b.mean_perm
+    inside = b.s > 1e-10 * b.s.max()
+    span = b.vt[inside]  # [rank, Wb] orthonormal rows
+    mean_b = b.mean
     if len(span) < span.shape[1]:  # fewer fit rows than dimensions: project onto their span
         mean_b = mean_b @ span.T @ span
-        perm_b = perm_b @ span.T.float() @ span.float()
     cos, ov = _dir_stats((a.mean @ w)[None], mean_b[None], st.coef)
-    cos_p, ov_p = _dir_stats(a.mean_perm @ w.float(), perm_b, st.coef)
+    # the nulls in the coordinates of B's vt (an isometry of the span of its fit rows, where
+    # every mapped vector lies): B's permuted means projected onto the span, A's mapped
+    cos_p, ov_p = _dir_stats(
+        a.mean_perm @ ((g[:, None] * uy) @ b.vt.T), b.mean_perm * inside, st.coef
+    )
     dir_a, dir_b = coef @ a.mean, coef @ mean_b
     # a map refitted on shuffled pairs sends v_A to c^T P Y, with c = U g V^T v_A
     c = a.u @ (g[:, None] * (a.vt @ dir_a.T))  # [n_fit, E]
     inv = torch.argsort(st.shuffles_ridge, 1)
-    mapped = torch.einsum("pne,nw->pew", c.float()[inv], y.float())
+    mapped = torch.einsum("pne,nr->per", c[inv], b.u * b.s)  # Y = U S V^T: coordinates S U^T
     cent = st.fit_avg @ y
     return {
         "dim": len(span),
@@ -275,7 +293,7 @@ def _ridge(a: _Layer, b: _Layer, st: _Setup) -> dict[str, Any]:
         "lam": lam,
         "cos": cos[0].numpy(),
         "reach": (dir_b.norm(dim=-1) / (coef @ b.mean).norm(dim=-1).clamp_min(1e-300)).numpy(),
-        "cos_shuffle": _cos_rows(mapped, dir_b.float()[None]).numpy(),
+        "cos_shuffle": _cos_rows(mapped, (dir_b @ b.vt.T)[None]).numpy(),
         "cos_perm": cos_p.numpy(),
         "ov": float(ov[0]),
         "ov_p": ov_p.numpy(),
@@ -330,7 +348,7 @@ def compare_directions(
     # class-mean operators of the held rows: [0] the real labels, [1:] permuted ones
     perm_lab = held_lab[permutations(len(held), n_perm, seed + 1)]
     onehot = np.concatenate([held_lab[None], perm_lab])[:, None, :] == np.array(classes)[:, None]
-    avg = torch.from_numpy(onehot / counts[:, None]).float()  # [1 + P, C, n_held]
+    avg = torch.from_numpy(onehot / counts[:, None])  # [1 + P, C, n_held], float64
     st = _Setup(
         fit=torch.from_numpy(fit),
         held=torch.from_numpy(held),
@@ -350,7 +368,7 @@ def compare_directions(
             t = _normalised(x[:, i], st.fit)
             u, s, vt = torch.linalg.svd(t[st.fit], full_matrices=False)
             h = t[st.held]
-            cache[(side, i)] = _Layer(t, u, s, vt, avg[0].double() @ h, avg[1:] @ h.float())
+            cache[(side, i)] = _Layer(t, u, s, vt, avg[0] @ h, avg[1:] @ (h @ vt.T))
         return cache[(side, i)]
 
     out: dict[str, dict[str, list]] = {m: {} for m in maps}
