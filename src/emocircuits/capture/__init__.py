@@ -1,7 +1,8 @@
-"""Capture: hooks, position rules, one-pass capture, the activation store."""
+"""Capture: hooks, position rules, one-pass capture, the activation store (in memory or
+on disk)."""
 
 from emocircuits.capture.capture import CaptureSpec, capture, iter_capture
-from emocircuits.capture.extract import extract
+from emocircuits.capture.extract import capture_positions, extract
 from emocircuits.capture.hooks import count_hooks, hooked
 from emocircuits.capture.positions import RULES, Selection, TokenBatch
 from emocircuits.capture.store import ActivationStore, load_activations
@@ -13,6 +14,7 @@ __all__ = [
     "Selection",
     "TokenBatch",
     "capture",
+    "capture_positions",
     "count_hooks",
     "extract",
     "hooked",
