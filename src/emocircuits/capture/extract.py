@@ -212,7 +212,9 @@ def _extract_in_memory(
     """The same shards as on disk, kept in memory (``sha256`` is filled in by ``save``)."""
     t0 = time.perf_counter()
     groups = _groups(lm, dataset, spec, shard_size)
-    shards = [a for _, a in _iter_shards(lm, dataset, spec, groups, range(len(groups)), 0, progress)]
+    shards = [
+        a for _, a in _iter_shards(lm, dataset, spec, groups, range(len(groups)), 0, progress)
+    ]
     weights = _weights(lm, spec) if "heads" in spec.sites else None
     entries, shapes = [], {}
     for k, arrays in enumerate(shards):

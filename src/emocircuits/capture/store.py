@@ -148,14 +148,18 @@ class ActivationStore:
 
         >>> x = np.zeros((4, 2, 3), np.float32)
         >>> acts = ActivationStore.from_arrays({"resid/last": x}, ["a", "a", "b", "b"])
-        >>> acts.get("resid", "last").shape, acts.layers("resid"), acts.by_label("resid", "last")["b"].shape
-        ((4, 2, 3), [0, 1], (2, 2, 3))
+        >>> acts.get("resid", "last").shape, acts.layers("resid")
+        ((4, 2, 3), [0, 1])
+        >>> acts.by_label("resid", "last")["b"].shape
+        (2, 2, 3)
         """
         labels = list(labels)
         n = len(labels)
         keys = [k for k in arrays if "/" in k and not k.startswith("meta/")]
         sites = list(dict.fromkeys(k.split("/", 1)[0] for k in keys if not k.startswith("all/")))
-        positions = list(dict.fromkeys(k.split("/", 1)[1] for k in keys if not k.startswith("all/")))
+        positions = list(
+            dict.fromkeys(k.split("/", 1)[1] for k in keys if not k.startswith("all/"))
+        )
         for k in keys:
             if not is_token_key(k) and len(arrays[k]) != n:
                 raise CaptureError(f"{k} has {len(arrays[k])} rows, labels {n}")

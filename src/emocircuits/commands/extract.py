@@ -132,7 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="refuse datasets with fewer rows in some label (default %(default)s)",
     )
     x.add_argument("--device", default=lib_default(load_model, "device"))
-    x.add_argument("--revision", default=lib_default(load_model, "revision"), help="hub revision (branch, tag or commit)")
+    x.add_argument(
+        "--revision",
+        default=lib_default(load_model, "revision"),
+        help="hub revision (branch, tag or commit)",
+    )
     x.add_argument(
         "--trust-remote-code",
         action="store_true",
