@@ -99,6 +99,8 @@ def test_in_memory_extract_saves_the_folder_extract_writes(cli_acts, mem_acts, t
     back = ec.load_activations(saved)
     np.testing.assert_array_equal(back.get("resid", "mean"), mem_acts.get("resid", "mean"))
     assert "in memory" in repr(mem_acts) and str(saved) not in repr(mem_acts)
+    _shows_itself(mem_acts)
+    assert ActivationStore.load(saved).rows() == mem_acts.rows()
     with pytest.raises(CaptureError, match="not empty"):
         mem_acts.save(saved)
 
@@ -141,8 +143,10 @@ def small(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("rq1")
     lm = tiny("llama")
     kw = {"sites": ("resid", "attn"), "positions": ("mean", "last"), "progress": False}
-    return root, ec.extract(lm, "baseline", root / "base", **kw), ec.extract(
-        lm, "natural", root / "nat", **kw
+    return (
+        root,
+        ec.extract(lm, "baseline", root / "base", **kw),
+        ec.extract(lm, "natural", root / "nat", **kw),
     )
 
 
@@ -155,7 +159,7 @@ def _shows_itself(res) -> None:
 
 @pytest.mark.parametrize("method", ["mean_diff", "one_vs_rest"])
 def test_directions_save_equals_the_vectors_command(small, capsys, tmp_path, method):
-    root, base, _ = small
+    _, base, _ = small
     code, _, _ = run(capsys, "vectors", "--activations", base.path, "--out", tmp_path / "cli",
                      "--method", method, "--position", "last")  # fmt: skip
     assert code == 0

@@ -12,15 +12,17 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from emocircuits.errors import CaptureError
+from emocircuits.results import Result
 
 FORMAT = "emocircuits.activations"
 FORMAT_VERSION = 1
@@ -81,7 +83,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class ActivationStore:
+class ActivationStore(Result):
     """Captured activations, read from a folder (lazily) or held in memory: one type, so
     every analysis takes either. ``extract(lm, data)`` returns one in memory,
     ``extract(lm, data, out=...)`` or :func:`load_activations` one on disk; :meth:`save`
@@ -240,13 +242,24 @@ class ActivationStore:
         """Layer numbers along axis 1 of ``get(site, ...)``."""
         return list(self.manifest["layers"][site])
 
-    def __repr__(self) -> str:
+    command: ClassVar[str] = "extract"
+
+    def title(self) -> str:
         m = self.manifest
         where = "in memory" if self.path is None else str(self.path)
         return (
             f"ActivationStore({where!r}, model={m['model'].get('name')!r}, "
             f"rows={m['n_rows']}, sites={m['sites']}, positions={m['positions']})"
         )
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per label: how many rows the store holds of it."""
+        return [{"label": k, "rows": v} for k, v in Counter(self.labels).items()]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ActivationStore:
+        """Open a finished activation folder (:func:`load_activations`)."""
+        return cls(path)
 
     @property
     def where(self) -> str:
