@@ -27,7 +27,8 @@ SPEC = ec.CaptureSpec(sites=("resid",), positions=("mean",), batch_size=32)
 def smollm2_runs(smollm2, tmp_path_factory):
     root = tmp_path_factory.mktemp("rq1")
     ext = ec.extract(smollm2, ec.load_dataset("extended"), root / "ext", SPEC, progress=False)
-    nat = ec.extract(smollm2, ec.load_dataset("natural"), root / "nat", SPEC, progress=False)
+    nat = ec.extract(smollm2, "natural", spec=SPEC, progress=False)  # in memory: the same API
+    assert nat.in_memory
     return ext, nat
 
 

@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from emocircuits.commands._common import lib_default
     from emocircuits.geometry.directions import CONTRASTS
+    from emocircuits.geometry.subspaces import class_projection
 
     pl = sub.add_parser(
         "plot",
@@ -94,12 +96,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="same as the positional argument (--vectors_file: the pilot's spelling)",
     )
     pl.add_argument("--out", "--output_dir", default=None, help="figure folder")
-    pl.add_argument("--site", default="resid", help="site to draw (default resid)")
-    pl.add_argument("--position", default=None, help="position rule (default: the main one)")
     pl.add_argument(
-        "--method", default="mean_diff", choices=CONTRASTS, help="direction method drawn"
+        "--site",
+        default="resid",
+        help="site to draw (default %(default)s)",
+    )
+    pl.add_argument(
+        "--position",
+        default=None,
+        help="position rule (default: the main one)",
+    )
+    pl.add_argument(
+        "--method",
+        default="mean_diff",
+        choices=CONTRASTS,
+        help="direction method drawn",
     )
     pl.add_argument("--activations", default=None, help="folder for the 2-D projection")
     pl.add_argument("--layer", type=int, default=None, help="layer of the projection")
-    pl.add_argument("--baseline", default="neutral")
+    pl.add_argument("--baseline", default=lib_default(class_projection, "baseline"))
     pl.set_defaults(func=run)
