@@ -103,6 +103,8 @@ def test_in_memory_extract_saves_the_folder_extract_writes(cli_acts, mem_acts, t
     assert ActivationStore.load(saved).rows() == mem_acts.rows()
     with pytest.raises(CaptureError, match="not empty"):
         mem_acts.save(saved)
+    # a store read from a folder saves as a copy of it
+    assert _files(disk.save(tmp_path / "copy")) == _files(cli_acts)
 
 
 def test_extract_takes_a_preset_name_a_path_or_a_dataset(tiny, tmp_path):

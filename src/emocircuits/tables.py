@@ -30,7 +30,11 @@ def write_tables(
     out: str | Path, tables: dict[str, list[dict[str, Any]]], json_files: dict[str, Any]
 ) -> Path:
     """Write ``{name}.csv`` per table, then the JSON files in order (the last one, by
-    convention ``summary.json``, marks the folder complete); every file atomically."""
+    convention ``summary.json``, marks the folder complete); every file atomically.
+
+    >>> write_tables("runs/x", {"t": [{"a": 1}]}, {"summary.json": {}})  # doctest: +SKIP
+    PosixPath('runs/x')
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in tables.items():
@@ -41,7 +45,11 @@ def write_tables(
 
 
 def read_table(folder: str | Path, name: str) -> list[dict[str, Any]]:
-    """Rows of a saved table with numbers parsed back (``""`` stays a string)."""
+    """Rows of a saved table with numbers parsed back (``""`` stays a string).
+
+    >>> read_table("runs/x", "t")  # doctest: +SKIP
+    [{'a': 1}]
+    """
     path = Path(folder) / f"{name}.csv"
     if not path.is_file():
         raise DataError(f"no {name}.csv in {folder} (not a geometry folder?)")

@@ -5,7 +5,7 @@ from emocircuits.capture.capture import CaptureSpec, capture, iter_capture
 from emocircuits.capture.extract import capture_positions, extract
 from emocircuits.capture.hooks import count_hooks, hooked
 from emocircuits.capture.positions import RULES, Selection, TokenBatch
-from emocircuits.capture.store import ActivationStore, load_activations
+from emocircuits.capture.store import ActivationStore, as_store, load_activations
 
 __all__ = [
     "RULES",
@@ -13,6 +13,7 @@ __all__ = [
     "CaptureSpec",
     "Selection",
     "TokenBatch",
+    "as_store",
     "capture",
     "capture_positions",
     "count_hooks",

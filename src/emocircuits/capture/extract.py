@@ -88,7 +88,11 @@ def capture_positions(ds: Dataset, positions: Sequence[str]) -> tuple[str, ...]:
 
 
 def as_dataset(data: Dataset | str | Path, *, min_per_class: int = 1) -> Dataset:
-    """A :class:`Dataset` as given, or loaded from a preset name or a JSONL path."""
+    """A :class:`Dataset` as given, or loaded from a preset name or a JSONL path.
+
+    >>> len(as_dataset("baseline"))
+    200
+    """
     if isinstance(data, Dataset):
         return data
     from emocircuits.data.dataset import load_dataset

@@ -348,6 +348,14 @@ class ActivationStore(Result):
         return {lab: x[labels == lab] for lab in dict.fromkeys(self.labels)}
 
 
+def as_store(acts: ActivationStore | str | os.PathLike[str]) -> ActivationStore:
+    """A store as given, or the folder ``acts`` opened (what every analysis accepts).
+
+    >>> as_store("runs/baseline-smollm2").labels[:2]  # doctest: +SKIP
+    """
+    return acts if isinstance(acts, ActivationStore) else ActivationStore(acts)
+
+
 def load_activations(path: str | os.PathLike[str]) -> ActivationStore:
     """Open a finished activation folder written by ``emocircuits extract``.
 

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from emocircuits.capture.store import ActivationStore, atomic_write_json, load_activations
+from emocircuits.capture.store import ActivationStore, as_store, atomic_write_json
 from emocircuits.errors import DataError
 from emocircuits.results import Result
 
@@ -372,10 +372,8 @@ def probe(
     >>> probe("runs/ext", "runs/nat").best("logreg")  # doctest: +SKIP
     (15, 0.86)
     """
-    if not isinstance(train, ActivationStore):
-        train = load_activations(train)
-    if test is not None and not isinstance(test, ActivationStore):
-        test = load_activations(test)
+    train = as_store(train)
+    test = None if test is None else as_store(test)
     if position is None:  # mean if both folders have it, else the first rule they share
         common = [p for p in train.positions if test is None or p in test.positions]
         if not common:

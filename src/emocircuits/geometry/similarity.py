@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from emocircuits.capture.store import ActivationStore
+from emocircuits.capture.store import ActivationStore, as_store
 from emocircuits.errors import DataError
 from emocircuits.geometry.directions import contrast_coefficients
 from emocircuits.geometry.stats import (
@@ -532,7 +532,7 @@ class SimilarityResult(Result):
 
 
 def emotion_similarity(
-    acts: ActivationStore,
+    acts: ActivationStore | str | Path,
     *,
     method: str = "mean_diff",
     site: str = "resid",
@@ -550,6 +550,7 @@ def emotion_similarity(
 
     >>> emotion_similarity(load_activations("runs/ext"), n_boot=200).rows()[0]  # doctest: +SKIP
     """
+    acts = as_store(acts)
     position = position or acts.default_position
     g = geometry(
         acts.get(site, position), acts.labels, layers=acts.layers(site), method=method,

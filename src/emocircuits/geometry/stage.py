@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from emocircuits.capture.store import ActivationStore, is_token_key, load_activations
+from emocircuits.capture.store import ActivationStore, as_store, is_token_key
 from emocircuits.errors import DataError
 from emocircuits.geometry.directions import CONTRASTS
 from emocircuits.geometry.probes import (
@@ -181,10 +181,6 @@ class GeometryResult(Result):
         return cls(tables, probes, summary)
 
 
-def _as_store(acts: ActivationStore | str | Path) -> ActivationStore:
-    return acts if isinstance(acts, ActivationStore) else load_activations(acts)
-
-
 def _f(v: Any) -> float:
     return round(float(v), 6)
 
@@ -220,8 +216,8 @@ def analyze_geometry(
     >>> res.rows()[0]["cv_logreg"], res.save("runs/ext-geometry")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    acts = _as_store(acts)
-    other = None if compare is None else _as_store(compare)
+    acts = as_store(acts)
+    other = None if compare is None else as_store(compare)
     if subspace not in KINDS:
         raise DataError(f"unknown subspace kind {subspace!r}; choose from {', '.join(KINDS)}")
     for site in sites or []:

@@ -8,11 +8,12 @@ stability, subspaces, probes) lives in the rest of this package.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from emocircuits.capture.store import ActivationStore
+from emocircuits.capture.store import ActivationStore, as_store
 from emocircuits.errors import DataError
 from emocircuits.geometry.probes import cross_validated
 from emocircuits.results import Result
@@ -106,7 +107,7 @@ def summarize(
 
 
 def layer_summary(
-    acts: ActivationStore,
+    acts: ActivationStore | str | Path,
     *,
     site: str = "resid",
     position: str | None = None,
@@ -118,6 +119,7 @@ def layer_summary(
 
     >>> layer_summary(load_activations("runs/base")).rows()[0]  # doctest: +SKIP
     """
+    acts = as_store(acts)
     position = position or acts.default_position
     s = summarize(
         acts.get(site, position), acts.labels, layers=acts.layers(site), baseline=baseline,

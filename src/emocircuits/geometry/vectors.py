@@ -23,7 +23,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from emocircuits.capture.store import ActivationStore, atomic_write_json
+from emocircuits.capture.store import ActivationStore, as_store, atomic_write_json
 from emocircuits.errors import EmocircuitsError
 from emocircuits.geometry.directions import emotion_directions
 from emocircuits.results import Result
@@ -154,7 +154,7 @@ def normalise(raw: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[s
 
 
 def directions(
-    acts: ActivationStore,
+    acts: ActivationStore | str | Path,
     *,
     method: str = "mean_diff",
     site: str = "resid",
@@ -170,6 +170,7 @@ def directions(
     >>> vecs.directions["anger"].shape                                        # doctest: +SKIP
     (31, 576)
     """
+    acts = as_store(acts)
     position = position or acts.default_position
     raw = emotion_directions(
         acts.get(site, position), acts.labels, method=method, baseline=baseline

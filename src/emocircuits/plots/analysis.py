@@ -183,7 +183,10 @@ def plot_geometry(
 
 def probe_figure(pj: dict[str, Any]) -> Any:
     """The accuracy-by-layer figure of a probe result (the JSON ``emocircuits probe``
-    writes, as a dict)."""
+    writes, as a dict).
+
+    >>> fig = probe_figure(ProbeResult.load("runs/probe.json").to_json())  # doctest: +SKIP
+    """
     res = pj["methods"]
     acc = {m: np.array(r["accuracy"]) for m, r in res.items()}
     lo = {m: np.array(r["ci_low"]) for m, r in res.items()}
@@ -223,7 +226,10 @@ def plot_projection(
 ) -> Any:
     """2-D view of the classes at one layer: ``points [n, 2]`` and the share of
     between-class variance of each axis, from
-    :func:`emocircuits.geometry.subspaces.class_projection`."""
+    :func:`emocircuits.geometry.subspaces.class_projection`.
+
+    >>> fig = plot_projection(np.zeros((2, 2)), ["a", "b"], np.array([0.6, 0.4]), title="t")
+    """
     return projection_2d(
         points, labels, title=title,
         xlabel=f"emotion axis 1 ({explained[0]:.0%} of between-class variance; "
