@@ -5,6 +5,7 @@ itself (``repr``, ``_repr_html_``); in-memory and on-disk activations are one ty
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,20 @@ def test_no_hooks_left_after_a_failed_in_memory_extract(tiny):
     with pytest.raises(CaptureError):
         ec.extract(lm, "baseline", sites=("resid",), layers=(9,), progress=False)
     assert count_hooks(lm.model) == 0
+
+
+def test_no_hooks_left_when_writing_a_shard_fails(tiny, tmp_path, monkeypatch):
+    lm = tiny("gpt2")
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    # (the function emocircuits.capture.extract shadows the module of that name)
+    monkeypatch.setattr(sys.modules["emocircuits.capture.extract"], "save_shard", disk_full)
+    with pytest.raises(OSError, match="disk full") as err:
+        ec.extract(lm, "baseline", tmp_path / "x", sites=("resid",), positions=("last",),
+                   progress=False)  # fmt: skip
+    assert err.traceback and count_hooks(lm.model) == 0
 
 
 def test_from_arrays_is_a_store_like_any_other():

@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -185,10 +186,12 @@ def extract(
     groups = _groups(lm, dataset, spec, shard_size)
     todo = [k for k in range(len(groups)) if not (out / shard_name(k)).is_file()]
     done_rows = sum(len(b) for k, g in enumerate(groups) if k not in todo for b in g)
-    for k, arrays in _iter_shards(lm, dataset, spec, groups, todo, done_rows, progress):
-        save_shard(out / shard_name(k), arrays, {"format": FORMAT, "shard": str(k)})
-        del arrays  # one shard in memory at a time: memory stays flat
-        _release_freed_memory()
+    # closing(): the hooks go when this loop ends, also when writing a shard fails
+    with closing(_iter_shards(lm, dataset, spec, groups, todo, done_rows, progress)) as it:
+        for k, arrays in it:
+            save_shard(out / shard_name(k), arrays, {"format": FORMAT, "shard": str(k)})
+            del arrays  # one shard in memory at a time: memory stays flat
+            _release_freed_memory()
     if "heads" in spec.sites:
         save_weights(out / "weights.safetensors", _weights(lm, spec))
     entries, shapes = [], {}
@@ -216,9 +219,8 @@ def _extract_in_memory(
     """The same shards as on disk, kept in memory (``sha256`` is filled in by ``save``)."""
     t0 = time.perf_counter()
     groups = _groups(lm, dataset, spec, shard_size)
-    shards = [
-        a for _, a in _iter_shards(lm, dataset, spec, groups, range(len(groups)), 0, progress)
-    ]
+    with closing(_iter_shards(lm, dataset, spec, groups, range(len(groups)), 0, progress)) as it:
+        shards = [arrays for _, arrays in it]
     weights = _weights(lm, spec) if "heads" in spec.sites else None
     entries, shapes = [], {}
     for k, arrays in enumerate(shards):
