@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import emocircuits as ec
-from emocircuits.geometry.analysis import read_table
+from emocircuits.tables import read_table
 
 from helpers import one_error_line, run
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import emocircuits as ec
-from emocircuits.geometry.probes import run_probes
+from emocircuits.geometry.probes import probe
 from emocircuits.geometry.similarity import shared_component, split_half_stability
 from emocircuits.geometry.subspaces import overlap_test
 
@@ -27,13 +27,14 @@ SPEC = ec.CaptureSpec(sites=("resid",), positions=("mean",), batch_size=32)
 def smollm2_runs(smollm2, tmp_path_factory):
     root = tmp_path_factory.mktemp("rq1")
     ext = ec.extract(smollm2, ec.load_dataset("extended"), root / "ext", SPEC, progress=False)
-    nat = ec.extract(smollm2, ec.load_dataset("natural"), root / "nat", SPEC, progress=False)
+    nat = ec.extract(smollm2, "natural", spec=SPEC, progress=False)  # in memory: the same API
+    assert nat.in_memory
     return ext, nat
 
 
 def test_probe_transfers_from_extended_to_natural_text(smollm2_runs):
     ext, nat = smollm2_runs
-    rep = run_probes(ext, nat, position="mean", methods=("logreg",))
+    rep = probe(ext, nat, position="mean", methods=("logreg",))
     r = rep.results["logreg"]
     best_layer, best = rep.best("logreg")
     # measured 0.90 at layer 16, layer 0 (the lexical baseline) 0.78
@@ -69,7 +70,7 @@ def gemma3_runs(gemma3, tmp_path_factory):
 
 def test_english_emotion_directions_transfer_to_japanese(gemma3_runs):
     en, ja = gemma3_runs
-    rep = run_probes(en, ja, position="mean")
+    rep = probe(en, ja, position="mean")
     for method in ("logreg", "ncm"):  # measured 0.885 (layer 7) and 0.835 (layer 6)
         r = rep.results[method]
         assert r["best_accuracy"] >= 0.75, (method, r["accuracy"])

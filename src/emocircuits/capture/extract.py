@@ -1,21 +1,25 @@
-"""``extract``: dataset + model -> activation folder (streamed, atomic, resumable)."""
+"""``extract``: model + dataset -> activations, in memory or in a folder (streamed, atomic,
+resumable)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from emocircuits.capture.capture import (
+    DEFAULT_POSITIONS,
+    DEFAULT_SITES,
     CapturedBatch,
     CaptureSpec,
     iter_capture,
@@ -27,8 +31,10 @@ from emocircuits.capture.store import (
     FORMAT_VERSION,
     ActivationStore,
     atomic_write_json,
+    file_sha256,
     is_token_key,
     save_shard,
+    save_weights,
     shard_name,
 )
 from emocircuits.data.dataset import Dataset
@@ -67,26 +73,78 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+def capture_positions(ds: Dataset, positions: Sequence[str]) -> tuple[str, ...]:
+    """The position rules to capture: the default rules that need an emotion word are
+    dropped for a dataset without ``emotion_word`` fields (e.g. a held-out set); rules asked
+    for explicitly are kept (and refused by :func:`extract` if they cannot be read).
+
+    >>> from emocircuits.data import load_dataset
+    >>> capture_positions(load_dataset("natural"), DEFAULT_POSITIONS)  # doctest: +SKIP
+    ('last', 'mean')
+    """
+    positions = tuple(positions)
+    if positions == DEFAULT_POSITIONS and not any(e.emotion_word for e in ds.examples):
+        return tuple(p for p in positions if not p.startswith("emotion_word"))
+    return positions
+
+
+def as_dataset(data: Dataset | str | Path, *, min_per_class: int = 1) -> Dataset:
+    """A :class:`Dataset` as given, or loaded from a preset name or a JSONL path.
+
+    >>> len(as_dataset("baseline"))
+    200
+    """
+    if isinstance(data, Dataset):
+        return data
+    from emocircuits.data.dataset import load_dataset
+
+    return load_dataset(data, min_per_class=min_per_class)
+
+
 def extract(
     lm: LoadedModel,
-    dataset: Dataset,
-    out: str | Path,
-    spec: CaptureSpec = CaptureSpec(),
+    data: Dataset | str | Path,
+    out: str | Path | None = None,
+    spec: CaptureSpec | None = None,
     *,
+    sites: Sequence[str] = DEFAULT_SITES,
+    positions: Sequence[str] = DEFAULT_POSITIONS,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    padding_side: str | None = None,
+    max_length: int | None = None,
+    min_per_class: int = 2,
     shard_size: int = 256,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ActivationStore:
-    """Capture ``dataset`` through ``lm`` into the folder ``out`` and return it opened.
+    """Capture ``data`` (a Dataset, preset name or JSONL path) through ``lm``.
 
-    Re-running with the same arguments resumes an interrupted run (or returns the finished
-    folder at once); different settings on an existing folder are an error unless
+    With ``out=None`` the activations stay in memory (no files); with ``out`` they stream
+    shard by shard into that folder. Either way the result is an :class:`ActivationStore`,
+    and ``store.save(folder)`` of an in-memory one writes the folder ``out=folder`` would.
+    ``spec``, when given, replaces ``sites`` ... ``max_length``. ``min_per_class`` applies
+    when ``data`` is loaded here. The default position rules that need an emotion word are
+    dropped for data without one (:func:`capture_positions`).
+
+    On disk, re-running with the same arguments resumes an interrupted run (or returns the
+    finished folder at once); different settings on an existing folder are an error unless
     ``overwrite``.
 
     >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
-    >>> acts = extract(lm, load_dataset("baseline"), "runs/base")  # doctest: +SKIP
+    >>> acts = extract(lm, "baseline")                     # in memory  # doctest: +SKIP
+    >>> acts = extract(lm, "baseline", out="runs/base")    # a folder   # doctest: +SKIP
     """
-    out = Path(out)
+    dataset = as_dataset(data, min_per_class=min_per_class)
+    if spec is None:
+        spec = CaptureSpec(
+            sites=tuple(sites),
+            positions=capture_positions(dataset, positions),
+            layers=None if layers is None else tuple(layers),
+            batch_size=batch_size,
+            padding_side=padding_side,
+            max_length=max_length,
+        )
     spec.check(lm.arch)
     if shard_size < 1:
         raise CaptureError(f"shard size must be >= 1, got {shard_size}")
@@ -97,6 +155,9 @@ def extract(
             "emotion_word field"
         )
     plan = _plan(lm, dataset, spec, shard_size)
+    if out is None:
+        return _extract_in_memory(lm, dataset, spec, plan, shard_size, progress)
+    out = Path(out)
     plan_path = out / "plan.json"
     if out.exists() and any(out.iterdir()):
         old = None
@@ -122,13 +183,79 @@ def extract(
     atomic_write_json(plan_path, plan)
 
     t0 = time.perf_counter()
-    lengths = token_lengths(lm, dataset.texts)
-    batches = plan_batches(lengths, spec.batch_size)
-    per_shard = max(1, shard_size // spec.batch_size)
-    groups = [batches[i : i + per_shard] for i in range(0, len(batches), per_shard)]
+    groups = _groups(lm, dataset, spec, shard_size)
     todo = [k for k in range(len(groups)) if not (out / shard_name(k)).is_file()]
     done_rows = sum(len(b) for k, g in enumerate(groups) if k not in todo for b in g)
-    spans = [e.emotion_span for e in dataset.examples]
+    # closing(): the hooks go when this loop ends, also when writing a shard fails
+    with closing(_iter_shards(lm, dataset, spec, groups, todo, done_rows, progress)) as it:
+        for k, arrays in it:
+            save_shard(out / shard_name(k), arrays, {"format": FORMAT, "shard": str(k)})
+            del arrays  # one shard in memory at a time: memory stays flat
+            _release_freed_memory()
+    if "heads" in spec.sites:
+        save_weights(out / "weights.safetensors", _weights(lm, spec))
+    entries, shapes = [], {}
+    for k in range(len(groups)):
+        path = out / shard_name(k)
+        with safe_open(path, framework="numpy") as f:
+            n = f.get_slice("rows").get_shape()[0]
+            for key in f.keys():  # noqa: SIM118
+                _add_shape(shapes, key, f.get_slice(key).get_shape())
+        entries.append({"file": path.name, "n_rows": int(n), "sha256": file_sha256(path)})
+    manifest = _manifest(lm, dataset, spec, plan, entries, shapes)
+    manifest["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(out / "manifest.json", manifest)
+    return ActivationStore(out)
+
+
+def _extract_in_memory(
+    lm: LoadedModel,
+    dataset: Dataset,
+    spec: CaptureSpec,
+    plan: dict[str, Any],
+    shard_size: int,
+    progress: bool,
+) -> ActivationStore:
+    """The same shards as on disk, kept in memory (``sha256`` is filled in by ``save``)."""
+    t0 = time.perf_counter()
+    groups = _groups(lm, dataset, spec, shard_size)
+    with closing(_iter_shards(lm, dataset, spec, groups, range(len(groups)), 0, progress)) as it:
+        shards = [arrays for _, arrays in it]
+    weights = _weights(lm, spec) if "heads" in spec.sites else None
+    entries, shapes = [], {}
+    for k, arrays in enumerate(shards):
+        for key in sorted(arrays):
+            _add_shape(shapes, key, list(arrays[key].shape))
+        entries.append({"file": shard_name(k), "n_rows": len(arrays["rows"]), "sha256": None})
+    manifest = _manifest(lm, dataset, spec, plan, entries, shapes)
+    manifest["seconds"] = round(time.perf_counter() - t0, 2)
+    return ActivationStore.from_shards(shards, manifest, weights=weights, plan=plan)
+
+
+def _add_shape(shapes: dict[str, list[int]], key: str, shape: Sequence[int]) -> None:
+    shapes.setdefault(key, [0, *shape[1:]])
+    shapes[key][0] += shape[0]
+
+
+def _groups(
+    lm: LoadedModel, dataset: Dataset, spec: CaptureSpec, shard_size: int
+) -> list[list[np.ndarray]]:
+    """The batches of each shard (length-sorted batches; whole batches per shard)."""
+    batches = plan_batches(token_lengths(lm, dataset.texts), spec.batch_size)
+    per_shard = max(1, shard_size // spec.batch_size)
+    return [batches[i : i + per_shard] for i in range(0, len(batches), per_shard)]
+
+
+def _iter_shards(
+    lm: LoadedModel,
+    dataset: Dataset,
+    spec: CaptureSpec,
+    groups: list[list[np.ndarray]],
+    todo: Sequence[int],
+    done_rows: int,
+    progress: bool,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """``(k, arrays)`` of each shard in ``todo``; hooks are removed when this ends."""
     bar = tqdm(
         total=len(dataset),
         initial=done_rows,
@@ -137,29 +264,21 @@ def extract(
         disable=not progress,
         file=sys.stderr,
     )
+    spans = [e.emotion_span for e in dataset.examples]
     if todo:
         flat = [b for k in todo for b in groups[k]]
         it = iter_capture(lm, dataset.texts, spec, spans=spans, batches=flat)
         try:
             for k in todo:
-                n_rows = sum(len(b) for b in groups[k])
-                shard = _ShardBuffer(n_rows)
+                shard = _ShardBuffer(sum(len(b) for b in groups[k]))
                 for _ in groups[k]:
                     part = next(it)
                     shard.add(part)
                     bar.update(len(part.rows))
-                save_shard(out / shard_name(k), shard.arrays(), {"format": FORMAT, "shard": str(k)})
-                del shard  # one shard in memory at a time: memory stays flat
-                _release_freed_memory()
+                yield k, shard.arrays()
         finally:
             it.close()
     bar.close()
-    if "heads" in spec.sites:
-        _save_weights(lm, spec, out)
-    manifest = _manifest(lm, dataset, spec, plan, out, len(groups))
-    manifest["seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(out / "manifest.json", manifest)
-    return ActivationStore(out)
 
 
 class _ShardBuffer:
@@ -198,16 +317,14 @@ def _release_freed_memory() -> None:
         pass
 
 
-def _save_weights(lm: LoadedModel, spec: CaptureSpec, out: Path) -> None:
+def _weights(lm: LoadedModel, spec: CaptureSpec) -> dict[str, np.ndarray]:
     tensors = {}
     for layer in spec.resolved_layers(lm.arch)["heads"]:
         w, b = lm.arch.o_proj_weight(layer)
         tensors[f"o_proj.{layer}.weight"] = w.float().cpu().numpy().copy()
         if b is not None:
             tensors[f"o_proj.{layer}.bias"] = b.float().cpu().numpy().copy()
-    tmp = out / ".weights.safetensors.tmp"
-    save_file(tensors, tmp)
-    tmp.replace(out / "weights.safetensors")
+    return tensors
 
 
 def _manifest(
@@ -215,21 +332,9 @@ def _manifest(
     ds: Dataset,
     spec: CaptureSpec,
     plan: dict[str, Any],
-    out: Path,
-    n_shards: int,
+    shards: list[dict[str, Any]],
+    shapes: dict[str, list[int]],
 ) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    shards, shapes = [], {}
-    for k in range(n_shards):
-        path = out / shard_name(k)
-        with safe_open(path, framework="numpy") as f:
-            n = f.get_slice("rows").get_shape()[0]
-            for key in f.keys():  # noqa: SIM118
-                shape = f.get_slice(key).get_shape()
-                shapes.setdefault(key, [0, *shape[1:]])
-                shapes[key][0] += shape[0]
-        shards.append({"file": path.name, "n_rows": int(n), "sha256": _sha(path)})
     arch = lm.arch
     return {
         "format": FORMAT,
@@ -269,12 +374,4 @@ def _manifest(
     }
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-__all__ = ["extract"]
+__all__ = ["capture_positions", "extract"]

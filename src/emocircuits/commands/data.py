@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from emocircuits.commands._common import _Parser, _positive, lib_default
 from emocircuits.errors import EmocircuitsError
-
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import _Parser, _positive
 
 
 # ---------------------------------------------------------------------------------- data
@@ -50,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from emocircuits.data import load_dataset
+
     d = sub.add_parser("data", help="list, show, export and validate datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
     dsub.add_parser("list", help="the presets shipped with emocircuits")
@@ -68,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the --baseline label exists. Problems are reported as file:line.",
     )
     v.add_argument("file")
-    v.add_argument("--min-per-class", type=_positive, default=1)
-    v.add_argument("--baseline", default=None, help="require this label (e.g. neutral)")
+    v.add_argument(
+        "--min-per-class", type=_positive, default=lib_default(load_dataset, "min_per_class")
+    )
+    v.add_argument(
+        "--baseline",
+        default=lib_default(load_dataset, "baseline"),
+        help="require this label (e.g. neutral)",
+    )
     d.set_defaults(func=run)

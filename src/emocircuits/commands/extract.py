@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
 from emocircuits.commands._common import _add_model_arg, _csv, _layers, _positive
 
 
 # ------------------------------------------------------------------------------- extract
 def run(args: argparse.Namespace) -> int:
-    from emocircuits.capture import CaptureSpec, extract
-    from emocircuits.capture.capture import DEFAULT_POSITIONS
+    from emocircuits.capture import capture_positions, extract
     from emocircuits.data import load_dataset
     from emocircuits.models import load_model
 
     ds = load_dataset(args.data, min_per_class=args.min_per_class)  # fail before loading
     sites = args.sites + (("heads",) if args.heads and "heads" not in args.sites else ())
-    if args.positions == DEFAULT_POSITIONS and not any(e.emotion_word for e in ds.examples):
-        # a file without emotion words (e.g. a held-out set): the default rules that need
-        # them are dropped; asked for explicitly, they remain an error
-        args.positions = tuple(p for p in args.positions if not p.startswith("emotion_word"))
+    positions = capture_positions(ds, args.positions)
+    if positions != tuple(args.positions):
         print(
-            f"note: {args.data} has no emotion_word field; capturing {', '.join(args.positions)}",
+            f"note: {args.data} has no emotion_word field; capturing {', '.join(positions)}",
             file=sys.stderr,
         )
-    spec = CaptureSpec(
-        sites=sites,
-        positions=args.positions,
-        layers=args.layers,
-        batch_size=args.batch_size,
-        padding_side=args.padding_side,
-        max_length=args.max_length,
-    )
     lm = load_model(
         args.model,
         dtype=args.dtype,
@@ -48,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
         lm,
         ds,
         args.out,
-        spec,
+        sites=sites,
+        positions=positions,
+        layers=args.layers,
+        batch_size=args.batch_size,
+        padding_side=args.padding_side,
+        max_length=args.max_length,
         shard_size=args.shard_size,
         overwrite=args.overwrite,
         progress=not args.quiet,
@@ -62,9 +53,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from emocircuits.capture.capture import DEFAULT_POSITIONS, DEFAULT_SITES
+    from emocircuits.capture import extract
     from emocircuits.capture.positions import RULES
+    from emocircuits.commands._common import lib_default
+    from emocircuits.models import load_model
 
+    sites = lib_default(extract, "sites")
+    positions = lib_default(extract, "positions")
     x = sub.add_parser(
         "extract",
         help="capture activations of a model on a dataset into a folder",
@@ -88,46 +83,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument(
         "--sites",
         type=_csv,
-        default=DEFAULT_SITES,
-        help=f"comma list of resid,attn,mlp,heads (default {','.join(DEFAULT_SITES)})",
+        default=sites,
+        help=f"comma list of resid,attn,mlp,heads (default {','.join(sites)})",
     )
     x.add_argument("--heads", action="store_true", help="also capture per-head outputs")
     x.add_argument(
         "--positions",
         type=_csv,
-        default=DEFAULT_POSITIONS,
-        help=f"comma list of {','.join(RULES)} (default {','.join(DEFAULT_POSITIONS)})",
+        default=positions,
+        help=f"comma list of {','.join(RULES)} (default {','.join(positions)})",
     )
     x.add_argument(
         "--layers",
         type=_layers,
-        default=None,
+        default=lib_default(extract, "layers"),
         help="layers to keep, e.g. '0,10-20,-1' (default all)",
     )
     x.add_argument(
         "--dtype",
-        default="float32",
+        default=lib_default(load_model, "dtype"),
         choices=("float32", "bfloat16", "float16"),
         help="compute dtype (bfloat16 is 2.5-3x faster on CPUs with AMX); "
         "activations are stored as float32",
     )
-    x.add_argument("--batch-size", type=_positive, default=16)
-    x.add_argument("--shard-size", type=_positive, default=256, help="rows per shard file")
+    x.add_argument("--batch-size", type=_positive, default=lib_default(extract, "batch_size"))
+    x.add_argument(
+        "--shard-size",
+        type=_positive,
+        default=lib_default(extract, "shard_size"),
+        help="rows per shard file",
+    )
     x.add_argument(
         "--padding-side",
         choices=("left", "right"),
-        default=None,
+        default=lib_default(extract, "padding_side"),
         help="override the tokenizer's padding side (results do not depend on it)",
     )
-    x.add_argument("--max-length", type=_positive, default=None, help="truncate longer prompts")
+    x.add_argument(
+        "--max-length",
+        type=_positive,
+        default=lib_default(extract, "max_length"),
+        help="truncate longer prompts",
+    )
     x.add_argument(
         "--min-per-class",
         type=_positive,
-        default=2,
-        help="refuse datasets with fewer rows in some label (default 2)",
+        default=lib_default(extract, "min_per_class"),
+        help="refuse datasets with fewer rows in some label (default %(default)s)",
     )
-    x.add_argument("--device", default="cpu")
-    x.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    x.add_argument("--device", default=lib_default(load_model, "device"))
+    x.add_argument(
+        "--revision",
+        default=lib_default(load_model, "revision"),
+        help="hub revision (branch, tag or commit)",
+    )
     x.add_argument(
         "--trust-remote-code",
         action="store_true",

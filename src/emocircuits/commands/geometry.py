@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import _add_activations_arg, _csv, _positive
+from emocircuits.commands._common import _add_activations_arg, _csv, _positive, lib_default
 
 
 # ----------------------------------------------------------------------------- geometry
 def run(args: argparse.Namespace) -> int:
     from emocircuits.capture import load_activations
-    from emocircuits.geometry.analysis import analyze, write_analysis
+    from emocircuits.geometry.stage import analyze_geometry
 
-    acts = load_activations(args.activations)
-    other = load_activations(args.compare) if args.compare else None
-    sites = list(args.sites) if args.sites else None
-    for site in sites or []:
-        acts.get(site, acts.positions[0])  # names a site that was not captured
-    res = analyze(
-        acts,
-        other=other,
-        sites=sites,
+    res = analyze_geometry(
+        load_activations(args.activations),
+        compare=load_activations(args.compare) if args.compare else None,
+        sites=list(args.sites) if args.sites else None,
         position=args.position,
         baseline=args.baseline,
         n_boot=args.n_boot,
@@ -35,28 +27,8 @@ def run(args: argparse.Namespace) -> int:
         var=args.var,
         seed=args.seed,
     )
-    out = write_analysis(res, args.out)
-    paths = []
-    if not args.no_plots:
-        from emocircuits.plots.analysis import plot_geometry
-
-        site = "resid" if "resid" in res.summary["sites"] else res.summary["sites"][0]
-        paths = plot_geometry(out, site=site)
-        best = res.summary["headline"].get("cv_logreg", {}).get("best_layer")
-        if best is not None:  # the classes at the layer the k-fold probe likes best
-            from emocircuits.plots.analysis import plot_projection
-            from emocircuits.plots.geometry import save_figure
-
-            pos = res.summary["main_position"]
-            fig = plot_projection(
-                acts.get(site, pos),
-                acts.labels,
-                acts.layers(site).index(best),
-                title=f"classes at layer {best} (best k-fold probe) · "
-                f"{acts.manifest['model'].get('name')} · {site}/{pos}",
-                baseline=args.baseline,
-            )
-            paths += save_figure(fig, out / "figures" / f"projection-{site}-{pos}-layer{best}")
+    out = res.save(args.out, figures=False)
+    paths = [] if args.no_plots else res.save_figures(out)
     h, pos = res.summary["headline"], res.summary["main_position"]
     if "split_half_mean_diff_middle_layers" in h:
         sh = h["split_half_mean_diff_middle_layers"]
@@ -93,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from emocircuits.geometry.stage import analyze_geometry as fn
     from emocircuits.geometry.subspaces import KINDS
 
     ge = sub.add_parser(
@@ -108,32 +81,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_activations_arg(ge)
     ge.add_argument("--out", "--output_dir", required=True, help="output folder")
-    ge.add_argument("--compare", default=None, help="a folder of the same model on another dataset")
-    ge.add_argument("--sites", type=_csv, default=None, help="sites (default: all captured)")
     ge.add_argument(
-        "--position", default=None, help="main position rule (default mean, if captured)"
+        "--compare",
+        default=lib_default(fn, "compare"),
+        help="a folder of the same model on another dataset",
     )
-    ge.add_argument("--baseline", default="neutral", help="baseline label (default neutral)")
-    ge.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
-    ge.add_argument("--n-splits", type=_positive, default=100, help="random half splits")
-    ge.add_argument("--n-perm", type=_positive, default=200, help="label permutations")
-    ge.add_argument("--folds", type=_positive, default=5)
+    ge.add_argument(
+        "--sites", type=_csv, default=lib_default(fn, "sites"), help="sites (default: all captured)"
+    )
+    ge.add_argument(
+        "--position",
+        default=lib_default(fn, "position"),
+        help="main position rule (default mean, if captured)",
+    )
+    ge.add_argument(
+        "--baseline",
+        default=lib_default(fn, "baseline"),
+        help="baseline label (default %(default)s)",
+    )
+    ge.add_argument(
+        "--n-boot", type=_positive, default=lib_default(fn, "n_boot"), help="bootstrap resamples"
+    )
+    ge.add_argument(
+        "--n-splits", type=_positive, default=lib_default(fn, "n_splits"), help="random half splits"
+    )
+    ge.add_argument(
+        "--n-perm", type=_positive, default=lib_default(fn, "n_perm"), help="label permutations"
+    )
+    ge.add_argument("--folds", type=_positive, default=lib_default(fn, "folds"))
     ge.add_argument(
         "--subspace",
         choices=KINDS,
-        default="between",
+        default=lib_default(fn, "subspace"),
         help="between: span of the class-mean contrasts (k <= classes-1); within: the PCA "
         "subspace of each emotion's prompts around the baseline mean (the pilot's; slower)",
     )
     ge.add_argument(
-        "--k", type=_positive, default=None, help="subspace dimension (default: by --var)"
+        "--k",
+        type=_positive,
+        default=lib_default(fn, "k"),
+        help="subspace dimension (default: by --var)",
     )
     ge.add_argument(
         "--var",
         type=float,
-        default=0.5,
-        help="with no --k: smallest k explaining this share of the squared norm (default 0.5)",
+        default=lib_default(fn, "var"),
+        help="with no --k: smallest k explaining this share of the squared norm "
+        "(default %(default)s)",
     )
-    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--seed", type=int, default=lib_default(fn, "seed"))
     ge.add_argument("--no-plots", action="store_true", help="tables only")
     ge.set_defaults(func=run)

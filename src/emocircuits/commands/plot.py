@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from emocircuits.errors import EmocircuitsError
-
-if TYPE_CHECKING:
-    pass
 
 
 # --------------------------------------------------------------------------------- plot
@@ -30,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     projection = None
     if args.activations is not None:  # checked before anything is drawn
         from emocircuits.capture import load_activations
+        from emocircuits.geometry.subspaces import class_projection
         from emocircuits.plots.analysis import plot_projection
 
         acts = load_activations(args.activations)
@@ -41,19 +38,23 @@ def run(args: argparse.Namespace) -> int:
                 where=str(acts.path),
             )
         position = args.position or acts.default_position
+        x = acts.get(args.site, position)[:, layers.index(layer)]
+        points, explained = class_projection(x, acts.labels, baseline=args.baseline)
         projection = (
             plot_projection(
-                acts.get(args.site, position),
+                points,
                 acts.labels,
-                layers.index(layer),
+                explained,
                 title=f"classes at layer {layer} · {acts.manifest['model'].get('name')} · "
                 f"{args.site}/{position}",
-                baseline=args.baseline,
             ),
             f"projection-{args.site}-{position}-layer{layer}",
         )
     if is_vectors:
-        paths = plot_vectors(safetensors_path(target), out)
+        from emocircuits.geometry.vectors import EmotionVectors
+
+        file = safetensors_path(target)
+        paths = plot_vectors(EmotionVectors.load(file), out, file.stem)
     elif target.is_file():
         paths = plot_probe(target, out)
     else:
@@ -71,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from emocircuits.commands._common import lib_default
     from emocircuits.geometry.directions import CONTRASTS
+    from emocircuits.geometry.subspaces import class_projection
 
     pl = sub.add_parser(
         "plot",
@@ -93,12 +96,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="same as the positional argument (--vectors_file: the pilot's spelling)",
     )
     pl.add_argument("--out", "--output_dir", default=None, help="figure folder")
-    pl.add_argument("--site", default="resid", help="site to draw (default resid)")
-    pl.add_argument("--position", default=None, help="position rule (default: the main one)")
     pl.add_argument(
-        "--method", default="mean_diff", choices=CONTRASTS, help="direction method drawn"
+        "--site",
+        default="resid",
+        help="site to draw (default %(default)s)",
+    )
+    pl.add_argument(
+        "--position",
+        default=None,
+        help="position rule (default: the main one)",
+    )
+    pl.add_argument(
+        "--method",
+        default="mean_diff",
+        choices=CONTRASTS,
+        help="direction method drawn",
     )
     pl.add_argument("--activations", default=None, help="folder for the 2-D projection")
     pl.add_argument("--layer", type=int, default=None, help="layer of the projection")
-    pl.add_argument("--baseline", default="neutral")
+    pl.add_argument("--baseline", default=lib_default(class_projection, "baseline"))
     pl.set_defaults(func=run)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import _csv, _positive
+from emocircuits.commands._common import _csv, _positive, lib_default
 
 
 # -------------------------------------------------------------------------------- probe
@@ -17,25 +13,23 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from emocircuits.capture import load_activations
-    from emocircuits.capture.store import atomic_write_json
-    from emocircuits.geometry.probes import run_probes
+    from emocircuits.geometry.probes import probe
 
     train = load_activations(args.train)
     test = load_activations(args.test) if args.test else None
-    rep = run_probes(
+    rep = probe(
         train,
         test,
         site=args.site,
         position=args.position,
         methods=args.methods,
         folds=args.folds,
-        c=args.C,
+        c=args.c,
         standardize=not args.no_standardize,
         level=args.level,
+        seed=args.seed,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, rep.to_json())
+    out = rep.save(args.out)
     how = f"trained on {train.path}, tested on {test.path}" if test else f"{args.folds}-fold"
     table = Table(
         title=f"probe accuracy by layer · {rep.site}/{rep.position} · {how}",
@@ -70,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from emocircuits.geometry.probes import PROBES
+    from emocircuits.geometry.probes import probe as fn
 
     pr = sub.add_parser(
         "probe",
@@ -86,20 +81,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--test", default=None, help="activation folder to test on (same model)")
     pr.add_argument("--out", required=True, help="JSON file to write")
     pr.add_argument(
-        "--methods", type=_csv, default=PROBES, help=f"comma list of {','.join(PROBES)}"
+        "--methods",
+        type=_csv,
+        default=lib_default(fn, "methods"),
+        help=f"comma list of {','.join(PROBES)}",
     )
-    pr.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
     pr.add_argument(
-        "--position", default=None, help="position rule (default mean if captured, else the first)"
+        "--site", default=lib_default(fn, "site"), help="resid, attn, mlp (default %(default)s)"
     )
-    pr.add_argument("--folds", type=_positive, default=5)
-    pr.add_argument("--C", type=float, default=0.1, help="inverse L2 strength (default 0.1)")
-    pr.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    pr.add_argument(
+        "--position",
+        default=lib_default(fn, "position"),
+        help="position rule (default mean if captured, else the first)",
+    )
+    pr.add_argument("--folds", type=_positive, default=lib_default(fn, "folds"))
+    pr.add_argument(
+        "--c",
+        "--C",
+        dest="c",
+        type=float,
+        default=lib_default(fn, "c"),
+        help="inverse L2 strength (default %(default)s)",
+    )
+    pr.add_argument(
+        "--level",
+        type=float,
+        default=lib_default(fn, "level"),
+        help="interval level (default %(default)s)",
+    )
     pr.add_argument(
         "--no-standardize",
         action="store_true",
         help="fit on raw (centred) features instead of per-dimension z-scores; this weakens "
         "the layer-0 lexical baseline much more than the deeper layers",
+    )
+    pr.add_argument(
+        "--seed", type=int, default=lib_default(fn, "seed"), help="fold assignment seed"
     )
     pr.add_argument("--quiet", action="store_true", help="no table, only the summary lines")
     pr.set_defaults(func=run)

@@ -3,56 +3,36 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import (
-    _add_activations_arg,
-    _add_reading_args,
-    _positive,
-    _site_array,
-)
+from emocircuits.commands._common import _add_activations_arg, _positive, lib_default
+from emocircuits.commands._rq1 import add_reading_args
 
 
 # ---------------------------------------------------------------------------- similarity
 def run(args: argparse.Namespace) -> int:
-    import csv
-    import io
+    from emocircuits.capture import load_activations
+    from emocircuits.geometry.similarity import emotion_similarity
 
-    from emocircuits.capture.store import atomic_write_bytes
-    from emocircuits.geometry.similarity import geometry
-
-    acts, position, x = _site_array(args)
-    g = geometry(
-        x,
-        acts.labels,
-        layers=acts.layers(args.site),
+    res = emotion_similarity(
+        load_activations(args.activations),
         method=args.method,
+        site=args.site,
+        position=args.position,
         baseline=args.baseline,
         n_boot=args.n_boot,
         level=args.level,
     )
-    rows = g.rows()
-    for r in rows:
-        r.update(site=args.site, position=position, model=acts.manifest["model"].get("name"))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buf.getvalue().encode())
+    out = res.save(args.out)
     print(
-        f"wrote {out}: {len(rows)} rows (pairs x layers), {g.level:.0%} bootstrap intervals "
-        f"over prompts ({g.n_boot} resamples), method {g.method}"
+        f"wrote {out}: {len(res.rows())} rows (pairs x layers), {res.level:.0%} bootstrap "
+        f"intervals over prompts ({res.n_boot} resamples), method {res.method}"
     )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from emocircuits.geometry.directions import CONTRASTS
+    from emocircuits.geometry.similarity import emotion_similarity as fn
 
     si = sub.add_parser(
         "similarity",
@@ -64,8 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_activations_arg(si)
     si.add_argument("--out", "--output_table", required=True, help="CSV file to write")
-    si.add_argument("--method", default="mean_diff", choices=CONTRASTS)
-    _add_reading_args(si)
-    si.add_argument("--n-boot", type=_positive, default=1000)
-    si.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    si.add_argument("--method", default=lib_default(fn, "method"), choices=CONTRASTS)
+    add_reading_args(si, fn)
+    si.add_argument("--n-boot", type=_positive, default=lib_default(fn, "n_boot"))
+    si.add_argument(
+        "--level",
+        type=float,
+        default=lib_default(fn, "level"),
+        help="interval level (default %(default)s)",
+    )
     si.set_defaults(func=run)

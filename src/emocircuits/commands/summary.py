@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import _add_reading_args, _positive, _site_array
+from emocircuits.commands._common import _positive, lib_default
+from emocircuits.commands._rq1 import add_reading_args
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from emocircuits.geometry import summarize
+    from emocircuits.capture import load_activations
+    from emocircuits.geometry.summary import layer_summary
 
-    acts, position, x = _site_array(args)
-    s = summarize(
-        x, acts.labels, layers=acts.layers(args.site), baseline=args.baseline, folds=args.folds
+    s = layer_summary(
+        load_activations(args.activations),
+        site=args.site,
+        position=args.position,
+        baseline=args.baseline,
+        folds=args.folds,
     )
-    m = acts.manifest
+    p = s.provenance
     table = Table(
-        title=f"{m['model']['name']} · {m['dataset']['source']} · {args.site} · {position}",
+        title=f"{p['model']} · {p['dataset']} · {p['site']} · {p['position']}",
         caption=(
             f"Emotion columns: ‖mean(emotion) − mean({s.baseline})‖ per layer. "
             f"NCM: {s.folds}-fold nearest-class-mean accuracy over {len(s.labels)} classes "
@@ -50,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from emocircuits.geometry.summary import layer_summary as fn
+
     sm = sub.add_parser("summary", help="per-layer mean differences and NCM accuracy")
     sm.add_argument("activations", help="folder written by `extract`")
-    _add_reading_args(sm)
-    sm.add_argument("--folds", type=_positive, default=5)
+    add_reading_args(sm, fn)
+    sm.add_argument("--folds", type=_positive, default=lib_default(fn, "folds"))
     sm.set_defaults(func=run)

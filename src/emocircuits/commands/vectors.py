@@ -5,21 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import _add_activations_arg, _add_reading_args
+from emocircuits.commands._common import _add_activations_arg, lib_default
+from emocircuits.commands._rq1 import add_reading_args
 
 
 # ------------------------------------------------------------------------------- vectors
 def run(args: argparse.Namespace) -> int:
     from emocircuits.capture import load_activations
-    from emocircuits.geometry import compute_vectors
-    from emocircuits.geometry.vectors import safetensors_path
+    from emocircuits.geometry.vectors import directions, safetensors_path
 
     acts = load_activations(args.activations)
-    vecs = compute_vectors(
+    vecs = directions(
         acts, method=args.method, site=args.site, position=args.position, baseline=args.baseline
     )
     if safetensors_path(args.out) != Path(args.out):
@@ -38,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from emocircuits.geometry.directions import METHODS
+    from emocircuits.geometry.vectors import directions
 
     ve = sub.add_parser(
         "vectors",
@@ -55,6 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="vectors file (.safetensors; a .pkl name is written as .safetensors)",
     )
-    ve.add_argument("--method", default="mean_diff", choices=METHODS)
-    _add_reading_args(ve)
+    ve.add_argument("--method", default=lib_default(directions, "method"), choices=METHODS)
+    add_reading_args(ve, directions)
     ve.set_defaults(func=run)

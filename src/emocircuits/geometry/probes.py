@@ -24,15 +24,18 @@ True
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from emocircuits.capture.store import ActivationStore
+from emocircuits.capture.store import ActivationStore, as_store, atomic_write_json
 from emocircuits.errors import DataError
+from emocircuits.results import Result
 
 PROBES = ("logreg", "ncm")
 """Probe methods, by name (the CLI's choices)."""
@@ -228,12 +231,15 @@ def check_classes(train: Sequence[str], test: Sequence[str], *, min_per_class: i
             )
 
 
-@dataclass
-class ProbeReport:
+@dataclass(repr=False)
+class ProbeResult(Result):
     """Accuracy per layer of each probe method, with its interval and p-value against
-    chance; either k-fold within one folder (``mode="cross_validation"``) or trained on one
-    folder and tested on another (``mode="transfer"``). :meth:`to_json` is the file
-    ``emocircuits probe`` writes (documented in docs/FORMAT.md)."""
+    chance; either k-fold within one store (``mode="cross_validation"``) or trained on one
+    store and tested on another (``mode="transfer"``). :meth:`to_json` is the file
+    ``emocircuits probe`` writes (documented in docs/FORMAT.md); ``rows()`` the accuracy
+    of each method per layer."""
+
+    command: ClassVar[str] = "probe"
 
     mode: str
     site: str
@@ -254,7 +260,49 @@ class ProbeReport:
         i = int(acc.argmax())
         return self.layers[i], float(acc[i])
 
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {"layer": layer, **{m: r["accuracy"][i] for m, r in self.results.items()}}
+            for i, layer in enumerate(self.layers)
+        ]
+
+    def title(self) -> str:
+        how = "transfer" if self.mode == "transfer" else f"{self.settings['folds']}-fold"
+        best = ", ".join(f"{m} best {self.best(m)[1]:.2f} at layer {self.best(m)[0]}"
+                         for m in self.results)  # fmt: skip
+        return f"ProbeResult: {self.site}/{self.position}, {how}, chance {self.chance:.2f}; {best}"
+
+    def figure(self) -> Any:
+        """Accuracy by layer with intervals, chance and the lexical baseline."""
+        from emocircuits.plots.analysis import probe_figure
+
+        return probe_figure(self.to_json())
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON file ``emocircuits probe --out path`` writes; returns the path."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, self.to_json())
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProbeResult:
+        """Read a file written by :meth:`save` (or ``emocircuits probe``)."""
+        path = Path(path)
+        try:
+            pj = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read probe file ({e})", where=str(path)) from None
+        if not isinstance(pj, dict) or pj.get("format") != "emocircuits.probe":
+            raise DataError("not an emocircuits probe file", where=str(path))
+        return cls(
+            pj["mode"], pj["site"], pj["position"], pj["layers"], pj["classes"], pj["chance"],
+            pj["ci_level"], pj["n_test"], pj["methods"], pj["lexical_baseline"],
+            pj["settings"], pj["provenance"],
+        )  # fmt: skip
+
     def to_json(self) -> dict[str, Any]:
+        """The content of the file :meth:`save` writes."""
         return {
             "format": "emocircuits.probe",
             "version": 1,
@@ -298,9 +346,9 @@ def _method_result(
     }
 
 
-def run_probes(
-    train: ActivationStore,
-    test: ActivationStore | None = None,
+def probe(
+    train: ActivationStore | str | Path,
+    test: ActivationStore | str | Path | None = None,
     *,
     site: str = "resid",
     position: str | None = None,
@@ -310,24 +358,27 @@ def run_probes(
     standardize: bool = True,
     level: float = 0.95,
     seed: int = 0,
-) -> ProbeReport:
-    """Probe accuracy at every layer: trained on ``train`` and tested on ``test``, or
-    k-fold within ``train`` when ``test`` is None.
+) -> ProbeResult:
+    """Probe accuracy at every layer: trained on ``train`` and tested on ``test`` (stores
+    or folders), or k-fold within ``train`` when ``test`` is None. ``c``: the inverse L2
+    strength of ``logreg``; ``standardize``: z-score each dimension on the training rows.
+    ``.save(path)`` writes what ``emocircuits probe --out path`` writes.
 
     Also reported: the training folder's own k-fold accuracy per layer and the layer it
     would pick (an honest choice: the test set's best layer is an optimistic one), the
     confusion matrix at that layer, and the lexical baseline (layer 0, mean-pooled, when
     the folders have the ``mean`` rule).
 
-    >>> ext, nat = load_activations("runs/ext"), load_activations("runs/nat")  # doctest: +SKIP
-    >>> run_probes(ext, nat).best("logreg")  # doctest: +SKIP
+    >>> probe("runs/ext", "runs/nat").best("logreg")  # doctest: +SKIP
     (15, 0.86)
     """
+    train = as_store(train)
+    test = None if test is None else as_store(test)
     if position is None:  # mean if both folders have it, else the first rule they share
         common = [p for p in train.positions if test is None or p in test.positions]
         if not common:
             raise DataError(
-                f"{train.path} and {test.path} share no position rule "
+                f"{train.where} and {test.where} share no position rule "
                 f"({', '.join(train.positions)} vs {', '.join(test.positions)})"
             )
         position = "mean" if "mean" in common else common[0]
@@ -382,7 +433,7 @@ def run_probes(
     settings = {"folds": folds, "C": c, "standardize": standardize, "seed": seed}
     prov = {"train": _provenance(train), "test": _provenance(test) if test is not None else None}
     mode = "transfer" if test is not None else "cross_validation"
-    return ProbeReport(
+    return ProbeResult(
         mode,
         site,
         position,
@@ -401,7 +452,7 @@ def run_probes(
 def _provenance(acts: ActivationStore) -> dict[str, Any]:
     m = acts.manifest
     return {
-        "activations": str(acts.path),
+        "activations": None if acts.path is None else str(acts.path),
         "model": m.get("model", {}),
         "dtype": m.get("dtype"),
         "dataset": m.get("dataset", {}),
@@ -419,7 +470,7 @@ def check_same_model(a: ActivationStore, b: ActivationStore, site: str, position
     idb = (mb.get("model", {}).get("name"), mb.get("model", {}).get("revision"), mb["width"])
     if ida != idb or a.layers(site) != b.layers(site):
         raise DataError(
-            f"{b.path} was captured from another model or layers ({idb[0]} "
-            f"{b.layers(site)[:3]}...) than {a.path} ({ida[0]} {a.layers(site)[:3]}...); "
+            f"{b.where} was captured from another model or layers ({idb[0]} "
+            f"{b.layers(site)[:3]}...) than {a.where} ({ida[0]} {a.layers(site)[:3]}...); "
             "only folders of the same model compare here (across models: emocircuits compare)"
         )

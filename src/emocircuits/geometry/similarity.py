@@ -24,10 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from emocircuits.capture.store import ActivationStore, as_store
 from emocircuits.errors import DataError
 from emocircuits.geometry.directions import contrast_coefficients
 from emocircuits.geometry.stats import (
@@ -36,6 +38,7 @@ from emocircuits.geometry.stats import (
     percentile_ci,
     split_halves,
 )
+from emocircuits.results import Result
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -479,3 +482,81 @@ def _cos_from(dot: np.ndarray, na: np.ndarray, nb: np.ndarray) -> np.ndarray:
     # Not clipped: a debiased cosine beyond +-1 says the directions are not measured well
     # enough at this sample size (and clipping would fake a [1, 1] interval).
     return np.where((na > 0) & (nb > 0), c, np.nan)
+
+
+# ------------------------------------------------------------------ the similarity stage
+@dataclass(repr=False)
+class SimilarityResult(Result):
+    """The table ``emocircuits similarity`` writes: one row per emotion pair and layer
+    (cosine between the contrast directions and class-mean distance, with bootstrap
+    intervals), tagged with site, position and model."""
+
+    command: ClassVar[str] = "similarity"
+
+    table: list[dict[str, Any]]
+    method: str
+    n_boot: int
+    level: float
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.table
+
+    def title(self) -> str:
+        return (
+            f"SimilarityResult: {len(self.table)} rows (pairs x layers), method {self.method}, "
+            f"{self.level:.0%} intervals ({self.n_boot} resamples)"
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the CSV file ``emocircuits similarity --out path`` writes."""
+        from emocircuits.capture.store import atomic_write_bytes
+        from emocircuits.tables import csv_bytes
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, csv_bytes(self.table))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> SimilarityResult:
+        """Read a CSV file written by :meth:`save` (``reliable`` is read back as a bool)."""
+        from emocircuits.tables import read_table
+
+        path = Path(path)
+        rows = read_table(path.parent, path.stem) if path.suffix == ".csv" else None
+        if not rows or "cosine" not in rows[0]:
+            raise DataError("not a similarity table", where=str(path))
+        for r in rows:
+            r["reliable"] = str(r["reliable"]) == "True"
+        return cls(rows, rows[0]["method"], int(rows[0]["n_boot"]), float(rows[0]["ci_level"]))
+
+
+def emotion_similarity(
+    acts: ActivationStore | str | Path,
+    *,
+    method: str = "mean_diff",
+    site: str = "resid",
+    position: str | None = None,
+    baseline: str = "neutral",
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> SimilarityResult:
+    """Cosines between the emotions' contrast directions (``method`` one of
+    :data:`~emocircuits.geometry.directions.CONTRASTS`) and class-mean distances per layer,
+    with stratified-bootstrap intervals over prompts, read at ``site`` / ``position``
+    (default: the store's ``default_position``). ``.save(path)`` writes what
+    ``emocircuits similarity --out path`` writes.
+
+    >>> emotion_similarity(load_activations("runs/ext"), n_boot=200).rows()[0]  # doctest: +SKIP
+    """
+    acts = as_store(acts)
+    position = position or acts.default_position
+    g = geometry(
+        acts.get(site, position), acts.labels, layers=acts.layers(site), method=method,
+        baseline=baseline, n_boot=n_boot, level=level, seed=seed,
+    )  # fmt: skip
+    rows = g.rows()
+    for r in rows:
+        r.update(site=site, position=position, model=acts.manifest["model"].get("name"))
+    return SimilarityResult(rows, g.method, g.n_boot, g.level)

@@ -196,6 +196,24 @@ def emotion_subspaces(
     return Subspaces(kind, int(kk), baseline, layers, bases, explained)
 
 
+def class_projection(
+    x: np.ndarray, labels: Sequence[str], *, baseline: str = "neutral"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``x [n, d]`` of one layer, standardised per dimension (so that a few rogue
+    dimensions do not fill the picture), projected on the two leading directions of the
+    between-class (emotion) subspace: ``(points [n, 2], explained share per axis)``.
+
+    >>> x = np.random.default_rng(0).normal(size=(30, 5)); y = ["a", "b", "neutral"] * 10
+    >>> class_projection(x, y)[0].shape
+    (30, 2)
+    """
+    xl = x.astype(np.float64)
+    sd = xl.std(0)
+    z = (xl - xl.mean(0)) / np.where(sd > 0, sd, 1.0)
+    sub = emotion_subspaces(z[:, None], labels, k=2, baseline=baseline)
+    return z @ sub.bases["emotions"][0], sub.explained["emotions"][0]
+
+
 @dataclass
 class OverlapTest:
     """Overlap ``[La, Lb]`` between subspaces of two sets of activations at every pair of

@@ -8,20 +8,26 @@ stability, subspaces, probes) lives in the rest of this package.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from emocircuits.capture.store import ActivationStore, as_store
 from emocircuits.errors import DataError
 from emocircuits.geometry.probes import cross_validated
+from emocircuits.results import Result
 
 
-@dataclass
-class LayerSummary:
+@dataclass(repr=False)
+class LayerSummary(Result):
     """``diff_norms[label][l]``: L2 norm of mean(label) - mean(baseline) at layer ``l``;
     ``ncm_accuracy[l]``: k-fold nearest-class-mean accuracy on raw activations,
     ``ncm_accuracy_std[l]``: the same after per-dimension standardisation (fitted on the
-    training folds); ``chance`` = 1 / classes."""
+    training folds); ``chance`` = 1 / classes. ``rows()``: one row per layer (the table
+    ``emocircuits summary`` prints; that command writes no file, so there is no ``save``)."""
+
+    command: ClassVar[str] = "summary"
 
     layers: list[int]
     labels: list[str]
@@ -32,6 +38,18 @@ class LayerSummary:
     chance: float
     folds: int
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {"layer": layer, **{lab: float(v[i]) for lab, v in self.diff_norms.items()},
+             "ncm_raw": float(self.ncm_accuracy[i]), "ncm_std": float(self.ncm_accuracy_std[i])}
+            for i, layer in enumerate(self.layers)
+        ]  # fmt: skip
+
+    def title(self) -> str:
+        p = self.provenance
+        where = " · ".join(str(p[k]) for k in ("model", "dataset", "site", "position") if k in p)
+        return f"LayerSummary: {where or f'{len(self.layers)} layers'} (chance {self.chance:.2f})"
 
 
 def ncm_accuracy(
@@ -86,3 +104,32 @@ def summarize(
         chance=1.0 / len(uniq),
         folds=folds,
     )
+
+
+def layer_summary(
+    acts: ActivationStore | str | Path,
+    *,
+    site: str = "resid",
+    position: str | None = None,
+    baseline: str = "neutral",
+    folds: int = 5,
+) -> LayerSummary:
+    """:func:`summarize` of a store at ``site`` / ``position`` (default: the store's
+    ``default_position``), with the model, dataset, site and position in ``provenance``.
+
+    >>> layer_summary(load_activations("runs/base")).rows()[0]  # doctest: +SKIP
+    """
+    acts = as_store(acts)
+    position = position or acts.default_position
+    s = summarize(
+        acts.get(site, position), acts.labels, layers=acts.layers(site), baseline=baseline,
+        folds=folds,
+    )  # fmt: skip
+    m = acts.manifest
+    s.provenance = {
+        "model": m["model"].get("name"),
+        "dataset": m["dataset"].get("source"),
+        "site": site,
+        "position": position,
+    }
+    return s

@@ -5,7 +5,7 @@ Saved as one ``.safetensors`` file (tensors ``{emotion}`` ``[L, W]`` unit rows a
 ``.json`` sidecar with the same metadata. Never pickle: a path ending in ``.pkl`` (the
 pilot's habit) is written and read as the ``.safetensors`` file beside it.
 
->>> vecs = compute_vectors(load_activations("runs/ext"), method="mean_diff")  # doctest: +SKIP
+>>> vecs = directions(load_activations("runs/ext"), method="mean_diff")  # doctest: +SKIP
 >>> vecs.save("runs/ext-vectors.safetensors")                                # doctest: +SKIP
 >>> EmotionVectors.load("runs/ext-vectors.safetensors").directions["anger"].shape  # doctest: +SKIP
 (31, 576)
@@ -17,15 +17,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from emocircuits.capture.store import ActivationStore, atomic_write_json
+from emocircuits.capture.store import ActivationStore, as_store, atomic_write_json
 from emocircuits.errors import EmocircuitsError
 from emocircuits.geometry.directions import emotion_directions
+from emocircuits.results import Result
 
 FORMAT = "emocircuits.vectors"
 
@@ -36,10 +37,13 @@ def safetensors_path(path: str | os.PathLike[str]) -> Path:
     return p.with_suffix(".safetensors") if p.suffix in (".pkl", ".pickle", "") else p
 
 
-@dataclass
-class EmotionVectors:
+@dataclass(repr=False)
+class EmotionVectors(Result):
     """Directions ``{emotion: [L, W]}`` (unit length per layer), raw norms ``{emotion: [L]}``,
-    the layer numbers, and where they come from (method, site, position, model, data)."""
+    the layer numbers, and where they come from (method, site, position, model, data).
+    ``rows()``: each emotion's direction norm at a few layers."""
+
+    command: ClassVar[str] = "vectors"
 
     directions: dict[str, np.ndarray]
     norms: dict[str, np.ndarray]
@@ -67,8 +71,39 @@ class EmotionVectors:
             "provenance": self.provenance,
         }
 
+    def shown_layers(self, n: int = 5) -> list[int]:
+        """Up to ``n`` layers spread evenly from the first to the last (for tables)."""
+        idx = np.unique(np.linspace(0, len(self.layers) - 1, min(n, len(self.layers))).round())
+        return [self.layers[int(i)] for i in idx]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per emotion: the (raw) direction norm at a few layers."""
+        shown = self.shown_layers()
+        return [
+            {"emotion": e, **{f"norm_L{la}": float(self.norms[e][self.layers.index(la)])
+                              for la in shown}}
+            for e in self.emotions
+        ]  # fmt: skip
+
+    def title(self) -> str:
+        return (
+            f"EmotionVectors: {len(self.emotions)} emotions x {len(self.layers)} layers, "
+            f"{self.method}, {self.site}/{self.position}, baseline {self.baseline}"
+        )
+
+    def figure(self) -> Any:
+        """Direction norms by layer, one line per emotion."""
+        from emocircuits.plots.geometry import layer_norms
+
+        model = self.provenance.get("model", {}).get("name", "?")
+        return layer_norms(
+            self.layers, self.norms, title=f"‖direction‖ by layer · {model} · "
+            f"{self.site}/{self.position} · {self.method}", ylabel="‖direction‖ (plug-in)",
+        )  # fmt: skip
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``.safetensors`` (+ ``.json`` sidecar) atomically; returns the tensor file."""
+        """Write ``.safetensors`` (+ ``.json`` sidecar) atomically; returns the tensor file:
+        what ``emocircuits vectors --out path`` writes."""
         target = safetensors_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, np.ndarray] = {}
@@ -83,6 +118,7 @@ class EmotionVectors:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EmotionVectors:
+        """Read a vectors file (``x.pkl`` reads ``x.safetensors``)."""
         target = safetensors_path(path)
         if not target.is_file():
             raise EmocircuitsError(f"no vectors file {target}")
@@ -117,15 +153,24 @@ def normalise(raw: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[s
     return dirs, norms
 
 
-def compute_vectors(
-    acts: ActivationStore,
+def directions(
+    acts: ActivationStore | str | Path,
     *,
     method: str = "mean_diff",
     site: str = "resid",
     position: str | None = None,
     baseline: str = "neutral",
 ) -> EmotionVectors:
-    """Directions for every emotion of an activation folder (no model is run)."""
+    """Directions for every emotion of an activation store (no model is run): ``method``
+    one of :data:`~emocircuits.geometry.directions.METHODS`, read at ``site`` and
+    ``position`` (default: the store's ``default_position``), contrasted with the
+    ``baseline`` label. ``.save(path)`` writes what ``emocircuits vectors --out`` writes.
+
+    >>> vecs = directions(load_activations("runs/ext"), method="one_vs_rest")  # doctest: +SKIP
+    >>> vecs.directions["anger"].shape                                        # doctest: +SKIP
+    (31, 576)
+    """
+    acts = as_store(acts)
     position = position or acts.default_position
     raw = emotion_directions(
         acts.get(site, position), acts.labels, method=method, baseline=baseline
@@ -133,7 +178,7 @@ def compute_vectors(
     dirs, norms = normalise(raw)
     m = acts.manifest
     prov = {
-        "activations": str(acts.path),
+        "activations": None if acts.path is None else str(acts.path),
         "model": m.get("model", {}),
         "dtype": m.get("dtype"),
         "dataset": m.get("dataset", {}),
@@ -143,3 +188,7 @@ def compute_vectors(
         else None,
     }
     return EmotionVectors(dirs, norms, acts.layers(site), method, site, position, baseline, prov)
+
+
+compute_vectors = directions
+"""The former name of :func:`directions` (kept while callers move over)."""

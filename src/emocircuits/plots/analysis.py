@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from emocircuits.errors import DataError
-from emocircuits.geometry.analysis import read_table
 from emocircuits.plots.geometry import (
     distance_curves,
     layer_norms,
@@ -27,6 +26,7 @@ from emocircuits.plots.geometry import (
     stability_curves,
     subspace_overlap,
 )
+from emocircuits.tables import read_table
 
 
 def _series(rows: list[dict[str, Any]], key: str, value: str) -> tuple[list[int], dict]:
@@ -181,15 +181,12 @@ def plot_geometry(
     return paths
 
 
-def plot_probe(path: str | Path, out: str | Path | None = None) -> list[Path]:
-    """The accuracy-by-layer figure of a file written by ``emocircuits probe``."""
-    path = Path(path)
-    try:
-        pj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read probe file ({e})", where=str(path)) from None
-    if pj.get("format") != "emocircuits.probe":
-        raise DataError("not an emocircuits probe file", where=str(path))
+def probe_figure(pj: dict[str, Any]) -> Any:
+    """The accuracy-by-layer figure of a probe result (the JSON ``emocircuits probe``
+    writes, as a dict).
+
+    >>> fig = probe_figure(ProbeResult.load("runs/probe.json").to_json())  # doctest: +SKIP
+    """
     res = pj["methods"]
     acc = {m: np.array(r["accuracy"]) for m, r in res.items()}
     lo = {m: np.array(r["ci_low"]) for m, r in res.items()}
@@ -204,49 +201,52 @@ def plot_probe(path: str | Path, out: str | Path | None = None) -> list[Path]:
         else "k-fold"
     )
     model = pj["provenance"]["train"]["model"].get("name", "?")
-    fig = probe_accuracy(
+    return probe_accuracy(
         pj["layers"], acc, lo=lo, hi=hi, chance=pj["chance"], lexical=lexical,
         title=f"probe accuracy by layer · {model} · {pj['site']}/{pj['position']}\n{where}",
         ylabel="accuracy on the test set" if test else "k-fold accuracy",
     )  # fmt: skip
+
+
+def plot_probe(path: str | Path, out: str | Path | None = None) -> list[Path]:
+    """The accuracy-by-layer figure of a file written by ``emocircuits probe``."""
+    path = Path(path)
+    try:
+        pj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read probe file ({e})", where=str(path)) from None
+    if pj.get("format") != "emocircuits.probe":
+        raise DataError("not an emocircuits probe file", where=str(path))
     out = Path(out) if out is not None else path.parent
-    return save_figure(fig, out / path.stem)
+    return save_figure(probe_figure(pj), out / path.stem)
 
 
 def plot_projection(
-    x: np.ndarray, labels: list[str], layer_index: int, *, title: str, baseline: str = "neutral"
+    points: np.ndarray, labels: list[str], explained: np.ndarray, *, title: str
 ) -> Any:
-    """2-D view of the classes at one layer: the rows, standardised per dimension (so that a
-    few rogue dimensions do not fill the picture), projected on the two leading directions
-    of the between-class (emotion) subspace."""
-    from emocircuits.geometry.subspaces import emotion_subspaces
+    """2-D view of the classes at one layer: ``points [n, 2]`` and the share of
+    between-class variance of each axis, from
+    :func:`emocircuits.geometry.subspaces.class_projection`.
 
-    xl = x[:, layer_index].astype(np.float64)
-    sd = xl.std(0)
-    z = (xl - xl.mean(0)) / np.where(sd > 0, sd, 1.0)
-    sub = emotion_subspaces(z[:, None], labels, k=2, baseline=baseline)
-    basis = sub.bases["emotions"][0]  # [d, 2]
-    pts = z @ basis
-    share = sub.explained["emotions"][0]
+    >>> fig = plot_projection(np.zeros((2, 2)), ["a", "b"], np.array([0.6, 0.4]), title="t")
+    """
     return projection_2d(
-        pts, labels, title=title,
-        xlabel=f"emotion axis 1 ({share[0]:.0%} of between-class variance; standardised units)",
-        ylabel=f"emotion axis 2 ({share[1]:.0%})" if len(share) > 1 else "",
+        points, labels, title=title,
+        xlabel=f"emotion axis 1 ({explained[0]:.0%} of between-class variance; "
+        "standardised units)",
+        ylabel=f"emotion axis 2 ({explained[1]:.0%})" if len(explained) > 1 else "",
     )  # fmt: skip
 
 
-def plot_vectors(path: str | Path, out: str | Path) -> list[Path]:
-    """The pilot's three figures from a vectors file (``emocircuits vectors``): direction
-    norms by layer, distances between the emotions' (raw) direction vectors, and cosine
-    heatmaps. Point estimates only: ``emocircuits geometry`` adds the intervals."""
-    from emocircuits.geometry.vectors import EmotionVectors
-
-    v = EmotionVectors.load(path)
+def plot_vectors(v: Any, out: str | Path, stem: str) -> list[Path]:
+    """The pilot's three figures of an :class:`~emocircuits.geometry.vectors.EmotionVectors`
+    (``emocircuits vectors``): direction norms by layer, distances between the emotions'
+    (raw) direction vectors, and cosine heatmaps, as ``out/{stem}-*``. Point estimates
+    only: ``emocircuits geometry`` adds the intervals."""
     out = Path(out)
     model = v.provenance.get("model", {}).get("name", "?")
     data = Path(str(v.provenance.get("dataset", {}).get("source", "?"))).stem
     tag = f"{model} · {data} · {v.site}/{v.position} · {v.method} (no intervals)"
-    stem = Path(path).stem
     paths = save_figure(
         layer_norms(v.layers, v.norms, title=f"‖direction‖ by layer\n{tag}",
                     ylabel="‖direction‖ (plug-in)"),
