@@ -1,7 +1,6 @@
-"""Every cross-model comparison of two or more activation folders of the same stimuli:
-``compare_models`` computes (nothing is written), ``write_comparison`` saves the tables
-(CSV) and ``summary.json``; figures are drawn from the saved folder by
-:func:`emocircuits.plots.analysis.plot_comparison`.
+"""Every cross-model comparison of two or more activation stores of the same stimuli:
+:func:`compare_models` computes, and its :class:`ComparisonResult` saves the tables (CSV),
+``summary.json`` and the figures, exactly as ``emocircuits compare --out`` writes them.
 
 Per model pair, over every layer pair: linear CKA, RSA of emotion centroids and mutual kNN,
 each with its permutation null. Per layer of the first model, at its best-matching layer of
@@ -13,11 +12,15 @@ measure is a grid), and their nulls are the same averages over null replicates, 
 the best layer is part of the null.
 
 >>> res = compare_models([load_activations("runs/a"), load_activations("runs/b")])  # doctest: +SKIP
->>> write_comparison(res, "runs/compare-a-b")  # doctest: +SKIP
+>>> res.save("runs/compare-a-b")  # doctest: +SKIP
+>>> ComparisonResult.load("runs/compare-a-b").rows()[0]["measure"]  # doctest: +SKIP
+'cka'
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -35,21 +38,196 @@ from emocircuits.compare.maps import MAPS, MapResult, compare_directions, split_
 from emocircuits.compare.naive import naive_table
 from emocircuits.compare.perm import null_band, perm_p
 from emocircuits.compare.rsa import knn_indices, mutual_knn, rsa
+from emocircuits.compare.tables import (
+    as_store,
+    read_rows,
+    safe_name,
+    store_meta,
+    store_path,
+    where,
+)
 from emocircuits.errors import DataError
 from emocircuits.geometry.analysis import write_tables
 from emocircuits.geometry.directions import emotion_directions
 from emocircuits.geometry.probes import binomial_p
+from emocircuits.results import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MATCHES = ("cka", "depth")
 ALPHA = 0.05
+FORMAT = "emocircuits.compare"
+#: the measures of every stimulus, not of the emotions (printed apart from the rest)
+GENERAL = ("cka", "mknn", "procrustes_r2", "ridge_r2")
+#: the tables of a comparison folder, in the order they are written
+TABLES = ("layer_pairs", "maps", "directions", "naive")
 
 
-@dataclass
-class Comparison:
-    """Tidy tables (lists of flat dicts), the summary, and the settings."""
+@dataclass(repr=False)
+class ComparisonResult(Result):
+    """What :func:`compare_models` found: tidy ``tables`` (lists of flat dicts: per layer
+    pair, per map and layer, per mapped direction, and the pilot's naive table when two
+    widths are equal) and the ``summary`` (provenance, settings, and per model pair one
+    headline per measure beside its null).
+
+    ``save(folder)`` writes ``{table}.csv``, ``summary.json`` (last) and, unless
+    ``plots=False``, the figures in ``folder/figures``: what ``emocircuits compare --out
+    folder`` writes. ``rows()`` is one row per model pair and measure.
+    """
 
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+
+    command: ClassVar[str] = "compare"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per model pair and measure: its value, the null's 95% range, p, beyond chance."""
+        out = []
+        for pair in self.summary.get("pairs", []):
+            for name, h in pair["measures"].items():
+                lo, hi = h.get("null_95") or (None, None)
+                out.append(
+                    {
+                        "pair": f"{pair['model_a']} vs {pair['model_b']}",
+                        "measure": name,
+                        "value": h["value"],
+                        "null_lo": lo,
+                        "null_hi": hi,
+                        "p": h.get("p"),
+                        "beyond_chance": h["beyond_chance"],
+                    }
+                )
+        return out
+
+    def title(self) -> str:
+        names = " vs ".join(m["name"] for m in self.summary.get("models", []))
+        rows = self.rows()
+        yes = sum(r["beyond_chance"] for r in rows)
+        return f"ComparisonResult: {names}: {yes} of {len(rows)} measures beyond chance"
+
+    def save(self, path: str | os.PathLike[str], *, plots: bool = True) -> Path:
+        """Write ``{table}.csv`` and ``summary.json`` (last) into ``path``, then the figures
+        into ``path/figures`` unless ``plots`` is False; returns the folder."""
+        out = write_tables(path, self.tables, {"summary.json": self.summary})
+        if plots:
+            self.plot(out / "figures")
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ComparisonResult:
+        """Read a folder written by :meth:`save` (or ``emocircuits compare``)."""
+        folder = Path(path)
+        summary_path = folder / "summary.json"
+        if not summary_path.is_file():
+            raise DataError(f"{folder} is not a comparison folder (no summary.json)")
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        if summary.get("format") != FORMAT:
+            raise DataError(f"{summary_path} is not an {FORMAT} summary")
+        tables = {
+            name: read_rows(folder / f"{name}.csv")
+            for name in TABLES
+            if (folder / f"{name}.csv").is_file()
+        }
+        return cls(tables, summary)
+
+    def figure(self) -> Figure | None:
+        """CKA over every layer pair of the first model pair, best matches marked."""
+        return next((fig for _, fig in self._figures()), None)
+
+    def plot(self, out: str | os.PathLike[str]) -> list[Path]:
+        """Write every figure (PNG and SVG) into ``out``, per model pair: CKA over every
+        layer pair, the mapped-direction cosines of each map with both nulls,
+        identification and map quality by layer; returns the paths."""
+        from emocircuits.plots.geometry import save_figure
+
+        paths: list[Path] = []
+        for stem, fig in self._figures():
+            paths += save_figure(fig, Path(out) / stem)
+        return paths
+
+    def _figures(self) -> Iterator[tuple[str, Figure]]:
+        """``(file stem, figure)`` pairs, drawn one at a time from the tables."""
+        from emocircuits.plots.compare import (
+            cka_heatmap,
+            identification_curves,
+            map_quality,
+            mapped_cosines,
+        )
+
+        grid = self.tables.get("layer_pairs", [])
+        maps = self.tables.get("maps", [])
+        dirs = self.tables.get("directions", [])
+        for ma, mb in dict.fromkeys((r["model_a"], r["model_b"]) for r in grid):
+            stem = f"{safe_name(ma)}_vs_{safe_name(mb)}"
+            rows = [r for r in grid if (r["model_a"], r["model_b"]) == (ma, mb)]
+            la = sorted({r["layer_a"] for r in rows})
+            lb = sorted({r["layer_b"] for r in rows})
+            cka, p = np.full((len(la), len(lb)), np.nan), np.full((len(la), len(lb)), np.nan)
+            best = np.zeros(len(la), dtype=int)
+            for r in rows:
+                a, b = la.index(r["layer_a"]), lb.index(r["layer_b"])
+                cka[a, b], p[a, b] = _num(r["cka"]), _num(r["cka_p"])
+                if _truthy(r["matched"]):
+                    best[a] = b
+            yield (
+                f"{stem}-cka",
+                cka_heatmap(cka, la, lb, name_a=ma, name_b=mb, best_b=best, p=p),
+            )
+            by_map: dict[str, list[dict[str, Any]]] = {}
+            for r in maps:
+                if (r["model_a"], r["model_b"]) == (ma, mb):
+                    by_map.setdefault(r["map"], []).append(r)
+            acc, acc_p, r2 = {}, {}, {}
+            layers: list[int] = []
+            for m, rs in by_map.items():
+                layers = [r["layer_a"] for r in rs]
+                acc[m] = np.array([_num(r["identification"]) for r in rs], float)
+                acc_p[m] = np.array([_num(r["identification_p"]) for r in rs], float)
+                r2[m] = np.array([_num(r["r2"]) for r in rs], float)
+                drows = [r for r in dirs if (r["model_a"], r["model_b"], r["map"]) == (ma, mb, m)]
+                emotions = list(dict.fromkeys(r["emotion"] for r in drows))
+
+                def col(key: str, drows: list = drows, emotions: list = emotions) -> np.ndarray:
+                    return np.array(
+                        [[_num(r[key]) for r in drows if r["emotion"] == e] for e in emotions]
+                    )
+
+                yield (
+                    f"{stem}-{m}-cosines",
+                    mapped_cosines(
+                        layers,
+                        dict(zip(emotions, col("cos"), strict=True)),
+                        null_lo=col("shuffle_null_lo").min(0),
+                        null_hi=col("shuffle_null_hi").max(0),
+                        perm_lo=col("perm_null_lo").min(0),
+                        perm_hi=col("perm_null_hi").max(0),
+                        title=f"{m} map {ma} → {mb}: cos(W v_A, v_B) per emotion (held-out rows)",
+                        xlabel=f"layer of {ma} (each with its best-matching layer of {mb})",
+                    ),
+                )
+            if acc:
+                chance = 1.0 / max(1, len({r["emotion"] for r in dirs}))
+                yield (
+                    f"{stem}-identification",
+                    identification_curves(
+                        layers, acc, chance=chance, p=acc_p,
+                        title=f"Cross-model identification {ma} → {mb}",
+                    ),
+                )  # fmt: skip
+                yield (
+                    f"{stem}-r2",
+                    map_quality(layers, r2, title=f"Held-out R² of the maps {ma} → {mb}"),
+                )
+
+
+def _num(v: Any) -> float:
+    """A table cell as a number for a figure (empty or None: NaN)."""
+    return np.nan if v is None or v == "" else float(v)
+
+
+def _truthy(v: Any) -> bool:
+    return str(v).strip().lower() in ("true", "1")
 
 
 def _f(v: Any) -> float | None:
@@ -59,8 +237,13 @@ def _f(v: Any) -> float | None:
 
 
 def model_names(stores: Sequence[ActivationStore]) -> list[str]:
-    """A short unique name per folder (its directory name, numbered if repeated)."""
-    names = [s.path.name or str(s.path) for s in stores]
+    """A short unique name per store: its folder's name (numbered if repeated); a store
+    held in memory is named by its model."""
+    names = []
+    for k, s in enumerate(stores):
+        path = store_path(s)
+        model = store_meta(s).get("model", {}).get("name")
+        names.append((path.name or str(path)) if path is not None else model or f"model{k + 1}")
     seen: Counter[str] = Counter()
     out = []
     for n in names:
@@ -72,13 +255,13 @@ def model_names(stores: Sequence[ActivationStore]) -> list[str]:
 def align_rows(
     stores: Sequence[ActivationStore], site: str, position: str
 ) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """Each folder's ``[n, L, W]`` activations in the first folder's row order (rows are
-    matched by id), the ids and the labels. One-line errors when the folders do not hold
+    """Each store's ``[n, L, W]`` activations in the first store's row order (rows are
+    matched by id), the ids and the labels. One-line errors when the stores do not hold
     the same stimuli with the same labels."""
     ref = stores[0]
     ids, labels = ref.ids, ref.labels
     if len(set(ids)) != len(ids):
-        raise DataError("row ids are not unique; rows cannot be matched", where=str(ref.path))
+        raise DataError("row ids are not unique; rows cannot be matched", where=where(ref))
     arrays = []
     for s in stores:
         x = s.get(site, position)
@@ -89,9 +272,9 @@ def align_rows(
             if missing or extra:
                 ex = f" (e.g. {missing[0]!r} is missing)" if missing else ""
                 raise DataError(
-                    f"not the same stimuli as {ref.path}: {len(missing)} of its ids missing, "
+                    f"not the same stimuli as {where(ref)}: {len(missing)} of its ids missing, "
                     f"{extra} other ids{ex}; compare needs every model captured on one dataset",
-                    where=str(s.path),
+                    where=where(s),
                 )
             order = np.array([pos[i] for i in ids])
             other = np.asarray(s.labels)[order]
@@ -99,8 +282,8 @@ def align_rows(
             if len(bad):
                 raise DataError(
                     f"row {ids[bad[0]]!r} is labelled {str(other[bad[0]])!r} here but "
-                    f"{labels[bad[0]]!r} in {ref.path} ({len(bad)} rows differ)",
-                    where=str(s.path),
+                    f"{labels[bad[0]]!r} in {where(ref)} ({len(bad)} rows differ)",
+                    where=where(s),
                 )
             x = x[order]
         arrays.append(x)
@@ -115,15 +298,16 @@ def outlier_rows(x: np.ndarray, ids: Sequence[str], factor: float = 10.0) -> lis
     return [ids[i] for i in np.flatnonzero(ratio > factor)]
 
 
-def _provenance(s: ActivationStore, name: str, site: str) -> dict[str, Any]:
-    m = s.manifest
+def _provenance(s: ActivationStore, name: str, site: str, width: int) -> dict[str, Any]:
+    m = store_meta(s)
+    path = store_path(s)
     return {
         "name": name,
-        "activations": str(s.path),
+        "activations": None if path is None else str(path),
         "model": m.get("model", {}),
         "dtype": m.get("dtype"),
         "dataset": m.get("dataset", {}),
-        "width": m["width"],
+        "width": width,
         "layers": s.layers(site),
     }
 
@@ -156,7 +340,7 @@ def _headline(value: float, null: np.ndarray, what: str, exact: bool = False) ->
 
 
 def compare_models(
-    stores: Sequence[ActivationStore],
+    acts: Sequence[ActivationStore | str | os.PathLike[str]],
     names: Sequence[str] | None = None,
     *,
     site: str = "resid",
@@ -171,21 +355,40 @@ def compare_models(
     maps: Sequence[str] = MAPS,
     seed: int = 0,
     progress: bool = True,
-) -> Comparison:
-    """Compare every pair of ``stores`` (see the module docstring). ``n_perm``: label
-    permutations, Mantel relabelings and ridge's shuffled pairs; ``n_perm_heavy``: the
-    nulls that cost a matrix product per replicate over every layer pair (CKA, mutual kNN)
-    and Procrustes refits (one SVD per replicate and layer)."""
+) -> ComparisonResult:
+    """Compare every pair of activation stores (or folders) of the same stimuli, captured
+    from different models (see the module docstring); rows are matched by id.
+
+    ``names``: one short name per store (default: the folder names). ``position``: the
+    position rule (default ``mean`` if every store has it, else the first they share).
+    ``method``: the emotion directions compared through the maps. ``match``: the layer of
+    the second model paired with each layer of the first (``cka``: highest CKA; ``depth``:
+    the same relative depth). ``maps``: ``procrustes``, ``ridge``. ``dim``: Procrustes'
+    principal components (default min(64, fit rows / 4)). ``k``: mutual kNN neighbours.
+    ``n_perm``: label permutations, Mantel relabelings and ridge's shuffled pairs;
+    ``n_perm_heavy``: the nulls that cost a matrix product per replicate over every layer
+    pair (CKA, mutual kNN) and Procrustes refits (one SVD per replicate and layer).
+    ``seed``: the fit/held split and every permutation.
+
+    >>> res = compare_models(["runs/smollm2", "runs/gemma3"], n_perm=100)  # doctest: +SKIP
+    >>> res.save("runs/compare")  # doctest: +SKIP
+    PosixPath('runs/compare')
+    """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    if len(stores) < 2:
+    if len(acts) < 2:
         raise DataError("compare needs at least two activation folders")
     for m in maps:
         if m not in MAPS:
             raise DataError(f"unknown map {m!r}; choose from {', '.join(MAPS)}")
     if match not in MATCHES:
         raise DataError(f"unknown layer matching {match!r}; choose from {', '.join(MATCHES)}")
+    if names is not None and len(names) != len(acts):
+        raise DataError(f"{len(names)} names for {len(acts)} activation stores")
+    stores = [as_store(a) for a in acts]
+    for st in stores:
+        st.get(site, position or st.default_position)  # names what is missing
     names = list(names) if names is not None else model_names(stores)
     if position is None:
         common = [p for p in stores[0].positions if all(p in s.positions for s in stores)]
@@ -193,13 +396,13 @@ def compare_models(
     arrays, ids, labels = align_rows(stores, site, position)
     counts = Counter(labels)
     if baseline not in counts:
-        raise DataError(f"baseline label {baseline!r} not in the labels", where=str(stores[0].path))
+        raise DataError(f"baseline label {baseline!r} not in the labels", where=where(stores[0]))
     small = [c for c, v in counts.items() if v < 4]
     if small:
         raise DataError(
             f"label {small[0]!r} has {counts[small[0]]} rows; the split into map rows and "
             "direction rows needs at least 4 per label",
-            where=str(stores[0].path),
+            where=where(stores[0]),
         )
     fit, held = split_rows(labels, seed)
     held_labels = np.asarray(labels)[held]
@@ -317,10 +520,10 @@ def compare_models(
     if naive:
         tables["naive"] = naive
     summary = {
-        "format": "emocircuits.compare",
+        "format": FORMAT,
         "version": 1,
         "models": [
-            _provenance(s, n, site) | {"outlier_rows": outlier_rows(x, ids)}
+            _provenance(s, n, site, x.shape[-1]) | {"outlier_rows": outlier_rows(x, ids)}
             for s, n, x in zip(stores, names, arrays, strict=True)
         ],
         "settings": {
@@ -345,7 +548,7 @@ def compare_models(
         "seconds": {"total": round(time.perf_counter() - t0, 2)}
         | {k: round(v, 2) for k, v in secs.items()},
     }
-    return Comparison(tables, summary)
+    return ComparisonResult(tables, summary)
 
 
 def _naive(
@@ -504,8 +707,3 @@ def _gain_p(gain: np.ndarray) -> np.ndarray:
 
     n = gain.shape[1]
     return binom.sf((gain > 0).sum(1) - 1, n, 0.5)
-
-
-def write_comparison(res: Comparison, out: str | Path) -> Path:
-    """Write ``{table}.csv`` and ``summary.json`` (last) into ``out``."""
-    return write_tables(out, res.tables, {"summary.json": res.summary})
