@@ -406,6 +406,38 @@ def test_api_result_saves_what_the_command_writes(capsys, tiny_runs, tmp_path):
     assert repr(loaded) == text
 
 
+class InMemory:
+    """A store without a folder behind it (as ``extract`` without ``out`` returns):
+    ``path`` is None, the rest is the folder's."""
+
+    def __init__(self, store):
+        self._store, self.path = store, None
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_api_takes_stores_held_in_memory(folders):
+    from emocircuits.capture import load_activations
+    from emocircuits.compare import compare_models
+    from emocircuits.errors import DataError
+
+    a, c = load_activations(folders["a"]), load_activations(folders["c"])
+    kw = {"progress": False, "n_perm": 30, "n_perm_heavy": 10, "k": 5}
+    on_disk = compare_models([a, c], ["A", "C"], **kw)
+    in_memory = compare_models([InMemory(a), InMemory(c)], ["A", "C"], **kw)
+    assert in_memory.tables == on_disk.tables
+    assert [m["activations"] for m in in_memory.summary["models"]] == [None, None]
+    assert in_memory.summary["models"][1]["width"] == 24
+    # without names: the models' names
+    named = compare_models([InMemory(a), InMemory(c)], **kw)
+    assert [m["name"] for m in named.summary["models"]] == ["synthetic-a", "synthetic-c"]
+    bad = InMemory(a)
+    bad.labels = ["gratitude", *a.labels[1:]]  # one row labelled otherwise
+    with pytest.raises(DataError, match=r"^activations of synthetic-a: row 'anger-00'"):
+        compare_models([InMemory(a), bad], **kw)
+
+
 def test_api_rejects_bad_input_before_reading_activations(folders):
     from emocircuits.compare import compare_models
     from emocircuits.errors import DataError

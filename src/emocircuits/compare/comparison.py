@@ -34,11 +34,7 @@ import numpy as np
 
 from emocircuits.capture.store import ActivationStore
 from emocircuits.compare.cka import cka_from_grams, cka_null, gram_matrices
-from emocircuits.compare.maps import MAPS, MapResult, compare_directions, split_rows
-from emocircuits.compare.naive import naive_table
-from emocircuits.compare.perm import null_band, perm_p
-from emocircuits.compare.rsa import knn_indices, mutual_knn, rsa
-from emocircuits.compare.tables import (
+from emocircuits.compare.common import (
     as_store,
     read_rows,
     safe_name,
@@ -46,6 +42,10 @@ from emocircuits.compare.tables import (
     store_path,
     where,
 )
+from emocircuits.compare.maps import MAPS, MapResult, compare_directions, split_rows
+from emocircuits.compare.naive import naive_table
+from emocircuits.compare.perm import null_band, perm_p
+from emocircuits.compare.rsa import knn_indices, mutual_knn, rsa
 from emocircuits.errors import DataError
 from emocircuits.geometry.analysis import write_tables
 from emocircuits.geometry.directions import emotion_directions
@@ -418,103 +418,105 @@ def compare_models(
         yield
         secs[name] += time.perf_counter() - start
 
-    grams, knn = [], []
-    for x in arrays:
-        with timed("grams"):
-            g, diag = gram_matrices(x)
-        with timed("mknn"):
-            knn.append(knn_indices(g, diag, k))
-        grams.append(g)
-    tables: dict[str, list[dict[str, Any]]] = {"layer_pairs": [], "maps": [], "directions": []}
-    summary_pairs = []
-    for i, j in pairs:
-        na, nb = names[i], names[j]
-        la, lb = layers[i], layers[j]
-        bar.set_postfix_str(f"{na} vs {nb}: CKA")
-        with timed("cka"):
-            cka = cka_from_grams(grams[i], grams[j])
-            cka_n = cka_null(grams[i], grams[j], n_perm_heavy, seed, progress=bar.update)
-        bar.set_postfix_str(f"{na} vs {nb}: RSA, mutual kNN")
-        with timed("rsa"):
-            rs = rsa(arrays[i], arrays[j], labels, n_perm, seed)
-        with timed("mknn"):
-            mk, mk_n = mutual_knn(knn[i], knn[j], n_perm_heavy, seed, progress=bar.update)
-        grid = {
-            "cka": (cka, cka_n, False),
-            "rsa": (rs.rho, rs.null, rs.exact),
-            "mknn": (mk, mk_n, False),
-        }
-        best_b = np.nanargmax(np.where(np.isnan(cka), -np.inf, cka), 1)
-        if match == "depth":
-            best_b = np.abs(_depth(la)[:, None] - _depth(lb)[None]).argmin(1)
-        da, db = _depth(la), _depth(lb)
-        stats = {}
-        for key, (obs, null, exact) in grid.items():
-            lo, hi = null_band(null)
-            stats[key] = (obs, lo, hi, perm_p(obs, null, exact))
-        for a in range(len(la)):
-            for b in range(len(lb)):
-                row: dict[str, Any] = {
+    try:
+        grams, knn = [], []
+        for x in arrays:
+            with timed("grams"):
+                g, diag = gram_matrices(x)
+            with timed("mknn"):
+                knn.append(knn_indices(g, diag, k))
+            grams.append(g)
+        tables: dict[str, list[dict[str, Any]]] = {"layer_pairs": [], "maps": [], "directions": []}
+        summary_pairs = []
+        for i, j in pairs:
+            na, nb = names[i], names[j]
+            la, lb = layers[i], layers[j]
+            bar.set_postfix_str(f"{na} vs {nb}: CKA")
+            with timed("cka"):
+                cka = cka_from_grams(grams[i], grams[j])
+                cka_n = cka_null(grams[i], grams[j], n_perm_heavy, seed, progress=bar.update)
+            bar.set_postfix_str(f"{na} vs {nb}: RSA, mutual kNN")
+            with timed("rsa"):
+                rs = rsa(arrays[i], arrays[j], labels, n_perm, seed)
+            with timed("mknn"):
+                mk, mk_n = mutual_knn(knn[i], knn[j], n_perm_heavy, seed, progress=bar.update)
+            grid = {
+                "cka": (cka, cka_n, False),
+                "rsa": (rs.rho, rs.null, rs.exact),
+                "mknn": (mk, mk_n, False),
+            }
+            best_b = np.nanargmax(np.where(np.isnan(cka), -np.inf, cka), 1)
+            if match == "depth":
+                best_b = np.abs(_depth(la)[:, None] - _depth(lb)[None]).argmin(1)
+            da, db = _depth(la), _depth(lb)
+            stats = {}
+            for key, (obs, null, exact) in grid.items():
+                lo, hi = null_band(null)
+                stats[key] = (obs, lo, hi, perm_p(obs, null, exact))
+            for a in range(len(la)):
+                for b in range(len(lb)):
+                    row: dict[str, Any] = {
+                        "model_a": na,
+                        "model_b": nb,
+                        "layer_a": la[a],
+                        "layer_b": lb[b],
+                        "depth_a": _f(da[a]),
+                        "depth_b": _f(db[b]),
+                        "matched": bool(best_b[a] == b),
+                    }
+                    for key, (obs, lo, hi, p) in stats.items():
+                        row[key] = _f(obs[a, b])
+                        row[f"{key}_null_lo"], row[f"{key}_null_hi"] = _f(lo[a, b]), _f(hi[a, b])
+                        row[f"{key}_p"] = _f(p[a, b])
+                    tables["layer_pairs"].append(row)
+            heads: dict[str, Any] = {}
+            what = {
+                "cka": f"rows of {nb} shuffled ({n_perm_heavy} permutations)",
+                "rsa": f"{nb}'s classes relabelled ({len(rs.null)} relabelings"
+                + (", exact)" if rs.exact else ")"),
+                "mknn": f"rows of {nb} shuffled ({n_perm_heavy} permutations)",
+            }
+            for key, (obs, null, exact) in grid.items():
+                # each layer of A at its best layer of B, averaged; the null does the same
+                value = np.nanmean(np.nanmax(obs, 1))
+                null_v = np.nanmean(np.nanmax(null, 2), 1)
+                heads[key] = _headline(value, null_v, what[key], exact) | {
+                    "statistic": "mean over layers of A of the best value over layers of B"
+                }
+            bar.set_postfix_str(f"{na} vs {nb}: maps")
+            with timed("maps"):
+                res = compare_directions(
+                    arrays[i],
+                    arrays[j],
+                    labels,
+                    list(enumerate(best_b.tolist())),
+                    fit=fit,
+                    held=held,
+                    method=method,
+                    baseline=baseline,
+                    dim=dim,
+                    n_perm=n_perm,
+                    n_shuffle=min(n_perm, n_perm_heavy),
+                    maps=maps,
+                    layers_a=la,
+                    layers_b=lb,
+                    seed=seed,
+                    progress=lambda _: bar.update(1),
+                )
+            for r in res.values():
+                _map_rows(tables, r, na, nb, len(held))
+                heads.update(_map_headlines(r, nb, held_labels))
+            summary_pairs.append(
+                {
                     "model_a": na,
                     "model_b": nb,
-                    "layer_a": la[a],
-                    "layer_b": lb[b],
-                    "depth_a": _f(da[a]),
-                    "depth_b": _f(db[b]),
-                    "matched": bool(best_b[a] == b),
+                    "widths": [arrays[i].shape[-1], arrays[j].shape[-1]],
+                    "matched_layers": {str(la[a]): lb[b] for a, b in enumerate(best_b.tolist())},
+                    "measures": heads,
                 }
-                for key, (obs, lo, hi, p) in stats.items():
-                    row[key] = _f(obs[a, b])
-                    row[f"{key}_null_lo"], row[f"{key}_null_hi"] = _f(lo[a, b]), _f(hi[a, b])
-                    row[f"{key}_p"] = _f(p[a, b])
-                tables["layer_pairs"].append(row)
-        heads: dict[str, Any] = {}
-        what = {
-            "cka": f"rows of {nb} shuffled ({n_perm_heavy} permutations)",
-            "rsa": f"{nb}'s classes relabelled ({len(rs.null)} relabelings"
-            + (", exact)" if rs.exact else ")"),
-            "mknn": f"rows of {nb} shuffled ({n_perm_heavy} permutations)",
-        }
-        for key, (obs, null, exact) in grid.items():
-            # each layer of A at its best layer of B, averaged; the null does the same
-            value = np.nanmean(np.nanmax(obs, 1))
-            null_v = np.nanmean(np.nanmax(null, 2), 1)
-            heads[key] = _headline(value, null_v, what[key], exact) | {
-                "statistic": "mean over layers of A of the best value over layers of B"
-            }
-        bar.set_postfix_str(f"{na} vs {nb}: maps")
-        with timed("maps"):
-            res = compare_directions(
-                arrays[i],
-                arrays[j],
-                labels,
-                list(enumerate(best_b.tolist())),
-                fit=fit,
-                held=held,
-                method=method,
-                baseline=baseline,
-                dim=dim,
-                n_perm=n_perm,
-                n_shuffle=min(n_perm, n_perm_heavy),
-                maps=maps,
-                layers_a=la,
-                layers_b=lb,
-                seed=seed,
-                progress=lambda _: bar.update(1),
             )
-        for r in res.values():
-            _map_rows(tables, r, na, nb, len(held))
-            heads.update(_map_headlines(r, nb, held_labels))
-        summary_pairs.append(
-            {
-                "model_a": na,
-                "model_b": nb,
-                "widths": [arrays[i].shape[-1], arrays[j].shape[-1]],
-                "matched_layers": {str(la[a]): lb[b] for a, b in enumerate(best_b.tolist())},
-                "measures": heads,
-            }
-        )
-    bar.close()
+    finally:
+        bar.close()
     with timed("naive"):
         naive = _naive(arrays, labels, names, method, baseline)  # only pairs of equal width
     if naive:

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from emocircuits.compare.common import read_rows, safe_name
 from emocircuits.compare.perm import null_band
-from emocircuits.compare.tables import read_rows, safe_name
 from emocircuits.errors import DataError
 from emocircuits.results import Result
 

@@ -18,9 +18,9 @@ import os
 import numpy as np
 
 from emocircuits.capture.store import ActivationStore
+from emocircuits.compare.common import as_store, store_path, where
 from emocircuits.compare.comparison import align_rows
 from emocircuits.compare.maps import map_directions
-from emocircuits.compare.tables import as_store, store_path, where
 from emocircuits.errors import DataError
 from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
 

@@ -1,5 +1,5 @@
-"""Reading the comparison's CSV tables back with their types, and the small helpers the
-comparison results share (store names, file-name-safe labels).
+"""What the comparison modules share: reading their CSV tables back with their types, and
+small helpers about activation stores (in memory or on disk) and file names.
 
 A table is written by :func:`emocircuits.geometry.analysis.csv_bytes` (``None`` -> empty
 cell, ``True`` -> ``True``, floats by ``repr``), so :func:`read_rows` gives back the very
