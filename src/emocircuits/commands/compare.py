@@ -172,7 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=default("match"),
         choices=MATCHES,
         help="layer of the second model paired with each layer of the first: highest CKA "
-        f"({'the default' if default('match') == 'cka' else 'cka'}) or the same relative depth",
+        "(cka) or the same relative depth (depth); default %(default)s",
     )
     co.add_argument(
         "--maps",

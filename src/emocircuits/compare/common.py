@@ -55,23 +55,39 @@ def safe_name(name: str) -> str:
 
 
 def as_store(acts: ActivationStore | str | os.PathLike[str]) -> ActivationStore:
-    """An activation store, read from its folder when given a path."""
+    """An activation store, read from its folder when given a path.
+
+    >>> as_store("runs/smollm2").path  # doctest: +SKIP
+    PosixPath('runs/smollm2')
+    """
     return load_activations(acts) if isinstance(acts, str | os.PathLike) else acts
 
 
 def store_path(acts: ActivationStore) -> Path | None:
-    """The folder of a store, or None for one held in memory."""
+    """The folder of a store, or None for one held in memory.
+
+    >>> store_path(load_activations("runs/smollm2"))  # doctest: +SKIP
+    PosixPath('runs/smollm2')
+    """
     path = getattr(acts, "path", None)
     return None if path is None else Path(path)
 
 
 def store_meta(acts: ActivationStore) -> dict[str, Any]:
-    """The store's provenance (its manifest: model, dtype, dataset, ...)."""
+    """The store's provenance (its manifest: model, dtype, dataset, ...).
+
+    >>> store_meta(load_activations("runs/smollm2"))["model"]["name"]  # doctest: +SKIP
+    'HuggingFaceTB/SmolLM2-135M'
+    """
     return dict(getattr(acts, "manifest", None) or getattr(acts, "provenance", None) or {})
 
 
 def where(acts: ActivationStore) -> str | None:
-    """What an error message names for a store: its folder, or its model in memory."""
+    """What an error message names for a store: its folder, or its model in memory.
+
+    >>> where(load_activations("runs/smollm2"))  # doctest: +SKIP
+    'runs/smollm2'
+    """
     path = store_path(acts)
     if path is not None:
         return str(path)

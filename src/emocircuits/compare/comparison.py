@@ -74,6 +74,12 @@ class ComparisonResult(Result):
     ``save(folder)`` writes ``{table}.csv``, ``summary.json`` (last) and, unless
     ``plots=False``, the figures in ``folder/figures``: what ``emocircuits compare --out
     folder`` writes. ``rows()`` is one row per model pair and measure.
+
+    >>> res = ComparisonResult.load("runs/compare")  # doctest: +SKIP
+    >>> [r["measure"] for r in res.rows() if r["beyond_chance"]][:2]  # doctest: +SKIP
+    ['cka', 'rsa']
+    >>> res.save("runs/compare-copy", plots=False)  # doctest: +SKIP
+    PosixPath('runs/compare-copy')
     """
 
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -238,7 +244,11 @@ def _f(v: Any) -> float | None:
 
 def model_names(stores: Sequence[ActivationStore]) -> list[str]:
     """A short unique name per store: its folder's name (numbered if repeated); a store
-    held in memory is named by its model."""
+    held in memory is named by its model.
+
+    >>> model_names([load_activations("runs/a"), load_activations("other/a")])  # doctest: +SKIP
+    ['a#1', 'a#2']
+    """
     names = []
     for k, s in enumerate(stores):
         path = store_path(s)
@@ -257,7 +267,12 @@ def align_rows(
 ) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Each store's ``[n, L, W]`` activations in the first store's row order (rows are
     matched by id), the ids and the labels. One-line errors when the stores do not hold
-    the same stimuli with the same labels."""
+    the same stimuli with the same labels.
+
+    >>> (xa, xb), ids, labels = align_rows([acts_a, acts_b], "resid", "mean")  # doctest: +SKIP
+    >>> xa.shape[0] == xb.shape[0] == len(ids)  # doctest: +SKIP
+    True
+    """
     ref = stores[0]
     ids, labels = ref.ids, ref.labels
     if len(set(ids)) != len(ids):
@@ -292,7 +307,12 @@ def align_rows(
 
 def outlier_rows(x: np.ndarray, ids: Sequence[str], factor: float = 10.0) -> list[str]:
     """Ids of rows whose norm is over ``factor`` times the layer's median at some layer:
-    single rows that dominate every squared-error measure (e.g. R^2) of a comparison."""
+    single rows that dominate every squared-error measure (e.g. R^2) of a comparison.
+
+    >>> x = np.ones((4, 2, 3)); x[2, 1] *= 100
+    >>> outlier_rows(x, ["a", "b", "c", "d"])
+    ['c']
+    """
     n = np.linalg.norm(x, axis=-1)
     ratio = (n / np.maximum(np.median(n, 0), 1e-30)).max(1)
     return [ids[i] for i in np.flatnonzero(ratio > factor)]

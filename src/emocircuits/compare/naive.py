@@ -121,7 +121,11 @@ class NaiveComparison(Result):
     the raw cosine by layer for its figures. ``save(folder)`` writes
     ``folder/cross_model_similarity.csv`` (or ``table=``) and one figure per emotion in
     ``folder``: what ``emocircuits compare --vectors_dir ... --out folder`` writes. A loaded
-    result has the table only (the curves need the vectors), so it saves no figures."""
+    result has the table only (the curves need the vectors), so it saves no figures.
+
+    >>> NaiveComparison.load("runs/naive").rows()[0]["p_random"]  # doctest: +SKIP
+    0.41
+    """
 
     table: list[dict[str, Any]] = field(default_factory=list)
     curves: Curves = field(default_factory=dict)
