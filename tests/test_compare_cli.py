@@ -7,6 +7,7 @@ of the shards or of the manifest, the pilot's `--vectors_dir` spelling for its n
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -326,3 +327,235 @@ def test_outputs_provenance_figures_and_odd_names(capsys, folders, tmp_path):
     }
     s2 = json.loads((out2 / "summary.json").read_text(encoding="utf-8"))
     assert [m["name"] for m in s2["models"]] == ["odd-a", "odd-c"]  # folder names by default
+
+
+# ------------------------------------------------------------------------ the Python API
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path; ``summary.json`` without its timings
+    (``seconds``: wall-clock per stage, the only field that differs between two runs)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == "summary.json":
+                s = json.loads(data)
+                s.pop("seconds")
+                data = json.dumps(s).encode()
+            out[str(p.relative_to(folder))] = data
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny, tmp_path_factory):
+    """The baseline preset captured by two tiny random models of different widths."""
+    import emocircuits as ec
+
+    root = tmp_path_factory.mktemp("cmp-tiny")
+    spec = ec.CaptureSpec(sites=("resid",), positions=("mean", "last"))
+    data = ec.load_dataset("baseline")
+    return {
+        name: ec.extract(tiny(name), data, root / name, spec, progress=False)
+        for name in ("llama", "gpt2")
+    } | {"root": root}
+
+
+API_FAST = {"n_perm": 60, "n_perm_heavy": 20, "k": 5}
+
+
+def test_api_result_saves_what_the_command_writes(capsys, tiny_runs, tmp_path):
+    from emocircuits.compare import ComparisonResult, compare_models
+
+    a, b = tiny_runs["llama"], tiny_runs["gpt2"]
+    argv = ["--activations", a.path, b.path, "--out", tmp_path / "cli", "--match", "depth"]
+    code, stdout, err = run(capsys, "compare", *argv, *FAST, "--position", "last")
+    assert code == 0, err
+    res = compare_models([a, b], match="depth", position="last", progress=False, **API_FAST)
+    assert res.save(tmp_path / "api") == tmp_path / "api"
+    cli, api = files(tmp_path / "cli"), files(tmp_path / "api")
+    assert any(k.startswith("figures/") and k.endswith(".svg") for k in cli)
+    assert sorted(api) == sorted(cli)
+    for name in cli:
+        assert api[name] == cli[name], name
+    # folders instead of stores: the same result
+    again = compare_models([a.path, str(b.path)], match="depth", position="last",
+                           progress=False, **API_FAST)  # fmt: skip
+    assert again.tables == res.tables
+
+    # load: the very values back; saving the loaded result writes the same bytes
+    loaded = ComparisonResult.load(tmp_path / "api")
+    assert loaded.tables == res.tables and loaded.summary == res.summary
+    loaded.save(tmp_path / "again", plots=False)
+    for name in ("layer_pairs.csv", "maps.csv", "directions.csv", "summary.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
+    assert not (tmp_path / "again" / "figures").exists()
+
+    # the headline table is what the command prints
+    rows = res.rows()
+    assert [r["measure"] for r in rows] == list(res.summary["pairs"][0]["measures"])
+    assert set(rows[0]) == {"pair", "measure", "value", "null_lo", "null_hi", "p", "beyond_chance"}
+    for r in rows:
+        verdict = "yes" if r["beyond_chance"] else "no"
+        assert f"{r['measure']:26s} {r['value']:.3f}" in stdout
+        assert re.search(rf"{r['measure']} .* -> {verdict}\n", stdout), r["measure"]
+    text = repr(res)
+    assert text.startswith("<ComparisonResult: llama vs gpt2: ") and "procrustes_cos" in text
+    page = res._repr_html_()
+    assert "<table" in page and "<img" in page and "ridge_decoding" in page
+    assert repr(loaded) == text
+
+
+class InMemory:
+    """A store without a folder behind it (as ``extract`` without ``out`` returns):
+    ``path`` is None, the rest is the folder's."""
+
+    def __init__(self, store):
+        self._store, self.path = store, None
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_api_takes_stores_held_in_memory(folders):
+    from emocircuits.capture import load_activations
+    from emocircuits.compare import compare_models
+    from emocircuits.errors import DataError
+
+    a, c = load_activations(folders["a"]), load_activations(folders["c"])
+    kw = {"progress": False, "n_perm": 30, "n_perm_heavy": 10, "k": 5}
+    on_disk = compare_models([a, c], ["A", "C"], **kw)
+    in_memory = compare_models([InMemory(a), InMemory(c)], ["A", "C"], **kw)
+    assert in_memory.tables == on_disk.tables
+    assert [m["activations"] for m in in_memory.summary["models"]] == [None, None]
+    assert in_memory.summary["models"][1]["width"] == 24
+    # without names: the models' names
+    named = compare_models([InMemory(a), InMemory(c)], **kw)
+    assert [m["name"] for m in named.summary["models"]] == ["synthetic-a", "synthetic-c"]
+    bad = InMemory(a)
+    bad.labels = ["gratitude", *a.labels[1:]]  # one row labelled otherwise
+    with pytest.raises(DataError, match=r"^activations of synthetic-a: row 'anger-00'"):
+        compare_models([InMemory(a), bad], **kw)
+
+
+def test_api_rejects_bad_input_before_reading_activations(folders):
+    from emocircuits.compare import compare_models
+    from emocircuits.errors import DataError
+
+    a, b = folders["a"], folders["b"]
+    nowhere = [folders["root"] / "nope-1", folders["root"] / "nope-2"]
+    for kw, message in (
+        ({"maps": ("bogus",)}, "unknown map 'bogus'"),
+        ({"match": "width"}, "unknown layer matching 'width'"),
+        ({"names": ["x"]}, "1 names for 2 activation stores"),
+    ):
+        with pytest.raises(DataError, match=message):
+            compare_models(nowhere, **kw)
+    with pytest.raises(DataError, match="at least two"):
+        compare_models([a])
+    with pytest.raises(DataError, match="baseline label 'calm'"):
+        compare_models([a, b], baseline="calm", progress=False)
+
+
+def test_command_defaults_are_the_library_defaults():
+    from emocircuits.cli import build_parser
+    from emocircuits.commands._common import lib_default
+    from emocircuits.compare import compare_models, map_vectors
+
+    args = build_parser().parse_args(["compare"])
+    for key in ("site", "position", "method", "baseline", "k", "dim", "n_perm",
+                "n_perm_heavy", "match", "maps", "seed"):  # fmt: skip
+        assert getattr(args, key) == lib_default(compare_models, key), key
+    args = build_parser().parse_args(["map-vectors", "--source", "a", "--target", "b",
+                                      "--vectors", "v", "--out", "o"])  # fmt: skip
+    assert args.method == lib_default(map_vectors, "method") == "ridge"
+
+
+def test_api_pilot_result_saves_what_the_command_writes(capsys, folders, tmp_path):
+    from emocircuits.capture import load_activations
+    from emocircuits.compare import NaiveComparison, compare_pilot_vectors
+    from emocircuits.errors import DataError
+    from emocircuits.geometry import EmotionVectors, compute_vectors
+
+    vdir = tmp_path / "vectors"
+    vecs = {}
+    for m, key in (("m1", "a"), ("m2", "b"), ("wide", "c")):
+        vecs[m] = compute_vectors(load_activations(folders[key]))
+        vecs[m].save(vdir / f"{m}_vectors.safetensors")
+    argv = ["--vectors_dir", vdir, "--models", "m1", "m2", "wide", "--out", tmp_path / "cli"]
+    code, _, err = run(capsys, "compare", *argv)
+    assert code == 0, err
+    loaded_vecs = {m: EmotionVectors.load(vdir / f"{m}_vectors.safetensors") for m in vecs}
+    res = compare_pilot_vectors(loaded_vecs)
+    assert res.save(tmp_path / "api") == tmp_path / "api" / "cross_model_similarity.csv"
+    cli, api = files(tmp_path / "cli"), files(tmp_path / "api")
+    assert sorted(cli) == sorted(api) and len(cli) == 1 + 2 * 3  # table, 3 emotions x png/svg
+    for name in cli:
+        assert api[name] == cli[name], name
+    table = res.save(tmp_path / "x", table=tmp_path / "t" / "T.csv", plots=False)
+    assert table == tmp_path / "t" / "T.csv" and not (tmp_path / "x").exists()
+
+    loaded = NaiveComparison.load(tmp_path / "api")
+    assert loaded.rows() == res.rows() == NaiveComparison.load(table).rows()
+    assert loaded.figure() is None and res.figure() is not None
+    loaded.save(tmp_path / "again")
+    assert (tmp_path / "again" / "cross_model_similarity.csv").read_bytes() == cli[
+        "cross_model_similarity.csv"
+    ]
+    assert repr(res).startswith("<NaiveComparison: 3 rows") and "m1" in repr(res)
+    assert "<table" in res._repr_html_() and "<img" in res._repr_html_()
+    with pytest.raises(DataError, match="no pair of models has the same width"):
+        compare_pilot_vectors({m: loaded_vecs[m] for m in ("m1", "wide")})
+    with pytest.raises(DataError, match="at least two"):
+        compare_pilot_vectors({"m1": loaded_vecs["m1"]})
+
+
+@pytest.mark.parametrize("method", ["ridge", "procrustes"])
+def test_api_map_vectors_saves_what_the_command_writes(capsys, tiny_runs, tmp_path, method):
+    from emocircuits.compare import map_vectors
+    from emocircuits.geometry import EmotionVectors, compute_vectors
+
+    a, b = tiny_runs["llama"], tiny_runs["gpt2"]
+    vfile = compute_vectors(a, method="one_vs_rest").save(tmp_path / "v.safetensors")
+    argv = ["--source", a.path, "--target", b.path, "--vectors", vfile, "--method", method]
+    code, stdout, err = run(capsys, "map-vectors", *argv, "--out", tmp_path / "cli.safetensors")
+    assert code == 0, err
+    assert f"into the {len(b.layers('resid'))} layers of {b.path}" in stdout
+    got = map_vectors(str(a.path), str(b.path), str(vfile), method=method)
+    got.save(tmp_path / "api.safetensors")
+    for ext in (".safetensors", ".json"):
+        cli = (tmp_path / f"cli{ext}").read_bytes()
+        assert (tmp_path / f"api{ext}").read_bytes() == cli, ext
+    back = EmotionVectors.load(tmp_path / "api.safetensors")
+    assert back.meta() == got.meta() and back.method == "mapped:one_vs_rest"
+    for e in got.emotions:
+        np.testing.assert_array_equal(back.directions[e], got.directions[e])
+        assert back.directions[e].shape == (
+            len(b.layers("resid")),
+            b.get("resid", "mean").shape[-1],
+        )
+    # stores and an EmotionVectors object in: the same directions, no file to name
+    same = map_vectors(a, b, EmotionVectors.load(vfile), method=method)
+    assert same.provenance["mapped_from"] is None
+    assert same.provenance["source_activations"] == str(a.path)
+    for e in got.emotions:
+        np.testing.assert_array_equal(same.directions[e], got.directions[e])
+
+
+def test_api_map_vectors_rejects_bad_input(tiny_runs, tmp_path):
+    from emocircuits.compare import map_vectors
+    from emocircuits.errors import DataError
+    from emocircuits.geometry import compute_vectors
+
+    a, b = tiny_runs["llama"], tiny_runs["gpt2"]
+    vecs = compute_vectors(a)
+    with pytest.raises(DataError, match="unknown map 'pca'"):
+        map_vectors("nope", "nope", "nope", method="pca")
+    narrow = dataclasses.replace(
+        vecs, directions={e: d[:, :-1] for e, d in vecs.directions.items()}
+    )
+    with pytest.raises(DataError, match="is not from the model of"):
+        map_vectors(a, b, narrow)  # another width: not the source model's directions
+    few = dataclasses.replace(vecs, layers=[-5])
+    with pytest.raises(DataError, match="no layer of the vectors matches a layer of"):
+        map_vectors(a, b, few)

@@ -1,18 +1,15 @@
-"""`emocircuits compare`."""
+"""`emocircuits compare`: parse, call :func:`emocircuits.compare.compare_models` (or, for
+the pilot's ``--vectors_dir``, :func:`emocircuits.compare.compare_pilot_vectors`), save,
+print."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from emocircuits.commands._common import _csv, _positive, lib_default
+from emocircuits.compare.comparison import GENERAL, MATCHES, compare_models
 from emocircuits.errors import EmocircuitsError
-
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import _csv, _positive
-
-GENERAL = ("cka", "mknn", "procrustes_r2", "ridge_r2")
 
 
 def _fmt_p(p: float | None) -> str:
@@ -53,9 +50,7 @@ def _print_measures(summary: dict) -> None:
 
 
 def _cmd_compare_pilot(args: argparse.Namespace) -> int:
-    from emocircuits.capture.store import atomic_write_bytes
-    from emocircuits.compare.naive import naive_table
-    from emocircuits.geometry.analysis import csv_bytes
+    from emocircuits.compare.naive import compare_pilot_vectors
     from emocircuits.geometry.vectors import EmotionVectors
 
     if not args.models or len(args.models) < 2:
@@ -65,20 +60,11 @@ def _cmd_compare_pilot(args: argparse.Namespace) -> int:
         m: EmotionVectors.load(Path(args.vectors_dir) / f"{m}_vectors.safetensors")
         for m in args.models
     }
-    rows = naive_table({m: v.directions for m, v in vecs.items()})
-    widths = {m: v.directions[v.emotions[0]].shape[-1] for m, v in vecs.items()}
-    if not rows:
-        raise EmocircuitsError(
-            f"no pair of models has the same width ({widths}); the naive table compares "
-            "coordinates and exists only for equal widths. Use --activations for the "
-            "basis-free comparison"
-        )
-    table = Path(args.output_table or Path(args.out or ".") / "cross_model_similarity.csv")
-    table.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(table, csv_bytes(rows))
+    res = compare_pilot_vectors(vecs)
+    table = res.save(args.out or ".", table=args.output_table, plots=False)
     print(f"{'emotion':12s} {'pair':40s} {'mean':>8s} {'std':>7s} {'min':>8s} {'max':>8s}  "
           "random-vector 95% range of the mean")  # fmt: skip
-    for r in rows:
+    for r in res.table:
         pair = f"{r['model_a']} <-> {r['model_b']}"
         print(
             f"{r['emotion']:12s} {pair:40s} {r['mean']:8.4f} {r['std']:7.4f} {r['min']:8.4f} "
@@ -89,25 +75,7 @@ def _cmd_compare_pilot(args: argparse.Namespace) -> int:
         "mean nothing to each other: they sit inside the random-vector range by construction. "
         "For a real comparison: emocircuits compare --activations A B --out DIR"
     )
-    paths = []
-    if args.out and not args.no_plots:
-        import numpy as np
-
-        from emocircuits.plots.analysis import plot_naive
-
-        curves: dict = {}
-        names = list(vecs)
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                va, vb = vecs[a], vecs[b]
-                if widths[a] != widths[b]:
-                    continue
-                idx = np.rint(np.linspace(0, len(vb.layers) - 1, len(va.layers))).astype(int)
-                for e in va.emotions:
-                    if e in vb.directions:
-                        cos = (va.directions[e] * vb.directions[e][idx]).sum(-1)
-                        curves.setdefault(e, {})[f"{a} ↔ {b}"] = (va.layers, cos, widths[a])
-        paths = plot_naive(curves, args.out)
+    paths = res.plot(args.out) if args.out and not args.no_plots else []
     print(f"wrote {table}" + (f" and {len(paths) // 2} figures in {args.out}" if paths else ""))
     return 0
 
@@ -115,20 +83,16 @@ def _cmd_compare_pilot(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.vectors_dir:
         return _cmd_compare_pilot(args)
-    from emocircuits.capture import load_activations
-    from emocircuits.compare.analysis import compare_models, write_comparison
-
     if not args.activations or len(args.activations) < 2:
         raise EmocircuitsError("compare needs --activations with at least two folders")
     if not args.out:
         raise EmocircuitsError("compare needs --out (the folder to write)")
-    stores = [load_activations(a) for a in args.activations]
-    for st in stores:
-        st.get(args.site, args.position or st.default_position)  # names what is missing
-    if args.names and len(args.names) != len(stores):
-        raise EmocircuitsError(f"--names has {len(args.names)} names for {len(stores)} folders")
+    if args.names and len(args.names) != len(args.activations):
+        raise EmocircuitsError(
+            f"--names has {len(args.names)} names for {len(args.activations)} folders"
+        )
     res = compare_models(
-        stores,
+        args.activations,
         list(args.names) if args.names else None,
         site=args.site,
         position=args.position,
@@ -143,12 +107,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    out = write_comparison(res, args.out)
-    paths = []
-    if not args.no_plots:
-        from emocircuits.plots.analysis import plot_comparison
-
-        paths = plot_comparison(out)
+    out = res.save(args.out, plots=False)
+    paths = [] if args.no_plots else res.plot(out / "figures")
     _print_measures(res.summary)
     if "naive" in res.tables:
         print(
@@ -186,48 +146,71 @@ def register(sub: argparse._SubParsersAction) -> None:
     co.add_argument("--activations", nargs="+", default=None, help="two or more folders")
     co.add_argument("--names", nargs="+", default=None, help="a short name per folder")
     co.add_argument("--out", "--output_dir", default=None, help="output folder")
-    co.add_argument("--site", default="resid", help="resid, attn, mlp (default resid)")
+
+    def default(name: str):
+        return lib_default(compare_models, name)
+
     co.add_argument(
-        "--position", default=None, help="position rule (default mean if captured by all)"
+        "--site", default=default("site"), help="resid, attn, mlp (default %(default)s)"
     )
-    co.add_argument("--baseline", default="neutral", help="baseline label (default neutral)")
+    co.add_argument(
+        "--position",
+        default=default("position"),
+        help="position rule (default mean if captured by all)",
+    )
+    co.add_argument(
+        "--baseline", default=default("baseline"), help="baseline label (default %(default)s)"
+    )
     co.add_argument(
         "--method",
-        default="one_vs_rest",
+        default=default("method"),
         choices=CONTRASTS,
-        help="emotion directions compared through the maps (default one_vs_rest)",
+        help="emotion directions compared through the maps (default %(default)s)",
     )
     co.add_argument(
         "--match",
-        default="cka",
-        choices=("cka", "depth"),
+        default=default("match"),
+        choices=MATCHES,
         help="layer of the second model paired with each layer of the first: highest CKA "
-        "(default) or the same relative depth",
+        "(cka) or the same relative depth (depth); default %(default)s",
     )
     co.add_argument(
-        "--maps", type=_csv, default=("procrustes", "ridge"), help="procrustes,ridge (default)"
+        "--maps",
+        type=_csv,
+        default=tuple(default("maps")),
+        help=f"procrustes,ridge (default {','.join(default('maps'))})",
     )
     co.add_argument(
         "--dim",
         type=_positive,
-        default=None,
+        default=default("dim"),
         help="Procrustes: principal components of each model (default min(64, fit rows / 4))",
     )
-    co.add_argument("--k", type=_positive, default=10, help="mutual kNN neighbours (default 10)")
+    co.add_argument(
+        "--k",
+        type=_positive,
+        default=default("k"),
+        help="mutual kNN neighbours (default %(default)s)",
+    )
     co.add_argument(
         "--n-perm",
         type=_positive,
-        default=1000,
-        help="label permutations, Mantel relabelings, ridge shuffles (default 1000)",
+        default=default("n_perm"),
+        help="label permutations, Mantel relabelings, ridge shuffles (default %(default)s)",
     )
     co.add_argument(
         "--n-perm-heavy",
         type=_positive,
-        default=200,
+        default=default("n_perm_heavy"),
         help="permutations of the costly nulls: CKA and mutual kNN over every layer pair, "
-        "Procrustes refits (default 200)",
+        "Procrustes refits (default %(default)s)",
     )
-    co.add_argument("--seed", type=int, default=0, help="split and permutations (default 0)")
+    co.add_argument(
+        "--seed",
+        type=int,
+        default=default("seed"),
+        help="split and permutations (default %(default)s)",
+    )
     co.add_argument("--no-plots", action="store_true", help="tables only")
     co.add_argument("--quiet", action="store_true", help="no progress bar")
     co.add_argument("--vectors_dir", default=None, help="pilot: folder of {model}_vectors files")

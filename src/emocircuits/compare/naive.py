@@ -7,6 +7,10 @@ the same statistics after a uniformly random rotation of the second model's dire
 rotation for all layers: a model's directions are correlated across layers, so their mean
 over layers does not average the noise away), and flagged coordinate-dependent.
 
+The pilot compared saved vector files this way (``emocircuits compare --vectors_dir``):
+:func:`compare_pilot_vectors` does it for :class:`~emocircuits.geometry.EmotionVectors` and
+returns a :class:`NaiveComparison` that saves the table and one figure per emotion.
+
 >>> d = {"m1": {"anger": np.eye(3, 8)}, "m2": {"anger": np.eye(3, 8)[::-1]}}
 >>> naive_table(d)[0]["mean"]
 0.333333
@@ -14,13 +18,27 @@ over layers does not average the noise away), and flagged coordinate-dependent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from emocircuits.compare.common import read_rows, safe_name
 from emocircuits.compare.perm import null_band
+from emocircuits.errors import DataError
+from emocircuits.results import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from emocircuits.geometry.vectors import EmotionVectors
+
+#: the file name of the naive table in the output folder (the pilot's name)
+TABLE = "cross_model_similarity.csv"
 
 
 def random_cosines(width: int, n_layers: int, n_draws: int = 20000, seed: int = 0) -> np.ndarray:
@@ -91,3 +109,135 @@ def naive_table(
             row["basis"] = "coordinate-dependent: not a similarity between models"
             rows.append(row)
     return rows
+
+
+#: ``{emotion: {"a ↔ b": (layers of a, cosine per layer, width)}}``
+Curves = dict[str, dict[str, tuple[list[int], np.ndarray, int]]]
+
+
+@dataclass(repr=False)
+class NaiveComparison(Result):
+    """The pilot's naive table (:func:`naive_table` rows) and, per emotion and model pair,
+    the raw cosine by layer for its figures. ``save(folder)`` writes
+    ``folder/cross_model_similarity.csv`` (or ``table=``) and one figure per emotion in
+    ``folder``: what ``emocircuits compare --vectors_dir ... --out folder`` writes. A loaded
+    result has the table only (the curves need the vectors), so it saves no figures.
+
+    >>> NaiveComparison.load("runs/naive").rows()[0]["p_random"]  # doctest: +SKIP
+    0.41
+    """
+
+    table: list[dict[str, Any]] = field(default_factory=list)
+    curves: Curves = field(default_factory=dict)
+
+    command: ClassVar[str] = "compare"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The naive table: per emotion and model pair, the raw cosine's mean, std, min, max
+        beside the same statistics after a random rotation."""
+        return self.table
+
+    def title(self) -> str:
+        return (
+            f"NaiveComparison: {len(self.table)} rows (coordinate-dependent: not a "
+            "similarity between models)"
+        )
+
+    def save(
+        self,
+        path: str | os.PathLike[str] = ".",
+        *,
+        table: str | os.PathLike[str] | None = None,
+        plots: bool = True,
+    ) -> Path:
+        """Write the table to ``table`` (default ``path/cross_model_similarity.csv``) and,
+        unless ``plots`` is False, the figures into ``path``; returns the table's path."""
+        from emocircuits.capture.store import atomic_write_bytes
+        from emocircuits.geometry.analysis import csv_bytes
+
+        target = Path(table) if table is not None else Path(path) / TABLE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, csv_bytes(self.table))
+        if plots:
+            self.plot(path)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NaiveComparison:
+        """Read the table (a CSV file, or a folder holding ``cross_model_similarity.csv``)."""
+        path = Path(path)
+        target = path / TABLE if path.is_dir() else path
+        if not target.is_file():
+            raise DataError(f"no naive table {target}")
+        return cls(read_rows(target))
+
+    def figure(self) -> Figure | None:
+        """The naive cosines of the first emotion by layer, beside two random vectors."""
+        return next((fig for _, fig in self._figures()), None)
+
+    def plot(self, out: str | os.PathLike[str]) -> list[Path]:
+        """Write ``naive-{emotion}`` (PNG and SVG) into ``out``; returns the paths."""
+        from emocircuits.plots.geometry import save_figure
+
+        paths: list[Path] = []
+        for stem, fig in self._figures():
+            paths += save_figure(fig, Path(out) / stem)
+        return paths
+
+    def _figures(self) -> Iterator[tuple[str, Figure]]:
+        from emocircuits.plots.compare import mapped_cosines
+
+        for emo, curves in self.curves.items():
+            layers, _, width = next(iter(curves.values()))
+            null = random_cosines(width, 1)[:, 0]
+            lo, hi = np.quantile(null, [0.025, 0.975])
+            yield (
+                f"naive-{safe_name(emo)}",
+                mapped_cosines(
+                    layers,
+                    {pair: c for pair, (_, c, _) in curves.items()},
+                    null_lo=np.full(len(layers), lo),
+                    null_hi=np.full(len(layers), hi),
+                    title=f"Naive cross-model cosine of {emo} directions (coordinate-dependent: "
+                    "means nothing)",
+                    ylabel="raw cosine, coordinate by coordinate",
+                    xlabel="layer",
+                    null_label=f"two random vectors of width {width} (95%)",
+                ),
+            )
+
+
+def compare_pilot_vectors(vectors: Mapping[str, EmotionVectors]) -> NaiveComparison:
+    """The pilot's naive comparison of saved direction vectors, ``{model name: vectors}``:
+    coordinate-wise cosines per emotion and pair of models of equal width, each beside the
+    same statistic after a random rotation (:func:`naive_table`). Raises ``DataError`` if
+    fewer than two models are given or no two have the same width. Use
+    :func:`~emocircuits.compare.compare_models` for a real comparison.
+
+    >>> vecs = {m: EmotionVectors.load(f"v/{m}.safetensors") for m in "ab"}  # doctest: +SKIP
+    >>> compare_pilot_vectors(vecs).save("runs/naive")  # doctest: +SKIP
+    PosixPath('runs/naive/cross_model_similarity.csv')
+    """
+    if len(vectors) < 2:
+        raise DataError("the naive table needs the vectors of at least two models")
+    rows = naive_table({m: v.directions for m, v in vectors.items()})
+    widths = {m: v.directions[v.emotions[0]].shape[-1] for m, v in vectors.items()}
+    if not rows:
+        raise DataError(
+            f"no pair of models has the same width ({widths}); the naive table compares "
+            "coordinates and exists only for equal widths. Use --activations for the "
+            "basis-free comparison"
+        )
+    curves: Curves = {}
+    names = list(vectors)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            va, vb = vectors[a], vectors[b]
+            if widths[a] != widths[b]:
+                continue
+            idx = np.rint(np.linspace(0, len(vb.layers) - 1, len(va.layers))).astype(int)
+            for e in va.emotions:
+                if e in vb.directions:
+                    cos = (va.directions[e] * vb.directions[e][idx]).sum(-1)
+                    curves.setdefault(e, {})[f"{a} ↔ {b}"] = (va.layers, cos, widths[a])
+    return NaiveComparison(rows, curves)
