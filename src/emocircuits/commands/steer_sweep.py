@@ -48,16 +48,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    def default(name: str):
+        return lib_default(steer_sweep, name)
+
     sw = sub.add_parser(
         "steer-sweep",
         help="dose-response over layers x alphas; saves the recommended setting per emotion",
         description="Steers the prompts (default: 20 shipped open-ended neutral prompts) "
-        "with every emotion's direction at every --layer (default: --n-layers 4 layers "
-        "evenly at 30-60% of the depth) and --alpha (default: --n-alphas 5 strengths chosen "
+        f"with every emotion's direction at every --layer (default: --n-layers "
+        f"{default('n_layers')} layers evenly at 30-60% of the depth) and --alpha (default: "
+        f"--n-alphas {default('n_alphas')} strengths chosen "
         "from the data, geometrically spaced between those costing a KL of 0.06 and 2 "
         "nats/token on neutral text; 0.03 and 0.5 with --steer-tokens all), the push held "
-        "for the first --steer-tokens new tokens (default 3), plus a random direction at "
-        "each setting, "
+        f"for the first --steer-tokens new tokens (default {default('steer_tokens')}), plus "
+        "a random direction at each setting, "
         "all in one batched generation. Writes rows.jsonl, summary.csv, sweep.json and a "
         "dose-response figure per emotion into --out, and the recommended setting per "
         "emotion (largest lower 95% bound of the effect with perplexity <= 1.35x none, "
@@ -70,25 +74,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     sw.add_argument(
         "--n-layers",
         type=_positive,
-        default=lib_default(steer_sweep, "n_layers"),
+        default=default("n_layers"),
         help="default layers (without --layer; %(default)s)",
     )
     sw.add_argument(
         "--n-alphas",
         type=_positive,
-        default=lib_default(steer_sweep, "n_alphas"),
+        default=default("n_alphas"),
         help="strengths chosen from the data (%(default)s)",
     )
     sw.add_argument(
         "--n-prompts",
         type=_positive,
-        default=lib_default(steer_sweep, "n_prompts"),
+        default=default("n_prompts"),
         help="use only the first N prompts",
     )
     sw.add_argument(
         "--n-verify",
         type=_positive,
-        default=lib_default(steer_sweep, "n_verify"),
+        default=default("n_verify"),
         help="random directions (pooled) at a setting before it is recommended (default "
         "%(default)s; 1: the single draw every setting gets)",
     )

@@ -676,7 +676,7 @@ def steer(
     n_random: int = 4,
     prompt_baseline: bool = True,
     scales: np.ndarray | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> SteerResult:
     """Continue ``prompts`` (None: the shipped neutral ``tune`` prompts; a .txt/.jsonl path;
     a list of strings) with ``emotion``'s direction added, next to the controls (unsteered,

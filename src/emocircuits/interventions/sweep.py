@@ -556,7 +556,7 @@ def steer_sweep(
     seed: int = 0,
     prompt_baseline: bool = True,
     scales: np.ndarray | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> SweepResult:
     """Dose-response of steering over layers x alphas and the recommended setting per emotion
     (what ``emocircuits steer-sweep`` does). ``prompts``: None (the shipped neutral ``tune``
