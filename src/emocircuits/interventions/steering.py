@@ -120,8 +120,8 @@ def emotion_steer(
     if emotion is None or layer is None or alpha is None:
         raise CaptureError("steering with vectors needs an emotion, layer= and alpha=")
     if emotion not in vectors.directions:
-        raise DataError(f"no {emotion!r} direction in the vectors (has "
-                           f"{', '.join(vectors.directions)})")  # fmt: skip
+        have = ", ".join(vectors.directions)
+        raise DataError(f"no {emotion!r} direction in the vectors (has {have})")
     if layer not in vectors.layers:
         raise DataError(f"layer {layer} is not in the vectors (layers {vectors.layers})")
     s = steering_scales(lm) if scales is None else scales
