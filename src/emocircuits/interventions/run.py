@@ -698,7 +698,8 @@ def steer(
 
     prompt_list, prompt_desc = resolve_prompts(prompts)
     vecs, vfile = resolve_vectors(vectors)
-    tvecs, tfile = (None, None) if transfer is None else resolve_vectors(transfer)
+    tvecs = None if transfer is None else resolve_vectors(transfer)[0]
+    tfile = str(transfer) if isinstance(transfer, str | os.PathLike) else None
     layers, alphas = _as_list(layer), _as_list(alpha)
     check_request(vecs, [emotion], layers, vfile or "the vectors")
     source = "given"
