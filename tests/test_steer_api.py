@@ -27,7 +27,8 @@ SWEEP_ARGV = ["--emotion", "anger", "--layer", "2", "--n-alphas", "2", "--n-veri
 
 @pytest.fixture(scope="module")
 def setup(tiny, tiny_dir, tmp_path_factory):
-    lm = tiny("gpt2")
+    # the model as the command loads it (other test modules annotate tiny("gpt2")'s provenance)
+    lm = ec.load_model(tiny_dir("gpt2"), progress=False)
     root = tmp_path_factory.mktemp("steer-api")
     spec = ec.CaptureSpec(sites=("resid",), positions=("mean",))
     acts = ec.extract(lm, ec.load_dataset("baseline"), root / "acts", spec, progress=False)
