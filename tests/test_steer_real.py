@@ -41,7 +41,8 @@ def steered(smollm2, tmp_path_factory):
     out = {}
     for emotion in ("gratitude", "anger", "apology"):
         rows = steer_prompts(smollm2, PROMPTS, vecs, emotion, layers=[15], alphas=[0.25],
-                             scales=scales, max_new_tokens=30)  # fmt: skip
+                             scales=scales, max_new_tokens=30, batch_size=32,
+                             n_random=1)  # fmt: skip
         out[emotion] = {r["condition"]: r for r in summarize(rows)}
     return out
 

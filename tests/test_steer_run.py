@@ -38,7 +38,8 @@ def test_rows_conditions_and_the_unsteered_baseline(setup):
     lm, vecs, _, _ = setup
     scales = typical_norms(lm, PROMPTS)
     rows = steer_prompts(lm, PROMPTS, vecs, "anger", layers=[1, 2], alphas=[0.5, 2.0],
-                         scales=scales, max_new_tokens=5)  # fmt: skip
+                         scales=scales, max_new_tokens=5, batch_size=32,
+                         n_random=1)  # fmt: skip
     conds = [(r["condition"], r["layer"], r["alpha"]) for r in rows]
     assert len(rows) == len(PROMPTS) * (1 + 2 * 2 * 2)
     assert conds.count(("none", None, 0.0)) == len(PROMPTS)

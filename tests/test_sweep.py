@@ -15,7 +15,7 @@ from emocircuits.geometry import compute_vectors
 from emocircuits.geometry.vectors import EmotionVectors
 from emocircuits.interventions import Steer, steering, typical_norms
 from emocircuits.interventions.run import (
-    Condition,
+    SteerCondition,
     generate,
     next_token_kl,
     perplexity,
@@ -114,8 +114,8 @@ def test_prompting_baseline_uses_the_chat_template(setup):
     old = getattr(tok, "chat_template", None)
     tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
     try:
-        cond = Condition("prompt", "anger", instruction="Be {feeling}: {prompt}")
-        rows = run_conditions(lm, PROMPTS[:2], [Condition("none"), cond], max_new_tokens=4)
+        cond = SteerCondition("prompt", "anger", instruction="Be {feeling}: {prompt}")
+        rows = run_conditions(lm, PROMPTS[:2], [SteerCondition("none"), cond], max_new_tokens=4)
         ids = tok("[Be anger: " + PROMPTS[0] + "]", add_special_tokens=False)["input_ids"]
         want = generate(lm, [ids], max_new_tokens=4)[0]
         got = next(r for r in rows if r["condition"] == "prompt" and r["prompt_index"] == 0)

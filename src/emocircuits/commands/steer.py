@@ -3,94 +3,102 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
-from emocircuits.errors import EmocircuitsError
-
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import (
-    _add_steer_args,
-    _positive,
-    _print_steer_table,
-    _steer_setup,
-    _write_jsonl,
-)
+from emocircuits.commands._common import _add_model_arg, _positive, _steer_tokens
+from emocircuits.interventions.run import steer
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from emocircuits.capture.store import atomic_write_json
-    from emocircuits.data.dataset import load_prompts
-    from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
-    from emocircuits.interventions.run import steer_prompts, summarize
+    from emocircuits.geometry.vectors import EmotionVectors
+    from emocircuits.interventions.run import (
+        check_request,
+        direction_note,
+        require_setting,
+        resolve_prompts,
+        steer_table,
+    )
     from emocircuits.interventions.steering import describe_push
-    from emocircuits.interventions.sweep import load_recommendation, settings_path
+    from emocircuits.models import load_model
 
+    # bad input fails before the model loads
     if args.prompts:
-        load_prompts(args.prompts)  # its problems first
-    transfer = EmotionVectors.load(args.transfer) if args.transfer else None
-    if (not args.layer or not args.alpha) and not settings_path(args.vectors).is_file():
-        raise EmocircuitsError(
-            f"no --layer/--alpha given and no recommended settings "
-            f"({settings_path(args.vectors)}); run `emocircuits steer-sweep --vectors "
-            f"{args.vectors}` first, or give --layer and --alpha"
-        )
-    prompts, vecs, lm, scales, _ = _steer_setup(args, [args.emotion])
-    source = "command line"
-    layers, alphas, where, steer_tokens = args.layer, args.alpha, args.where, args.steer_tokens
-    if not layers or not alphas:
-        rec = load_recommendation(args.vectors, lm.provenance, args.emotion)
-        layers = layers or [rec["layer"]]
-        alphas = alphas or [rec["alpha"]]
-        where = rec.get("where", where)
-        if steer_tokens is None:  # given on the command line: that wins
-            steer_tokens = rec.get("steer_tokens")
-        source = f"recommended by steer-sweep ({rec['effect']} {rec['value']:+.3f})"
-        print(f"using the recommended setting: layer {layers[0]}, alpha {alphas[0]}, pushed at "
-              f"{describe_push(steer_tokens, where)} ({source})")  # fmt: skip
-    from emocircuits.interventions.run import has_chat_template
-
-    chat = has_chat_template(lm) and not args.no_prompt_baseline
-    per = 1 + args.n_random + (transfer is not None)
-    n = len(prompts) * (1 + chat + len(layers) * len(alphas) * per)
-    with tqdm(total=n, desc="steer", unit="text", disable=args.quiet) as bar:
-        rows = steer_prompts(
-            lm, prompts, vecs, args.emotion, layers=layers, alphas=alphas,
-            scales=scales, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            where=where, steer_tokens=steer_tokens, seed=args.seed,
-            prompt=False if args.no_prompt_baseline else None, transfer=transfer,
-            n_random=args.n_random, progress=bar.update,
-        )  # fmt: skip
-    out = Path(args.out)
-    _write_jsonl(out, rows)
-    summary = summarize(rows)
-    meta = {
-        "format": "emocircuits.steer",
-        "version": 1,
-        "model": lm.provenance,
-        "vectors": {"file": str(safetensors_path(args.vectors)), **vecs.meta()},
-        "transfer": None if transfer is None else {"file": str(args.transfer), **transfer.meta()},
-        "emotion": args.emotion,
-        "scales": {"what": "median residual norm over content tokens of 64 baseline prompts",
-                   "values": [round(float(v), 4) for v in scales]},
-        "settings": {"layers": list(layers), "alphas": list(alphas), "where": where,
-                     "steer_tokens": steer_tokens, "source": source,
-                     "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-                     "n_random": args.n_random, "decoding": "greedy", "dtype": str(lm.dtype),
-                     "prompts": str(args.prompts or "shipped neutral prompts (tune split)"),
-                     "n_prompts": len(prompts)},
-        "summary": summary,
-    }  # fmt: skip
-    atomic_write_json(out.with_suffix(".summary.json"), meta)
-    _print_steer_table(summary)
-    print(f"wrote {out} ({len(rows)} rows) and {out.with_suffix('.summary.json')}")
+        resolve_prompts(args.prompts)
+    if args.transfer:
+        EmotionVectors.load(args.transfer)
+    require_setting(args.vectors, args.layer, args.alpha)
+    vecs = EmotionVectors.load(args.vectors)
+    note = direction_note(vecs, args.vectors)
+    if note:
+        print(note)
+    check_request(vecs, [args.emotion], args.layer or (), args.vectors)
+    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    res = steer(
+        lm, args.prompts, args.vectors, args.emotion, layer=args.layer, alpha=args.alpha,
+        transfer=args.transfer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        where=args.where, steer_tokens=args.steer_tokens, seed=args.seed,
+        n_random=args.n_random, prompt_baseline=not args.no_prompt_baseline,
+        progress=not args.quiet,
+    )  # fmt: skip
+    st = res.meta["settings"]
+    if st["source"].startswith("recommended"):
+        print(f"using the recommended setting: layer {st['layers'][0]}, alpha "
+              f"{st['alphas'][0]}, pushed at {describe_push(st['steer_tokens'], st['where'])} "
+              f"({st['source']})")  # fmt: skip
+    out = res.save(args.out)
+    print(steer_table(res.summary))
+    print(f"wrote {out} ({len(res.generations)} rows) and {out.with_suffix('.summary.json')}")
     return 0
 
 
+def add_steer_args(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
+    """The options `steer` and `steer-sweep` share; defaults read from ``fn``."""
+    from emocircuits.commands._common import lib_default
+
+    _add_model_arg(p)
+    p.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help=".txt (one per line) or .jsonl with text (default: the shipped neutral prompts)",
+    )
+    p.add_argument("--layer", type=int, nargs="+", default=None, help="residual layer(s)")
+    p.add_argument(
+        "--alpha", type=float, nargs="+", default=None, help="strength(s), x typical norm"
+    )
+    p.add_argument("--max-new-tokens", type=_positive, default=lib_default(fn, "max_new_tokens"))
+    p.add_argument("--batch-size", type=_positive, default=lib_default(fn, "batch_size"))
+    p.add_argument(
+        "--where",
+        choices=("all", "new"),
+        default=lib_default(fn, "where"),
+        help="add at every position (default) or only at generated tokens",
+    )
+    steer_tokens = lib_default(fn, "steer_tokens")
+    p.add_argument(
+        "--steer-tokens",
+        type=_steer_tokens,
+        default=steer_tokens,
+        metavar="N|all",
+        help="push only while the first N new tokens are written (with --where all, the "
+        "prompt too); the rest is written without the push, attending to the pushed "
+        f"tokens; 'all': every token (default {steer_tokens or 'all'})",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=lib_default(fn, "seed"),
+        help="random-direction control (default %(default)s)",
+    )
+    p.add_argument("--no-prompt-baseline", action="store_true", help="skip the prompting baseline")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from emocircuits.commands._common import lib_default
+
     st = sub.add_parser(
         "steer",
         help="continue prompts with an emotion direction added, and score the text",
@@ -106,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compound, emotion-marker hits, NRC lexicon counts, repetition and the perplexity "
         "under the unsteered model; FILE.summary.json has means with bootstrap intervals.",
     )
-    _add_steer_args(st)
+    add_steer_args(st, steer)
     st.add_argument("--emotion", required=True, help="which direction to add")
     st.add_argument("--out", required=True, help="JSONL file to write")
     st.add_argument(
@@ -118,8 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument(
         "--n-random",
         type=_positive,
-        default=4,
-        help="random directions per setting (default 4; condition `random`, column `draw`); "
-        "their rows are pooled: one draw is a noisy estimate of the null",
+        default=lib_default(steer, "n_random"),
+        help="random directions per setting (default %(default)s; condition `random`, column "
+        "`draw`); their rows are pooled: one draw is a noisy estimate of the null",
     )
     st.set_defaults(func=run)

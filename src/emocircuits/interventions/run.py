@@ -24,10 +24,13 @@ perplexity under the **unsteered** model given the input it was generated from.
 
 from __future__ import annotations
 
+import json
+import os
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -41,7 +44,8 @@ from emocircuits.interventions.scorers import (
     repetition,
     vader,
 )
-from emocircuits.interventions.steering import Steer, steering
+from emocircuits.interventions.steering import Steer, describe_push, steering
+from emocircuits.results import Result
 
 if TYPE_CHECKING:
     from emocircuits.geometry.vectors import EmotionVectors
@@ -54,7 +58,7 @@ FEELINGS = {"gratitude": "gratitude", "apology": "an apology", "anger": "anger"}
 
 
 @dataclass
-class Condition:
+class SteerCondition:
     """One way of continuing every prompt: what to steer with, or how to prompt."""
 
     condition: str  # none | direction | random | prompt | transfer
@@ -73,7 +77,7 @@ def has_chat_template(lm: LoadedModel) -> bool:
     return bool(getattr(lm.tokenizer, "chat_template", None))
 
 
-def encode(lm: LoadedModel, prompt: str, cond: Condition | None = None) -> list[int]:
+def encode(lm: LoadedModel, prompt: str, cond: SteerCondition | None = None) -> list[int]:
     """Token ids the model continues: the prompt, or the chat-formatted instruction."""
     tok = lm.tokenizer
     if cond is None or cond.instruction is None:
@@ -230,7 +234,7 @@ def random_direction(width: int, seed: int) -> np.ndarray:
 
 def random_conditions(
     width: int, layer: int, alpha: float, scale: float, draws: Iterable[int], *, seed: int = 0
-) -> list[Condition]:
+) -> list[SteerCondition]:
     """The ``random`` conditions of the given draws at one setting. Draw ``d`` at ``layer``
     is the same direction whatever the alpha and whichever run asks for it, so extra draws
     can be added later and pooled with the first.
@@ -239,7 +243,7 @@ def random_conditions(
     [0, 1]
     """
     return [
-        Condition(
+        SteerCondition(
             "random",
             None,
             layer,
@@ -276,33 +280,33 @@ def conditions(
     prompt: bool = False,
     transfer: EmotionVectors | None = None,
     n_random: int = 1,
-) -> list[Condition]:
+) -> list[SteerCondition]:
     """The conditions of one steering run (see the module docstring). ``scales``: the
     typical residual norm per layer (:func:`~emocircuits.interventions.typical_norms`);
     ``layers`` use the activation-folder numbering, as ``vectors.layers``. ``n_random``
     random directions per setting (their rows are pooled in the summary: one draw is a
     noisy estimate of what an arbitrary push of that size does to the text)."""
-    out = [Condition("none")] if none else []
+    out = [SteerCondition("none")] if none else []
     if prompt:
-        out.append(Condition("prompt", emotion, instruction=INSTRUCTION))
+        out.append(SteerCondition("prompt", emotion, instruction=INSTRUCTION))
     width = vectors.directions[emotion].shape[-1]
     for layer in layers:
         s = float(scales[layer])
         v = vectors.directions[emotion][vectors.layers.index(layer)]
         for a in alphas:
-            out.append(Condition("direction", emotion, layer, a, [Steer(layer, v, a, s)]))
+            out.append(SteerCondition("direction", emotion, layer, a, [Steer(layer, v, a, s)]))
             if random:
                 out += random_conditions(width, layer, a, s, range(n_random), seed=seed)
             if transfer is not None:
                 t = transfer.directions[emotion][transfer.layers.index(layer)]
-                out.append(Condition("transfer", emotion, layer, a, [Steer(layer, t, a, s)]))
+                out.append(SteerCondition("transfer", emotion, layer, a, [Steer(layer, t, a, s)]))
     return out
 
 
 def run_conditions(
     lm: LoadedModel,
     prompts: Sequence[str],
-    conds: Sequence[Condition],
+    conds: Sequence[SteerCondition],
     *,
     max_new_tokens: int = 30,
     batch_size: int = 32,
@@ -372,19 +376,21 @@ def steer_prompts(
     layers: Sequence[int],
     alphas: Sequence[float],
     scales: np.ndarray,
-    max_new_tokens: int = 30,
-    batch_size: int = 32,
+    max_new_tokens: int,
+    batch_size: int,
+    n_random: int,
     where: str = "all",
     steer_tokens: int | None = None,
     seed: int = 0,
     prompt: bool | None = None,
     transfer: EmotionVectors | None = None,
-    n_random: int = 1,
     progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for every prompt and condition of one emotion. ``prompt`` (the prompting
-    baseline) defaults to on for chat models; ``n_random`` random directions per setting;
-    ``steer_tokens``: push only while the first ``steer_tokens`` new tokens are written."""
+    """Rows for every prompt and condition of one emotion (the engine of :func:`steer`, which
+    also chooses the scales and the setting, and holds the defaults). ``prompt`` (the
+    prompting baseline) defaults to on for chat models; ``n_random`` random directions per
+    setting; ``steer_tokens``: push only while the first ``steer_tokens`` new tokens are
+    written."""
     check_vectors(lm, vectors, emotion, layers)
     if transfer is not None:
         check_vectors(lm, transfer, emotion, layers)
@@ -447,3 +453,347 @@ def summarize(
         row["distinct_2_ratio"] = round(float(d2 / base_d2), 4) if base_d2 else float("nan")
         out.append(row)
     return out
+
+
+# ------------------------------------------------------------------ text in, text out
+def generate_text(
+    lm: LoadedModel,
+    prompts: str | Sequence[str],
+    *,
+    max_new_tokens: int = 30,
+    batch_size: int = 8,
+) -> str | list[str]:
+    """Greedy continuation (new text only) of one prompt, or of each of a list; any steering
+    that is active (:func:`~emocircuits.interventions.steering.steering`) applies.
+
+    >>> with ec.steering(lm, vecs, "gratitude", layer=15, alpha=0.2):  # doctest: +SKIP
+    ...     print(generate_text(lm, "The meeting moved to Thursday.", max_new_tokens=20))
+    """
+    one = isinstance(prompts, str)
+    ids = generate(lm, [prompts] if one else list(prompts), max_new_tokens=max_new_tokens,
+                   batch_size=batch_size)  # fmt: skip
+    texts = [lm.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+    return texts[0] if one else texts
+
+
+# --------------------------------------------------------- inputs of steer / steer-sweep
+SHIPPED_PROMPTS = "shipped neutral prompts (tune split)"
+
+
+def resolve_prompts(
+    prompts: str | os.PathLike[str] | Sequence[str] | None,
+) -> tuple[list[str], str]:
+    """The prompts to continue and how the outputs name them: ``None`` the shipped neutral
+    ``tune`` prompts, a ``.txt`` / ``.jsonl`` path, or a list of strings.
+
+    >>> resolve_prompts(["Hello there."])
+    (['Hello there.'], 'a list of 1 prompts')
+    """
+    from emocircuits.data.dataset import load_prompts, neutral_prompts
+
+    if prompts is None:
+        return neutral_prompts("tune"), SHIPPED_PROMPTS
+    if isinstance(prompts, str | os.PathLike):
+        return load_prompts(prompts), str(prompts)
+    out = list(prompts)
+    if not out or not all(isinstance(p, str) and p.strip() for p in out):
+        raise DataError("prompts must be a non-empty list of non-empty strings")
+    return out, f"a list of {len(out)} prompts"
+
+
+def resolve_vectors(
+    vectors: EmotionVectors | str | os.PathLike[str],
+) -> tuple[EmotionVectors, str | None]:
+    """The vectors and their file (None for vectors given as an object)."""
+    from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
+
+    if isinstance(vectors, str | os.PathLike):
+        return EmotionVectors.load(vectors), str(safetensors_path(vectors))
+    return vectors, None
+
+
+def direction_note(vectors: EmotionVectors, name: str) -> str | None:
+    """A note for directions that are not ``one_vs_rest`` (they steer less specifically)."""
+    if vectors.method == "one_vs_rest":
+        return None
+    return (f"note: {name} holds {vectors.method} directions; one_vs_rest directions "
+            "(`vectors --method one_vs_rest`) leave out what all emotions share and "
+            "steer more specifically (docs/BENCHMARKS.md)")  # fmt: skip
+
+
+def check_request(
+    vectors: EmotionVectors, emotions: Sequence[str], layers: Sequence[int], name: str
+) -> None:
+    """Refuse an emotion or layer ``vectors`` (called ``name`` in the message) lacks; needs
+    no model, so a command calls it before loading one."""
+    for e in emotions:
+        if e not in vectors.directions:
+            raise DataError(f"no {e!r} direction in {name} (has {', '.join(vectors.emotions)})")
+    for layer in layers:
+        if layer not in vectors.layers:
+            raise DataError(
+                f"layer {layer} is not in {name} (layers {vectors.layers[0]}-{vectors.layers[-1]})"
+            )
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    return [x] if isinstance(x, int | float | str) else list(x)
+
+
+# ------------------------------------------------ the recommended settings next to vectors
+def settings_path(vectors_path: str | os.PathLike[str]) -> Path:
+    """Where a vectors file's recommended settings live: ``v.safetensors`` -> ``v.steer.json``."""
+    from emocircuits.geometry.vectors import safetensors_path
+
+    p = safetensors_path(vectors_path)
+    return p.with_name(p.name.removesuffix(".safetensors") + ".steer.json")
+
+
+def model_key(provenance: dict[str, Any]) -> str:
+    """Settings are per model weights and dtype (greedy text depends on both)."""
+    rev = provenance.get("revision") or provenance.get("name")
+    return f"{rev}|{provenance.get('dtype', 'float32')}"
+
+
+def require_setting(
+    vectors_path: str | os.PathLike[str], layer: Any = None, alpha: Any = None
+) -> None:
+    """Without ``layer`` and ``alpha`` a steer needs the settings file of ``steer-sweep``;
+    refuse early (before a model loads) if there is none."""
+    if (not _as_list(layer) or not _as_list(alpha)) and not settings_path(vectors_path).is_file():
+        raise DataError(
+            f"no --layer/--alpha given and no recommended settings "
+            f"({settings_path(vectors_path)}); run `emocircuits steer-sweep --vectors "
+            f"{vectors_path}` first, or give --layer and --alpha"
+        )
+
+
+def load_recommendation(
+    vectors_path: str | os.PathLike[str], provenance: dict[str, Any], emotion: str
+) -> dict[str, Any]:
+    """The saved recommended setting of ``emotion`` for this model, or a clear error."""
+    path = settings_path(vectors_path)
+    hint = f"run `emocircuits steer-sweep --model ... --vectors {vectors_path}` first"
+    if not path.is_file():
+        raise DataError(f"no --layer/--alpha given and no recommended settings ({path}); {hint}")
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        entry = data["models"][model_key(provenance)]
+    except json.JSONDecodeError:
+        raise DataError("not a steer-settings JSON file", where=str(path)) from None
+    except KeyError:
+        raise DataError(
+            f"{path} has no settings for this model ({model_key(provenance)}); {hint}"
+        ) from None
+    if emotion not in entry["emotions"]:
+        raise DataError(f"{path} has no setting for {emotion!r} on this model; {hint}")
+    return entry["emotions"][emotion]
+
+
+def _setting_of(setting: Any, emotion: str) -> dict[str, Any]:
+    """A recommendation as a dict, from a sweep result, a recommendation or a dict."""
+    if hasattr(setting, "recommendations"):  # a SweepResult
+        if emotion not in setting.recommendations:
+            raise DataError(f"the sweep has no setting for {emotion!r}")
+        setting = setting.recommendations[emotion]
+    if is_dataclass(setting):
+        setting = asdict(setting)  # type: ignore[arg-type]
+    if not isinstance(setting, dict) or not {"layer", "alpha"} <= set(setting):
+        raise DataError("setting= must be a SweepResult, a Recommendation or a dict with "
+                        "layer and alpha")  # fmt: skip
+    return setting
+
+
+# ------------------------------------------------------------------------------ steer
+@dataclass(repr=False)
+class SteerResult(Result):
+    """What :func:`steer` returns: ``generations`` (one row per prompt and condition: the
+    continuation and its scores), ``summary`` (per condition: means with bootstrap
+    intervals) and ``meta`` (model, vectors, emotion, scales and settings).
+    ``save(path)`` writes the rows as JSONL at ``path`` and ``path.summary.json``."""
+
+    command: ClassVar[str] = "steer"
+    generations: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per condition: VADER change [95%], the emotion's marker rate, fluency ratios."""
+        return [headline(r) for r in self.summary]
+
+    def title(self) -> str:
+        st = self.meta.get("settings", {})
+        push = describe_push(st.get("steer_tokens"), st.get("where", "all"))
+        model = (self.meta.get("model") or {}).get("name", "?")
+        return (f"SteerResult: {self.meta.get('emotion')} on {model}, "
+                f"{len(self.generations)} continuations, pushed at {push}")  # fmt: skip
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` (JSONL, one row per continuation) and ``path.summary.json``."""
+        from emocircuits.capture.store import atomic_write_json
+
+        out = Path(path)
+        write_jsonl(out, self.generations)
+        atomic_write_json(out.with_suffix(".summary.json"), {**self.meta, "summary": self.summary})
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SteerResult:
+        """Read what :meth:`save` (or ``emocircuits steer --out``) wrote."""
+        out = Path(path)
+        side = out.with_suffix(".summary.json")
+        for p in (out, side):
+            if not p.is_file():
+                raise DataError(f"no {p} (written by `emocircuits steer --out {out}`)")
+        meta = _read_json(side)
+        if meta.get("format") != "emocircuits.steer":
+            raise DataError("not a steer summary", where=str(side))
+        summary = meta.pop("summary")
+        return cls(read_jsonl(out), summary, meta)
+
+    def table(self) -> str:
+        """The summary as the text table ``emocircuits steer`` prints."""
+        return steer_table(self.summary)
+
+
+def steer(
+    lm: LoadedModel,
+    prompts: str | os.PathLike[str] | Sequence[str] | None,
+    vectors: EmotionVectors | str | os.PathLike[str],
+    emotion: str,
+    *,
+    layer: int | Sequence[int] | None = None,
+    alpha: float | Sequence[float] | None = None,
+    setting: Any = None,
+    transfer: EmotionVectors | str | os.PathLike[str] | None = None,
+    max_new_tokens: int = 30,
+    batch_size: int = 64,
+    where: str = "all",
+    steer_tokens: int | None = None,
+    seed: int = 0,
+    n_random: int = 4,
+    prompt_baseline: bool = True,
+    scales: np.ndarray | None = None,
+    progress: bool = True,
+) -> SteerResult:
+    """Continue ``prompts`` (None: the shipped neutral ``tune`` prompts; a .txt/.jsonl path;
+    a list of strings) with ``emotion``'s direction added, next to the controls (unsteered,
+    ``n_random`` random directions, the prompting baseline on chat models, ``transfer``
+    directions), and score the text (what ``emocircuits steer`` does).
+
+    The push at each ``layer`` x ``alpha`` is ``alpha * s_l * v`` (``s_l``: ``scales``, by
+    default :func:`~emocircuits.interventions.steering.steering_scales`). Without ``layer``
+    or ``alpha`` the recommended setting is used: ``setting=`` (a ``SweepResult``, a
+    ``Recommendation`` or its dict), else the one ``steer-sweep`` saved next to the vectors
+    file for this model (its ``where``, and its ``steer_tokens`` unless one is given).
+
+    >>> res = steer(lm, None, "v.safetensors", "gratitude", layer=15, alpha=0.2)  # doctest: +SKIP
+    >>> res.save("runs/gratitude.jsonl")  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from emocircuits.interventions.steering import SCALES_WHAT, steering_scales
+
+    prompt_list, prompt_desc = resolve_prompts(prompts)
+    vecs, vfile = resolve_vectors(vectors)
+    tvecs = None if transfer is None else resolve_vectors(transfer)[0]
+    tfile = str(transfer) if isinstance(transfer, str | os.PathLike) else None
+    layers, alphas = _as_list(layer), _as_list(alpha)
+    check_request(vecs, [emotion], layers, vfile or "the vectors")
+    source = "given"
+    if not layers or not alphas:
+        if setting is not None:
+            rec = _setting_of(setting, emotion)
+        elif vfile is not None:
+            rec = load_recommendation(vfile, lm.provenance, emotion)
+        else:
+            raise DataError("no layer/alpha given and no setting= (a steer_sweep result)")
+        layers = layers or [rec["layer"]]
+        alphas = alphas or [rec["alpha"]]
+        where = rec.get("where", where)
+        if steer_tokens is None:  # given: that wins
+            steer_tokens = rec.get("steer_tokens")
+        source = "recommended by steer-sweep"
+        if "effect" in rec and "value" in rec:
+            source += f" ({rec['effect']} {rec['value']:+.3f})"
+        check_request(vecs, [], layers, vfile or "the vectors")
+    scales = steering_scales(lm) if scales is None else np.asarray(scales)
+    chat = has_chat_template(lm) and prompt_baseline
+    per = 1 + n_random + (tvecs is not None)
+    n = len(prompt_list) * (1 + chat + len(layers) * len(alphas) * per)
+    with tqdm(total=n, desc="steer", unit="text", disable=not progress) as bar:
+        rows = steer_prompts(
+            lm, prompt_list, vecs, emotion, layers=layers, alphas=alphas, scales=scales,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, where=where,
+            steer_tokens=steer_tokens, seed=seed, prompt=None if prompt_baseline else False,
+            transfer=tvecs, n_random=n_random, progress=bar.update,
+        )  # fmt: skip
+    meta = {
+        "format": "emocircuits.steer",
+        "version": 1,
+        "model": lm.provenance,
+        "vectors": {"file": vfile, **vecs.meta()},
+        "transfer": None if tvecs is None else {"file": tfile, **tvecs.meta()},
+        "emotion": emotion,
+        "scales": {"what": SCALES_WHAT, "values": [round(float(v), 4) for v in scales]},
+        "settings": {"layers": list(layers), "alphas": list(alphas), "where": where,
+                     "steer_tokens": steer_tokens, "source": source,
+                     "max_new_tokens": max_new_tokens, "seed": seed,
+                     "n_random": n_random, "decoding": "greedy", "dtype": str(lm.dtype),
+                     "prompts": prompt_desc, "n_prompts": len(prompt_list)},
+    }  # fmt: skip
+    return SteerResult(rows, summarize(rows), meta)
+
+
+# ------------------------------------------------------------------ tables and files
+def headline(r: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a summary row worth a glance (the rest stay in ``summary``)."""
+    out = {k: r.get(k) for k in ("condition", "emotion", "layer", "alpha", "n", "vader_change",
+                                  "vader_change_lo", "vader_change_hi")}  # fmt: skip
+    out["marker"] = r.get(f"marker_{r['emotion']}") if r.get("emotion") else None
+    out["perplexity_ratio"] = r.get("perplexity_ratio_median")
+    out["distinct_2_ratio"] = r.get("distinct_2_ratio")
+    if "kl" in r:
+        out["kl"] = r["kl"]
+    return out
+
+
+def steer_table(summary: Sequence[dict[str, Any]]) -> str:
+    """A summary as the text table the steering commands print."""
+    lines = [f"{'condition':10s} {'emotion':10s} {'layer':>5s} {'alpha':>6s}  "
+             f"{'VADER change [95%]':24s} {'marker':>6s}  ppl ratio  distinct-2"]  # fmt: skip
+    for r in summary:
+        layer = "-" if r["layer"] is None else str(r["layer"])
+        ch = f"{r['vader_change']:+.3f} [{r['vader_change_lo']:+.3f}, {r['vader_change_hi']:+.3f}]"
+        mk = r.get(f"marker_{r['emotion']}", float("nan")) if r["emotion"] else float("nan")
+        lines.append(f"{r['condition']:10s} {r['emotion'] or '-':10s} {layer:>5s} "
+                     f"{r['alpha']:6.3f}  {ch:24s} {mk:6.2f}  "
+                     f"{r['perplexity_ratio_median']:9.2f}  "
+                     f"{r['distinct_2_ratio']:.2f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """One JSON object a line, atomically (the folder is made)."""
+    from emocircuits.capture.store import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(
+        path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+    except json.JSONDecodeError as e:
+        raise DataError(f"not JSONL ({e.msg})", where=f"{path}:{e.lineno}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except json.JSONDecodeError:
+        raise DataError("not a JSON file", where=str(path)) from None

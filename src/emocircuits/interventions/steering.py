@@ -22,12 +22,15 @@ runs (``generate`` and its KV cache included), and take it out again on exit.
 - The model is never modified: a forward hook per steered block, removed on exit, also
   after an exception.
 
+>>> with steering(lm, vecs, "gratitude", layer=15, alpha=0.25):  # doctest: +SKIP
+...     out = lm.model.generate(**inputs, max_new_tokens=30, do_sample=False)
 >>> with steering(lm, [Steer(layer=15, vector=v, alpha=0.25, scale=s[15])]):  # doctest: +SKIP
 ...     out = lm.model.generate(**inputs, max_new_tokens=30, do_sample=False)
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,9 +39,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emocircuits.capture.hooks import hooked
-from emocircuits.errors import CaptureError
+from emocircuits.errors import CaptureError, DataError
 
 if TYPE_CHECKING:
+    from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.models.loading import LoadedModel
 
 WHERE = ("all", "new")
@@ -67,6 +71,66 @@ class Steer:
 
 @contextmanager
 def steering(
+    lm: LoadedModel,
+    vectors: EmotionVectors | Sequence[Steer] = (),
+    emotion: str | None = None,
+    *,
+    layer: int | None = None,
+    alpha: float | None = None,
+    scales: np.ndarray | None = None,
+    where: str = "all",
+    steer_tokens: int | None = None,
+    per_row: Sequence[Sequence[Steer]] | None = None,
+) -> Iterator[None]:
+    """Steer ``lm`` for the duration of the block. Two forms:
+
+    - ``steering(lm, vecs, emotion, layer=, alpha=)``: add ``alpha * s_l * v`` at residual
+      layer ``layer``, ``v`` the unit ``emotion`` direction of ``vecs`` at that layer and
+      ``s_l = scales[layer]``, by default :func:`steering_scales` (the typical residual
+      norm: median over content tokens of 64 prompts of the ``baseline`` preset). That is
+      the push :func:`~emocircuits.interventions.run.steer` makes with the same layer,
+      alpha, ``where`` and ``steer_tokens``.
+    - ``steering(lm, [Steer(...), ...])``: add each :class:`Steer` as it is (or, with
+      ``per_row``, each row's own steers to that row of the batch).
+
+    ``where``: ``"all"`` positions or only ``"new"`` (generated) tokens; ``steer_tokens``:
+    push only while the first ``steer_tokens`` new tokens are written (``None``: all).
+
+    >>> with steering(lm, vecs, "gratitude", layer=15, alpha=0.2):  # doctest: +SKIP
+    ...     text = generate_text(lm, "The meeting moved to Thursday.")
+    """
+    if vectors is not None and hasattr(vectors, "directions"):
+        steers: Sequence[Steer] = [emotion_steer(lm, vectors, emotion, layer, alpha, scales)]
+    else:
+        steers = vectors or ()
+    with _steering(lm, steers, where=where, per_row=per_row, steer_tokens=steer_tokens):
+        yield
+
+
+def emotion_steer(
+    lm: LoadedModel,
+    vectors: EmotionVectors,
+    emotion: str | None,
+    layer: int | None,
+    alpha: float | None,
+    scales: np.ndarray | None = None,
+) -> Steer:
+    """The :class:`Steer` of ``emotion``'s direction at residual ``layer``, strength ``alpha``
+    x the typical residual norm there (``scales``, by default :func:`steering_scales`)."""
+    if emotion is None or layer is None or alpha is None:
+        raise CaptureError("steering with vectors needs an emotion, layer= and alpha=")
+    if emotion not in vectors.directions:
+        have = ", ".join(vectors.directions)
+        raise DataError(f"no {emotion!r} direction in the vectors (has {have})")
+    if layer not in vectors.layers:
+        raise DataError(f"layer {layer} is not in the vectors (layers {vectors.layers})")
+    s = steering_scales(lm) if scales is None else scales
+    v = vectors.directions[emotion][vectors.layers.index(layer)]
+    return Steer(layer, v, float(alpha), float(s[layer]))
+
+
+@contextmanager
+def _steering(
     lm: LoadedModel,
     steers: Sequence[Steer] = (),
     *,
@@ -181,6 +245,32 @@ def typical_norms(lm: LoadedModel, texts: Sequence[str], *, batch_size: int = 16
     if not keep.any():
         keep = np.ones(len(pos), dtype=bool)
     return np.median(np.linalg.norm(x[keep], axis=-1), axis=0)
+
+
+SCALES_WHAT = "median residual norm over content tokens of 64 baseline prompts"
+"""What :func:`steering_scales` measures (written into the steering outputs)."""
+
+_SCALES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def steering_scales(lm: LoadedModel) -> np.ndarray:
+    """The ``s_l`` that steering multiplies alpha by: :func:`typical_norms` over 64 prompts
+    of the shipped ``baseline`` preset (every n-th of them), one value per residual layer.
+    Computed once per model and dtype (cached while the model lives).
+
+    >>> s = steering_scales(lm)  # doctest: +SKIP
+    >>> s.shape == (lm.arch.n_layers + 1,)  # doctest: +SKIP
+    True
+    """
+    from emocircuits.data import load_dataset
+
+    cached = _SCALES.get(lm.model)
+    if cached is None or cached[0] != lm.dtype:
+        base = load_dataset("baseline").examples
+        texts = [e.text for e in base][:: max(1, len(base) // 64)]
+        cached = (lm.dtype, typical_norms(lm, texts))
+        _SCALES[lm.model] = cached
+    return cached[1].copy()
 
 
 def _first_positions(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -39,31 +39,38 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from emocircuits.errors import DataError
 from emocircuits.interventions.run import (
-    Condition,
+    SteerCondition,
+    _as_list,
+    check_request,
     check_vectors,
     conditions,
     has_chat_template,
+    headline,
+    load_recommendation,  # noqa: F401  (re-exported: the settings file's reader)
+    model_key,
     next_token_kl,
     random_conditions,
+    read_jsonl,
+    resolve_prompts,
+    resolve_vectors,
     run_conditions,
+    settings_path,
     summarize,
+    write_jsonl,
 )
 from emocircuits.interventions.scorers import MARKERS
+from emocircuits.interventions.steering import describe_push
+from emocircuits.results import Result
 
 if TYPE_CHECKING:
     from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.models.loading import LoadedModel
-
-DEFAULT_ALPHAS = (0.03, 0.06, 0.125, 0.25, 0.5)
-"""Doubling strengths (x the typical residual norm) for a sweep without calibration: the
-useful range is about 0.125-0.5 on SmolLM2 and 0.03-0.125 on Gemma 3 (docs/METHODS.md:
-pitfall 12)."""
 
 KL_RANGE = (0.03, 0.5)
 """The alpha grid chosen from the data (:func:`calibrate_alphas`) spans the strengths at which
@@ -261,16 +268,6 @@ def recommend(
     )
 
 
-@dataclass
-class SweepResult:
-    """Rows (one per prompt and condition), their summary with KL, and the recommendations."""
-
-    rows: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
-    recommendations: dict[str, Recommendation]
-    settings: dict[str, Any]
-
-
 def sweep(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -278,11 +275,11 @@ def sweep(
     emotions: Sequence[str],
     *,
     layers: Sequence[int],
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    alphas: Sequence[float],
     scales: np.ndarray,
+    batch_size: int,
     kl_texts: Sequence[str] = (),
     max_new_tokens: int = 30,
-    batch_size: int = 32,
     where: str = "all",
     steer_tokens: int | None = SWEEP_STEER_TOKENS,
     seed: int = 0,
@@ -293,7 +290,9 @@ def sweep(
 ) -> SweepResult:
     """Steer ``prompts`` with each emotion at each (layer, alpha), the push held while the
     first ``steer_tokens`` new tokens are written (``None``: all), and recommend a setting per
-    emotion. ``progress`` gets the number of generations finished after each slice.
+    emotion. ``progress`` gets the number of generations finished after each slice. The
+    engine of :func:`steer_sweep`, which also chooses the layers, alphas and scales, and
+    holds the defaults.
 
     Every setting gets one random direction; before a setting is recommended, the random
     control there is raised to ``n_verify`` draws (pooled), because one draw swings VADER
@@ -301,14 +300,15 @@ def sweep(
     ``max_checks`` settings are checked this way, best first among those within the
     fluency limits.
 
-    >>> res = sweep(lm, prompts, vecs, ["gratitude"], layers=[15], scales=s)  # doctest: +SKIP
+    >>> res = sweep(lm, prompts, vecs, ["gratitude"], layers=[15], alphas=[0.1, 0.2],
+    ...             scales=s, batch_size=64)  # doctest: +SKIP
     >>> res.recommendations["gratitude"].alpha  # doctest: +SKIP
     0.25
     """
     for e in emotions:
         check_vectors(lm, vectors, e, layers)
     use_prompt = has_chat_template(lm) if prompt is None else prompt
-    conds: list[Condition] = []
+    conds: list[SteerCondition] = []
     for k, e in enumerate(emotions):
         conds += conditions(vectors, e, layers=layers, alphas=alphas, scales=scales, seed=seed,
                             random=k == 0, none=k == 0, prompt=use_prompt)  # fmt: skip
@@ -376,20 +376,6 @@ def sweep(
     return SweepResult(rows, summary, recs, settings)
 
 
-def settings_path(vectors_path: str | os.PathLike[str]) -> Path:
-    """Where a vectors file's recommended settings live: ``v.safetensors`` -> ``v.steer.json``."""
-    from emocircuits.geometry.vectors import safetensors_path
-
-    p = safetensors_path(vectors_path)
-    return p.with_name(p.name.removesuffix(".safetensors") + ".steer.json")
-
-
-def model_key(provenance: dict[str, Any]) -> str:
-    """Settings are per model weights and dtype (greedy text depends on both)."""
-    rev = provenance.get("revision") or provenance.get("name")
-    return f"{rev}|{provenance.get('dtype', 'float32')}"
-
-
 def save_recommendations(
     vectors_path: str | os.PathLike[str],
     provenance: dict[str, Any],
@@ -417,23 +403,219 @@ def save_recommendations(
     return path
 
 
-def load_recommendation(
-    vectors_path: str | os.PathLike[str], provenance: dict[str, Any], emotion: str
-) -> dict[str, Any]:
-    """The saved recommended setting of ``emotion`` for this model, or a clear error."""
-    path = settings_path(vectors_path)
-    hint = f"run `emocircuits steer-sweep --model ... --vectors {vectors_path}` first"
-    if not path.is_file():
-        raise DataError(f"no --layer/--alpha given and no recommended settings ({path}); {hint}")
-    try:
-        data = json.loads(path.read_text("utf-8"))
-        entry = data["models"][model_key(provenance)]
-    except json.JSONDecodeError:
-        raise DataError("not a steer-settings JSON file", where=str(path)) from None
-    except KeyError:
-        raise DataError(
-            f"{path} has no settings for this model ({model_key(provenance)}); {hint}"
-        ) from None
-    if emotion not in entry["emotions"]:
-        raise DataError(f"{path} has no setting for {emotion!r} on this model; {hint}")
-    return entry["emotions"][emotion]
+def neutral_kl_texts() -> list[str]:
+    """The neutral text the KL costs are measured on: the ``baseline`` preset's first 16
+    neutral sentences."""
+    from emocircuits.data import load_dataset
+
+    return [e.text for e in load_dataset("baseline").examples if e.emotion == "neutral"][:16]
+
+
+def default_sweep_dir(vectors_path: str | os.PathLike[str], model_name: str) -> Path:
+    """Where ``steer-sweep`` writes without ``--out``: ``v.safetensors`` ->
+    ``v-sweep-MODEL/``.
+
+    >>> default_sweep_dir("runs/v.safetensors", "smollm2-135m").as_posix()
+    'runs/v-sweep-smollm2-135m'
+    """
+    from emocircuits.geometry.vectors import safetensors_path
+
+    p = safetensors_path(vectors_path).with_suffix("")
+    return p.with_name(p.name + f"-sweep-{model_name}")
+
+
+@dataclass(repr=False)
+class SweepResult(Result):
+    """What :func:`steer_sweep` (and :func:`sweep`) return: ``generations`` (one row per prompt
+    and condition), ``summary`` (per setting, with KL), ``recommendations`` (per emotion),
+    ``settings`` (what was swept, and how the alphas were chosen) and ``meta`` (model,
+    vectors). ``save(folder)`` writes rows.jsonl, summary.csv, sweep.json and a
+    dose-response figure per emotion; :meth:`save_recommendations` the settings file next
+    to the vectors that ``steer`` reads."""
+
+    command: ClassVar[str] = "steer-sweep"
+    generations: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    recommendations: dict[str, Recommendation]
+    settings: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per emotion: the recommended setting and the evidence for it."""
+        out = []
+        for e, r in self.recommendations.items():
+            out.append({"emotion": e, "layer": r.layer, "alpha": r.alpha, "effect": r.effect,
+                        "value": r.value, "lo": r.lo, "hi": r.hi,
+                        "perplexity_ratio": r.perplexity_ratio_median,
+                        "distinct_2_ratio": r.distinct_2_ratio, "kl": r.kl,
+                        "random_vader_change": r.random_vader_change,
+                        "meets_limits": r.meets_limits})  # fmt: skip
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """Every setting of the summary, the columns worth a glance."""
+        return [headline(r) for r in self.summary]
+
+    def title(self) -> str:
+        s = self.settings
+        return (f"SweepResult: {len(s.get('emotions', []))} emotions x {len(s.get('layers', []))}"
+                f" layers x {len(s.get('alphas', []))} alphas, {len(self.generations)} "
+                f"continuations, pushed at {self.push()}")  # fmt: skip
+
+    def push(self) -> str:
+        """Where the sweep's push was held, in words."""
+        return describe_push(self.settings.get("steer_tokens"), self.settings.get("where", "all"))
+
+    def figure(self, emotion: str | None = None) -> Any:
+        """The dose-response figure of ``emotion`` (default: the first swept)."""
+        from emocircuits.plots.steering import dose_response
+
+        e = emotion or next(iter(self.recommendations))
+        title = f"steering with the {e} direction (pushed at {self.push()}): dose-response"
+        return dose_response(self.summary, e, recommended=asdict(self.recommendations[e]),
+                             title=title)  # fmt: skip
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """The sweep folder ``path``: rows.jsonl, summary.csv, sweep.json and
+        dose-response-EMOTION.png/.svg; ``settings["sweep"]`` becomes ``path``."""
+        from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
+        from emocircuits.geometry.analysis import csv_bytes
+        from emocircuits.plots import save_figure
+
+        out = Path(path)
+        self.settings = {"sweep": str(out), **{k: v for k, v in self.settings.items()
+                                               if k != "sweep"}}  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "rows.jsonl", self.generations)
+        atomic_write_bytes(out / "summary.csv", csv_bytes(self.summary))
+        for e in self.recommendations:
+            save_figure(self.figure(e), out / f"dose-response-{e}")
+        meta = {"format": "emocircuits.steer-sweep", "version": 1,
+                "model": self.meta.get("model"), "vectors": self.meta.get("vectors"),
+                "settings": self.settings,
+                "recommended": {e: asdict(r) for e, r in self.recommendations.items()},
+                "summary": self.summary}  # fmt: skip
+        atomic_write_json(out / "sweep.json", meta)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SweepResult:
+        """Read a folder written by :meth:`save` (or ``emocircuits steer-sweep --out``)."""
+        out = Path(path)
+        for name in ("sweep.json", "rows.jsonl"):
+            if not (out / name).is_file():
+                raise DataError(f"no {name} in {out} (not a steer-sweep folder)")
+        try:
+            meta = json.loads((out / "sweep.json").read_text("utf-8"))
+        except json.JSONDecodeError:
+            raise DataError("not a JSON file", where=str(out / "sweep.json")) from None
+        if meta.get("format") != "emocircuits.steer-sweep":
+            raise DataError("not a steer-sweep result", where=str(out / "sweep.json"))
+        recs = {e: Recommendation(**r) for e, r in meta["recommended"].items()}
+        return cls(read_jsonl(out / "rows.jsonl"), meta["summary"], recs, meta["settings"],
+                   {"model": meta["model"], "vectors": meta["vectors"]})  # fmt: skip
+
+    def save_recommendations(self, vectors_path: str | os.PathLike[str] | None = None) -> Path:
+        """Merge the recommendations into the settings file next to the vectors (default: the
+        vectors file the sweep read), where ``steer`` without layer/alpha finds them."""
+        vectors_path = vectors_path or (self.meta.get("vectors") or {}).get("file")
+        if not vectors_path:
+            raise DataError("the vectors were not read from a file; give vectors_path")
+        return save_recommendations(vectors_path, self.meta["model"], self.recommendations,
+                                    self.settings)  # fmt: skip
+
+    def recommendation_lines(self) -> str:
+        """The recommended settings as the lines ``emocircuits steer-sweep`` prints."""
+        lines = [f"recommended settings (pushed at {self.push()}):"]
+        for e, r in self.recommendations.items():
+            flag = "" if r.meets_limits else f"  (!) {r.reason}"
+            lines.append(f"  {e:10s} layer {r.layer:3d} alpha {r.alpha:<6g} {r.effect} "
+                         f"{r.value:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}], ppl ratio "
+                         f"{r.perplexity_ratio_median:.2f}, distinct-2 ratio "
+                         f"{r.distinct_2_ratio:.2f}, KL {r.kl:.3f}, random "
+                         f"{r.random_vader_change:+.3f} ({r.random_draws} draws)"
+                         + flag)  # fmt: skip
+        return "\n".join(lines)
+
+
+def steer_sweep(
+    lm: LoadedModel,
+    prompts: str | os.PathLike[str] | Sequence[str] | None,
+    vectors: EmotionVectors | str | os.PathLike[str],
+    *,
+    emotion: str | Sequence[str] | None = None,
+    layer: int | Sequence[int] | None = None,
+    alpha: float | Sequence[float] | None = None,
+    n_layers: int = 4,
+    n_alphas: int = 5,
+    n_prompts: int | None = None,
+    n_verify: int = 4,
+    max_new_tokens: int = 30,
+    batch_size: int = 64,
+    where: str = "all",
+    steer_tokens: int | None = SWEEP_STEER_TOKENS,
+    seed: int = 0,
+    prompt_baseline: bool = True,
+    scales: np.ndarray | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Dose-response of steering over layers x alphas and the recommended setting per emotion
+    (what ``emocircuits steer-sweep`` does). ``prompts``: None (the shipped neutral ``tune``
+    prompts), a .txt/.jsonl path or a list (the first ``n_prompts``). ``emotion``: default
+    every one of the vectors but neutral. ``layer``: default ``n_layers`` layers evenly at
+    30-60% of the depth (:func:`default_layers`). ``alpha``: default ``n_alphas`` strengths
+    chosen from the data (:func:`calibrate_alphas` at the middle layer; recorded in
+    ``settings["alpha_calibration"]``). Scales as in
+    :func:`~emocircuits.interventions.steering.steering_scales`.
+
+    >>> res = steer_sweep(lm, None, "v.safetensors", emotion="gratitude")  # doctest: +SKIP
+    >>> res.save("runs/sweep"); res.save_recommendations()  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from emocircuits.interventions.steering import steering_scales
+
+    prompt_list, prompt_desc = resolve_prompts(prompts)
+    vecs, vfile = resolve_vectors(vectors)
+    name = vfile or "the vectors"
+    emotions, layers = _as_list(emotion), _as_list(layer)
+    check_request(vecs, emotions, layers, name)
+    emotions = emotions or [e for e in vecs.emotions if e != "neutral"]
+    layers = layers or [x for x in default_layers(lm.arch.n_layers, n_layers) if x in vecs.layers]
+    prompt_list = prompt_list[:n_prompts]
+    if not layers:
+        raise DataError(f"none of the default layers is in {name}; give --layer")
+    scales = steering_scales(lm) if scales is None else np.asarray(scales)
+    kl_texts = neutral_kl_texts()
+    alphas, calibration = _as_list(alpha), None
+    if not alphas:
+        mid = layers[len(layers) // 2]
+        alphas, calibration = calibrate_alphas(lm, vecs, emotions, layer=mid, scales=scales,
+                                               kl_texts=kl_texts, n=n_alphas,
+                                               steer_tokens=steer_tokens)  # fmt: skip
+    chat = has_chat_template(lm) and prompt_baseline
+    n = len(prompt_list) * (1 + len(layers) * len(alphas) * (len(emotions) + 1)
+                            + chat * len(emotions))  # fmt: skip
+    with tqdm(total=n, desc="steer-sweep", unit="text", disable=not progress) as bar:
+        res = sweep(
+            lm, prompt_list, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
+            kl_texts=kl_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            where=where, steer_tokens=steer_tokens, seed=seed,
+            prompt=None if prompt_baseline else False, n_verify=n_verify,
+            progress=bar.update,
+        )  # fmt: skip
+        bar.total = bar.n  # the random-control checks add a number of rows known only now
+        bar.refresh()
+    res.settings = {"sweep": None, **res.settings, "alpha_calibration": calibration,
+                    "prompts": prompt_desc}  # fmt: skip
+    res.meta = {"model": lm.provenance, "vectors": {"file": vfile, **vecs.meta()}}
+    return res
+
+
+def calibration_line(res: SweepResult) -> str | None:
+    """``steer-sweep``'s line on the alphas chosen from the data (None if they were given)."""
+    if res.settings.get("alpha_calibration") is None:
+        return None
+    layers = res.settings["layers"]
+    return (f"alphas from the data (KL on neutral text at layer {layers[len(layers) // 2]}): "
+            f"{res.settings['alphas']}")  # fmt: skip
