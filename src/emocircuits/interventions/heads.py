@@ -262,9 +262,8 @@ def capture_heads(
         act[cur["rows"], i], m_scale[cur["rows"], i] = reduce_scaled(sel, at.float().cpu(), r)
 
     def on_o_proj(i: int) -> Callable[..., None]:
-        def fn(module: Any, args: Any, output: Any) -> None:
+        def fn(zt: torch.Tensor) -> None:
             nonlocal z_count
-            zt = args[0]
             keep = cur["base"]
             if keep.any():
                 w = cur["batch"].where[keep].to(torch.float64)
@@ -298,21 +297,16 @@ def capture_heads(
         return fn
 
     def on_resid(layer: int) -> Callable[..., None]:
-        def fn(module: Any, args: Any, *rest: Any) -> None:
-            if layer == 0:  # pre-hook: (module, args, kwargs)
-                h = args[0] if args else rest[0]["hidden_states"]
-            else:
-                h = first_tensor(rest[0])
+        def fn(h: torch.Tensor) -> None:
             for p in positions:
                 sel = cur["batch"].selections[p]
                 resid[p][cur["rows"], layer] = sel.reduce(h.float().cpu()).numpy()
 
         return fn
 
-    hooks: list[Hook] = [(arch.blocks[0], "pre", on_resid(0))]
+    hooks: list[Hook] = [arch.place("resid", layer).read(on_resid(layer)) for layer in range(L + 1)]
     for i in range(L):
-        hooks.append((arch.blocks[i], "forward", on_resid(i + 1)))
-        hooks.append((arch.o_proj(i), "forward", on_o_proj(i)))
+        hooks.append(arch.place("heads", i).read(on_o_proj(i)))
         hooks.append((arch.mlp_proj(i), "forward", on_mlp_proj(i)))
         for site in ("attn", "mlp"):
             norm = arch.post_norm(i, site)
@@ -559,8 +553,7 @@ def ablating_heads(
     def hook(i: int) -> Callable[..., Any]:
         m_all = mask[..., i, :]  # [H] or [b, H]
 
-        def fn(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-            zt = args[0]
+        def fn(zt: torch.Tensor) -> torch.Tensor:
             b, s = zt.shape[:2]
             m, w = m_all, where
             if rows is not None:
@@ -571,13 +564,12 @@ def ablating_heads(
             if w is not None:
                 sel = sel & w.to(zt.device).view(b, s, 1, 1)
             new = torch.zeros((), dtype=zt.dtype) if rep is None else rep[i].to(zt.dtype)
-            out = torch.where(sel, new.to(zt.device), zt.view(b, s, H, d)).reshape(zt.shape)
-            return (out, *args[1:]), kwargs
+            return torch.where(sel, new.to(zt.device), zt.view(b, s, H, d)).reshape(zt.shape)
 
         return fn
 
     layers = [i for i in range(L) if bool(mask[..., i, :].any())]
-    with hooked([(arch.o_proj(i), "pre", hook(i)) for i in layers]):
+    with hooked([arch.place("heads", i).edit(hook(i)) for i in layers]):
         yield
 
 

@@ -122,31 +122,7 @@ def resid_edit_hooks(
     >>> with hooked(resid_edit_hooks(lm.arch, {3: lambda h: 2 * h})):  # doctest: +SKIP
     ...     lm.model(**inputs)
     """
-    hooks: list[Hook] = []
-    for layer, fn in edits.items():
-        i = arch.normalize_layer(layer, "resid")
-
-        def forward(module: Any, args: Any, output: Any, fn=fn) -> Any:
-            h = output[0] if isinstance(output, tuple | list) else output
-            new = fn(h)
-            if new is None:
-                return None
-            return (new, *output[1:]) if isinstance(output, tuple | list) else new
-
-        def pre(module: Any, args: Any, kwargs: dict[str, Any], fn=fn) -> Any:
-            h = args[0] if args else kwargs["hidden_states"]
-            new = fn(h)
-            if new is None:
-                return None
-            if args:
-                return (new, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new}
-
-        if i == 0:
-            hooks.append((arch.blocks[0], "pre", pre))
-        else:
-            hooks.append((arch.blocks[i - 1], "forward", forward))
-    return hooks
+    return [arch.place("resid", layer).edit(fn) for layer, fn in edits.items()]
 
 
 # ---------------------------------------------------------------------------------- pairs
