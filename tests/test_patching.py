@@ -39,10 +39,10 @@ from emocircuits.interventions.forward import resume, trace, unembed
 from emocircuits.interventions.patching import (
     _patch_fn,
     match_pairs,
-    run_patching,
     random_directions,
     recovered_fraction,
     resid_edit_hooks,
+    run_patching,
 )
 from emocircuits.interventions.readout import Readout, logit_diff, readout_texts
 
