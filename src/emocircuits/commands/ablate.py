@@ -27,9 +27,8 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, trust_remote_code=args.trust_remote_code, progress=not args.quiet,
     )  # fmt: skip
     out = result.save(args.out, plots=not args.no_plots)
-    paths, summary, head, res = (result.figure_paths, result.summary,
-                                 result.summary["headline"], result.run)  # fmt: skip
-    st = res.settings
+    paths, summary, head = result.figure_paths, result.summary, result.summary["headline"]
+    st = summary["settings"]
     print(f"{st['mode']} direction(s) projected out at layers {st['ablated_layers'][0]}-"
           f"{st['ablated_layers'][1]}; null: {st['n_random']} random subspaces of the same "
           f"dimension; p = (1 + #null >= observed) / (1 + draws)")  # fmt: skip
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                   f"vs random {_pct(g['null_mean'])}, p {_p(g['p'])}")  # fmt: skip
         for m, pr in h["probe"].items():
             f, r = pr["fixed"], pr["refit"]
-            print(f"  {m} probe at layer {res.probe_layer}: {f['accuracy_clean']:.2f} -> "
+            print(f"  {m} probe at layer {st['probe_layer']}: {f['accuracy_clean']:.2f} -> "
                   f"{f['accuracy_ablated']:.2f}, above-chance removed {_pct(f['removed'])} vs "
                   f"random {_pct(f['null_mean'])}, p {_p(f['p'])}; refitted "
                   f"{r['accuracy_clean']:.2f} -> {r['accuracy_ablated']:.2f}")  # fmt: skip
