@@ -23,7 +23,7 @@ from emocircuits.geometry.probes import fit_probe
 from emocircuits.geometry.vectors import EmotionVectors
 from emocircuits.interventions import readout as readout_module
 from emocircuits.interventions.ablation import (
-    AblationResult,
+    AblationRun,
     Condition,
     ablating,
     direction_bases,
@@ -39,10 +39,10 @@ from emocircuits.interventions.forward import resume, trace, unembed
 from emocircuits.interventions.patching import (
     _patch_fn,
     match_pairs,
-    patch,
     random_directions,
     recovered_fraction,
     resid_edit_hooks,
+    run_patching,
 )
 from emocircuits.interventions.readout import Readout, logit_diff, readout_texts
 
@@ -182,7 +182,7 @@ def patched(tiny):
     for arch in ARCHS:
         lm = tiny(arch)
         n0 = count_hooks(lm.model)
-        res = patch(lm, texts, labels, _vectors(lm), _readouts(), n_pairs=4, n_positions=3,
+        res = run_patching(lm, texts, labels, _vectors(lm), _readouts(), n_pairs=4, n_positions=3,
                     batch_size=4)  # fmt: skip
         assert count_hooks(lm.model) == n0
         out[arch] = (lm, res, texts)
@@ -297,7 +297,7 @@ def test_resumed_directional_and_random_patches_equal_a_hooked_forward_pass(patc
 def test_batched_equals_one_pair_at_a_time(patched):
     lm, res, texts = patched["llama"]
     _, labels = _data()
-    one = patch(lm, texts, labels, _vectors(lm), _readouts(), n_pairs=4, n_positions=3,
+    one = run_patching(lm, texts, labels, _vectors(lm), _readouts(), n_pairs=4, n_positions=3,
                 batch_size=1)  # fmt: skip
     assert one.pairs == res.pairs
     for a, b in [
@@ -343,11 +343,11 @@ def test_patch_refuses_bad_input(tiny):
     texts, labels = _data(10)
     v = _vectors(lm)
     with pytest.raises(DataError, match="no 'joy' direction"):
-        patch(lm, texts, labels, v, _readouts(), emotions=["joy"])
+        run_patching(lm, texts, labels, v, _readouts(), emotions=["joy"])
     with pytest.raises(DataError, match="layer 9 is not in the vectors"):
-        patch(lm, texts, labels, v, _readouts(), layers=[9])
+        run_patching(lm, texts, labels, v, _readouts(), layers=[9])
     with pytest.raises(DataError, match="patching needs at least 500 pairs"):
-        patch(lm, texts, labels, v, _readouts(), min_pairs=500)
+        run_patching(lm, texts, labels, v, _readouts(), min_pairs=500)
 
 
 # ------------------------------------------------------------------------------- ablation
@@ -431,7 +431,7 @@ def _hand_result():
            "random1:2": base - np.r_[[2.0] * 4, [0.0] * 4]}  # gap 0  # fmt: skip
     ok = {"none": [1] * 8, "direction:anger": [1, 1, 0, 0, 1, 1, 1, 0],
           "random1:0": [1] * 8, "random1:1": [1] * 7 + [0], "random1:2": [1] * 8}  # fmt: skip
-    return AblationResult(
+    return AblationRun(
         conds, labels, ["anger"], "neutral", [0, 1], 1, 1, "fixed", 0.5,
         {k: {"anger": v} for k, v in lds.items()},
         {k: {"ncm": np.array(v, bool)[:, None].repeat(2, 1)} for k, v in ok.items()},

@@ -24,7 +24,7 @@ import emocircuits as ec
 from emocircuits.capture.hooks import count_hooks
 from emocircuits.geometry import compute_vectors
 from emocircuits.interventions.ablation import run_ablation, split_rows
-from emocircuits.interventions.patching import patch
+from emocircuits.interventions.patching import run_patching
 from emocircuits.interventions.readout import readout
 
 pytestmark = pytest.mark.real
@@ -49,7 +49,7 @@ def setup(smollm2, tmp_path_factory):
 def test_patching_exact_cases_and_the_direction_beats_a_random_one(setup):
     lm, ds, vecs, readouts = setup
     n0 = count_hooks(lm.model)
-    res = patch(lm, ds.texts, ds.labels, vecs, readouts, n_pairs=5, n_positions=2,
+    res = run_patching(lm, ds.texts, ds.labels, vecs, readouts, n_pairs=5, n_positions=2,
                 layers=[0, 15, 30])  # fmt: skip
     assert count_hooks(lm.model) == n0
     assert all(res.found[e] > 200 for e in EMOTIONS)  # plenty of equal-length pairs

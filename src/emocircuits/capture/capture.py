@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from emocircuits.capture.hooks import Hook, first_tensor, hooked
+from emocircuits.capture.hooks import Hook, hooked
 from emocircuits.capture.positions import Selection, TokenBatch, get_rule
 from emocircuits.capture.store import is_token_key
 from emocircuits.errors import CaptureError
@@ -94,42 +94,23 @@ class Recorder:
         for pos, sel in self.selections.items():
             self.buffers[f"{site}/{pos}"][slot] = sel.reduce(h).float()
 
-    def _forward(self, site: str, slot: int):
-        def fn(module, args, output):
-            self._record(site, slot, first_tensor(output))
-
-        return fn
-
-    def _pre(self, site: str, slot: int, reshape: bool = False):
-        def fn(module, args, kwargs):
-            h = args[0] if args else kwargs["hidden_states"]
-            if reshape:
+    def _reader(self, site: str, slot: int):
+        def fn(h):
+            if site == "heads":  # the input of the output projection, split per head
                 h = h.reshape(*h.shape[:-1], self.arch.n_heads, self.arch.head_dim)
             self._record(site, slot, h)
 
         return fn
 
     def last_block(self) -> int:
-        need = []
-        for site, layers in self.layers.items():
-            if layers:
-                need.append(layers[-1] - 1 if site == "resid" else layers[-1])
+        need = [self.arch.place(s, ls[-1]).block for s, ls in self.layers.items() if ls]
         return max(0, *need)
 
     def hooks(self) -> list[Hook]:
         arch, hooks = self.arch, []
         for site, layers in self.layers.items():
             for slot, layer in enumerate(layers):
-                if site == "resid" and layer == 0:
-                    hooks.append((arch.blocks[0], "pre", self._pre(site, slot)))
-                elif site == "resid":
-                    hooks.append((arch.blocks[layer - 1], "forward", self._forward(site, slot)))
-                elif site == "attn":
-                    hooks.append((arch.attn_out(layer), "forward", self._forward(site, slot)))
-                elif site == "mlp":
-                    hooks.append((arch.mlp_out(layer), "forward", self._forward(site, slot)))
-                else:  # heads: the input of the output projection, split per head
-                    hooks.append((arch.o_proj(layer), "pre", self._pre(site, slot, True)))
+                hooks.append(arch.place(site, layer).read(self._reader(site, slot)))
         stop = self.last_block()
         if stop < arch.n_layers - 1:
 

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from emocircuits.errors import EmocircuitsError
-
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import (
-    _add_causal_args,
-    _csv,
-    _patch_inputs,
-    _patch_meta,
-    _positive,
-    fill_budget,
-)
+from emocircuits.commands._common import _csv, _positive, lib_default
+from emocircuits.commands.patch import _add_causal_args
+from emocircuits.interventions.ablate_stage import ablate
 
 
 def _pct(v: float | None) -> str:
@@ -28,64 +18,17 @@ def _p(v: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    from emocircuits.geometry.analysis import write_tables
-    from emocircuits.interventions.ablation import ALL, run_ablation, split_rows
-    from emocircuits.interventions.readout import readout
-    from emocircuits.models import load_model
-
-    start = time.time()
-    fill_budget(args, "ablate")
-    ds, vecs, emotions = _patch_inputs(args)
-    for t in args.targets or ():
-        if t != ALL and t not in emotions:
-            raise EmocircuitsError(f"cannot ablate {t!r}: no direction with a readout "
-                                   f"(have {', '.join(emotions)})")  # fmt: skip
-    tr, ev = split_rows(ds.labels, args.n_train, args.n_eval, seed=args.seed)
-    lm = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                    progress=not args.quiet)  # fmt: skip
-    readouts = {e: readout(lm.tokenizer, e) for e in emotions}
-
-    def pick(rows):
-        return [ds.texts[i] for i in rows], [ds.labels[i] for i in rows]
-
-    res = run_ablation(
-        lm, vecs, readouts, pick(tr), pick(ev), targets=args.targets,
-        from_layer=args.from_layer, mode=args.mode, n_random=args.n_random,
-        probe_layer=args.probe_layer, methods=args.methods, position=args.position,
-        baseline=args.baseline, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.quiet,
+    result = ablate(
+        args.model, args.data, args.vectors, baseline=args.baseline, budget=args.budget,
+        targets=args.targets, from_layer=args.from_layer, mode=args.mode,
+        n_random=args.n_random, probe_layer=args.probe_layer, methods=args.methods,
+        position=args.position, n_train=args.n_train, n_eval=args.n_eval,
+        n_boot=args.n_boot, level=args.level, batch_size=args.batch_size, seed=args.seed,
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code, progress=not args.quiet,
     )  # fmt: skip
-    head = res.headline(n_boot=args.n_boot, level=args.level, seed=args.seed)
-    summary = {
-        "format": "emocircuits.ablate",
-        "version": 1,
-        **_patch_meta(lm, ds, vecs, readouts, args),
-        "settings": {
-            **res.settings,
-            "n_boot": args.n_boot,
-            "ci_level": args.level,
-            "budget": args.budget,
-            "dtype": args.dtype,
-        },
-        "chance": res.chance,
-        "held_out_ids": [ds.ids[i] for i in ev],
-        "headline": head,
-        "seconds": round(time.time() - start, 1),
-    }
-    out = write_tables(
-        args.out,
-        {"ablation_ld": res.ld_table(n_boot=args.n_boot, level=args.level, seed=args.seed),
-         "ablation_probe": res.probe_table()},
-        {"summary.json": summary},
-    )  # fmt: skip
-    paths = []
-    if not args.no_plots:
-        from emocircuits.plots.patching import plot_ablation_folder
-
-        paths = plot_ablation_folder(out)
-    st = res.settings
+    out = result.save(args.out, plots=not args.no_plots)
+    paths, summary, head = result.figure_paths, result.summary, result.summary["headline"]
+    st = summary["settings"]
     print(f"{st['mode']} direction(s) projected out at layers {st['ablated_layers'][0]}-"
           f"{st['ablated_layers'][1]}; null: {st['n_random']} random subspaces of the same "
           f"dimension; p = (1 + #null >= observed) / (1 + draws)")  # fmt: skip
@@ -97,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                   f"vs random {_pct(g['null_mean'])}, p {_p(g['p'])}")  # fmt: skip
         for m, pr in h["probe"].items():
             f, r = pr["fixed"], pr["refit"]
-            print(f"  {m} probe at layer {res.probe_layer}: {f['accuracy_clean']:.2f} -> "
+            print(f"  {m} probe at layer {st['probe_layer']}: {f['accuracy_clean']:.2f} -> "
                   f"{f['accuracy_ablated']:.2f}, above-chance removed {_pct(f['removed'])} vs "
                   f"random {_pct(f['null_mean'])}, p {_p(f['p'])}; refitted "
                   f"{r['accuracy_clean']:.2f} -> {r['accuracy_ablated']:.2f}")  # fmt: skip
@@ -127,25 +70,53 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(targets all, 39 random subspaces, 10 held-out prompts per label) is the "
         "whole-study setting.",
     )
-    _add_causal_args(ab, batch_size=16)
+    _add_causal_args(ab, ablate)
     ab.add_argument(
-        "--targets", type=_csv, default=None, help="emotions and/or all (default: each and all)"
+        "--targets",
+        type=_csv,
+        default=lib_default(ablate, "targets"),
+        help="emotions and/or all (default: each and all)",
     )
     ab.add_argument(
-        "--from-layer", type=int, default=None, help="first ablated layer (default n_layers // 2)"
+        "--from-layer",
+        type=int,
+        default=lib_default(ablate, "from_layer"),
+        help="first ablated layer (default n_layers // 2)",
     )
-    ab.add_argument("--mode", choices=("fixed", "per_layer"), default="fixed")
+    ab.add_argument("--mode", choices=("fixed", "per_layer"), default=lib_default(ablate, "mode"))
     ab.add_argument(
-        "--n-random", type=_positive, default=None, help="random draws per dimension (20)"
+        "--n-random",
+        type=_positive,
+        default=lib_default(ablate, "n_random"),
+        help="random draws per dimension (20)",
     )
     ab.add_argument(
-        "--probe-layer", type=int, default=None, help="headline probe layer (default the last)"
+        "--probe-layer",
+        type=int,
+        default=lib_default(ablate, "probe_layer"),
+        help="headline probe layer (default the last)",
     )
-    ab.add_argument("--methods", type=_csv, default=("logreg", "ncm"), help="probe methods")
-    ab.add_argument("--position", default="mean", help="probe position rule (default mean)")
-    ab.add_argument("--n-train", type=_positive, default=None, help="probe prompts per label (80)")
     ab.add_argument(
-        "--n-eval", type=_positive, default=None, help="held-out prompts per label (40)"
+        "--methods", type=_csv, default=lib_default(ablate, "methods"), help="probe methods"
     )
-    ab.add_argument("--seed", type=int, default=0, help="split and random directions")
+    ab.add_argument(
+        "--position",
+        default=lib_default(ablate, "position"),
+        help="probe position rule (default mean)",
+    )
+    ab.add_argument(
+        "--n-train",
+        type=_positive,
+        default=lib_default(ablate, "n_train"),
+        help="probe prompts per label (80)",
+    )
+    ab.add_argument(
+        "--n-eval",
+        type=_positive,
+        default=lib_default(ablate, "n_eval"),
+        help="held-out prompts per label (40)",
+    )
+    ab.add_argument(
+        "--seed", type=int, default=lib_default(ablate, "seed"), help="split and random directions"
+    )
     ab.set_defaults(func=run)

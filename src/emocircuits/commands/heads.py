@@ -4,56 +4,28 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from emocircuits.commands._common import _add_model_arg, _positive, lib_default
 from emocircuits.errors import EmocircuitsError
-
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import _add_model_arg, _positive, fill_budget
+from emocircuits.interventions.heads import heads
 
 
-# -------------------------------------------------------------------------------- heads
 def run(args: argparse.Namespace) -> int:
-    from emocircuits.data import load_dataset
-    from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
-    from emocircuits.interventions.heads import (
-        analyze_heads,
-        check_request,
-        write_heads,
-    )
-    from emocircuits.models import load_model
-
-    fill_budget(args, "heads")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise EmocircuitsError(f"{out} exists and is not a folder")
-    vecs = EmotionVectors.load(args.vectors)
-    data = args.data or (vecs.provenance.get("dataset") or {}).get("source")
-    if not data:
-        raise EmocircuitsError(f"{args.vectors} does not say which data built it: give --data")
-    ds = load_dataset(data)
-    baseline = args.baseline or vecs.baseline
-    emotions = check_request(
-        ds, vecs, emotions=args.emotion, baseline=baseline, layer=args.layer, top_k=args.top_k
-    )  # everything checked before the model loads
-    lm = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                    progress=not args.quiet)  # fmt: skip
-    res = analyze_heads(
-        lm, ds, vecs, emotions=emotions, baseline=baseline, layer=args.layer, top_k=args.top_k,
-        n_random=args.n_random, n_ablate=args.n_ablate, n_per_class=args.n_per_class,
-        n_boot=args.n_boot, top_neurons=args.top_neurons, top_prompts=args.top_prompts,
-        batch_size=args.batch_size, seed=args.seed, ablation=not args.no_ablation,
+    res = heads(
+        args.model, args.data, args.vectors, emotion=args.emotion, baseline=args.baseline,
+        layer=args.layer, budget=args.budget, top_k=args.top_k, n_random=args.n_random,
+        n_ablate=args.n_ablate, n_per_class=args.n_per_class, n_boot=args.n_boot,
+        top_neurons=args.top_neurons, top_prompts=args.top_prompts,
+        batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+        ablation=not args.no_ablation, trust_remote_code=args.trust_remote_code,
         progress=not args.quiet,
     )  # fmt: skip
-    res.summary["vectors"] = {"file": str(safetensors_path(args.vectors)), **vecs.meta()}
-    res.summary["settings"]["budget"] = args.budget
-    folder = write_heads(res, out)
-    paths = []
-    if not args.no_plots:
-        from emocircuits.plots.heads import plot_heads
-
-        paths = plot_heads(folder)
+    folder = res.save(out, plots=not args.no_plots)
+    paths = res.figure_paths
+    baseline = res.summary["settings"]["baseline"]
     st = res.summary["settings"]
     print(f"readout layer {st['layer']} ({st['layer_choice']}); contrasts: emotion minus "
           f"{baseline} prompts, [95% bootstrap interval over prompts]")  # fmt: skip
@@ -99,39 +71,72 @@ def register(sub: argparse._SubParsersAction) -> None:
     hd.add_argument(
         "--data", default=None, help="preset or JSONL (default: the data the vectors came from)"
     )
-    hd.add_argument("--emotion", nargs="+", default=None, help="emotions (default: all)")
-    hd.add_argument("--baseline", default=None, help="baseline label (default: the vectors')")
+    hd.add_argument(
+        "--emotion",
+        nargs="+",
+        default=lib_default(heads, "emotion"),
+        help="emotions (default: all)",
+    )
+    hd.add_argument(
+        "--baseline",
+        default=lib_default(heads, "baseline"),
+        help="baseline label (default: the vectors')",
+    )
     hd.add_argument(
         "--layer",
         type=int,
-        default=None,
+        default=lib_default(heads, "layer"),
         help="readout resid layer (default: the vectors' layer with the best separation)",
     )
     hd.add_argument(
         "--budget",
         choices=("default", "fast"),
-        default="default",
+        default=lib_default(heads, "budget"),
         help="named settings for the options not given (fast: 32 prompts per class, k = 2 "
         "and 8 against 39 random sets on 4 prompts per class, for a whole-study run)",
     )
-    hd.add_argument("--top-k", type=_positive, nargs="+", default=None, help="(1 2 4 8)")
-    hd.add_argument("--n-random", type=_positive, default=None, help="random head sets per k (50)")
+    hd.add_argument(
+        "--top-k", type=_positive, nargs="+", default=lib_default(heads, "top_k"), help="(1 2 4 8)"
+    )
+    hd.add_argument(
+        "--n-random",
+        type=_positive,
+        default=lib_default(heads, "n_random"),
+        help="random head sets per k (50)",
+    )
     hd.add_argument(
         "--n-ablate",
         type=_positive,
-        default=None,
+        default=lib_default(heads, "n_ablate"),
         help="prompts per class in the ablation (12; cost: about n_random x len(top-k) x "
         "emotions x n-ablate prompt runs, each from its first ablated block on)",
     )
     hd.add_argument(
-        "--n-per-class", type=_positive, default=None, help="prompts per class (default all)"
+        "--n-per-class",
+        type=_positive,
+        default=lib_default(heads, "n_per_class"),
+        help="prompts per class (default all)",
     )
-    hd.add_argument("--n-boot", type=_positive, default=1000, help="bootstrap resamples")
-    hd.add_argument("--top-neurons", type=_positive, default=20, help="per emotion")
-    hd.add_argument("--top-prompts", type=_positive, default=5, help="per top neuron")
-    hd.add_argument("--batch-size", type=_positive, default=16)
-    hd.add_argument("--seed", type=int, default=0)
-    hd.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    hd.add_argument(
+        "--n-boot", type=_positive, default=lib_default(heads, "n_boot"), help="bootstrap resamples"
+    )
+    hd.add_argument(
+        "--top-neurons",
+        type=_positive,
+        default=lib_default(heads, "top_neurons"),
+        help="per emotion",
+    )
+    hd.add_argument(
+        "--top-prompts",
+        type=_positive,
+        default=lib_default(heads, "top_prompts"),
+        help="per top neuron",
+    )
+    hd.add_argument("--batch-size", type=_positive, default=lib_default(heads, "batch_size"))
+    hd.add_argument("--seed", type=int, default=lib_default(heads, "seed"))
+    hd.add_argument(
+        "--dtype", default=lib_default(heads, "dtype"), choices=("float32", "bfloat16", "float16")
+    )
     hd.add_argument("--no-ablation", action="store_true", help="direct contributions only")
     hd.add_argument("--no-plots", action="store_true", help="tables only")
     hd.add_argument("--out", required=True, help="output folder")

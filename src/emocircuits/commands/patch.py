@@ -3,67 +3,55 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    pass
-from emocircuits.commands._common import (
-    _add_causal_args,
-    _layers,
-    _patch_inputs,
-    _patch_meta,
-    _positive,
-    fill_budget,
-)
+from emocircuits.commands._common import _add_model_arg, _layers, _positive, lib_default
+from emocircuits.interventions.patch_stage import DEFAULT_DATA, patch
+
+
+def _add_causal_args(p: argparse.ArgumentParser, fn: Callable) -> None:
+    """The arguments `patch` and `ablate` share, defaults from the library function ``fn``."""
+    _add_model_arg(p)
+    p.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"preset or JSONL (default {DEFAULT_DATA})")
+    p.add_argument(
+        "--baseline", default=lib_default(fn, "baseline"), help="label of the neutral prompts"
+    )
+    p.add_argument(
+        "--budget",
+        choices=("default", "fast"),
+        default=lib_default(fn, "budget"),
+        help="named settings for the options not given (fast: for a whole-study run)",
+    )
+    p.add_argument(
+        "--dtype", default=lib_default(fn, "dtype"), choices=("float32", "bfloat16", "float16")
+    )
+    p.add_argument(
+        "--n-boot", type=_positive, default=lib_default(fn, "n_boot"), help="bootstrap resamples"
+    )
+    p.add_argument(
+        "--level",
+        type=float,
+        default=lib_default(fn, "level"),
+        help="interval level (default %(default)s)",
+    )
+    p.add_argument("--batch-size", type=_positive, default=lib_default(fn, "batch_size"))
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    from emocircuits.geometry.analysis import write_tables
-    from emocircuits.interventions.patching import headline, patch
-    from emocircuits.interventions.readout import readout
-    from emocircuits.models import load_model
-
-    start = time.time()
-    fill_budget(args, "patch")
-    ds, vecs, emotions = _patch_inputs(args)
-    lm = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                    progress=not args.quiet)  # fmt: skip
-    layers = None
-    if args.layers:
-        layers = sorted({lm.arch.normalize_layer(x, "resid") for x in args.layers})
-    readouts = {e: readout(lm.tokenizer, e) for e in emotions}
     res = patch(
-        lm, ds.texts, ds.labels, vecs, readouts, emotions=emotions, baseline=args.baseline,
-        n_pairs=args.n_pairs, min_pairs=args.min_pairs, n_positions=args.n_positions,
-        layers=layers, n_layers=args.n_layers, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.quiet,
+        args.model, args.data, args.vectors, emotion=args.emotion, baseline=args.baseline,
+        budget=args.budget, n_pairs=args.n_pairs, min_pairs=args.min_pairs,
+        n_positions=args.n_positions, layers=args.layers, n_layers=args.n_layers,
+        n_boot=args.n_boot, level=args.level, batch_size=args.batch_size, seed=args.seed,
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code, progress=not args.quiet,
     )  # fmt: skip
-    rows = res.table(n_boot=args.n_boot, level=args.level, seed=args.seed)
-    gaps = res.gaps(n_boot=args.n_boot, level=args.level, seed=args.seed)
-    head = headline(rows, gaps)
-    summary = {
-        "format": "emocircuits.patch",
-        "version": 1,
-        **_patch_meta(lm, ds, vecs, readouts, args),
-        "settings": {**res.settings, "layers": res.layers, "columns": res.columns,
-                     "n_boot": args.n_boot, "ci_level": args.level, "budget": args.budget,
-                     "dtype": args.dtype},
-        "gaps": gaps,
-        "headline": head,
-        "seconds": round(time.time() - start, 1),
-    }  # fmt: skip
-    out = write_tables(
-        args.out,
-        {"pairs": res.pair_rows(ds.ids), "gaps": gaps, "patching": rows},
-        {"summary.json": summary},
-    )
-    paths = []
-    if not args.no_plots:
-        from emocircuits.plots.patching import plot_patch_folder
-
-        paths = plot_patch_folder(out)
+    out = res.save(args.out, plots=not args.no_plots)
+    paths, summary, head = res.figure_paths, res.summary, res.summary["headline"]
     for e, h in head.items():
         print(f"{e}: LD gap {h['gap']:+.2f} [{h['gap_ci_low']:+.2f}, "
               f"{h['gap_ci_high']:+.2f}] over {h['pairs_used']} pairs "
@@ -79,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {out}: pairs.csv, gaps.csv, patching.csv, summary.json"
         + (f", {len(paths) // 2} figures in {out / 'figures'}" if paths else "")
-        + f" in {summary['seconds']} s ({res.settings['forward_passes']} forward passes)"
+        + f" in {summary['seconds']} s ({summary['settings']['forward_passes']} forward passes)"
     )
     return 0
 
@@ -102,23 +90,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--budget fast (8 layers, 3 positions, 12 pairs per emotion) is the whole-study "
         "setting (docs/BENCHMARKS.md has the costs).",
     )
-    _add_causal_args(pa, batch_size=32)
-    pa.add_argument("--emotion", nargs="+", default=None, help="emotions (default: all)")
-    pa.add_argument("--n-pairs", type=_positive, default=None, help="pairs per emotion (24)")
+    _add_causal_args(pa, patch)
     pa.add_argument(
-        "--min-pairs", type=_positive, default=5, help="fewer equal-length pairs is an error"
+        "--emotion",
+        nargs="+",
+        default=lib_default(patch, "emotion"),
+        help="emotions (default: all)",
     )
     pa.add_argument(
-        "--n-positions", type=_positive, default=None, help="last positions patched one by one (6)"
+        "--n-pairs",
+        type=_positive,
+        default=lib_default(patch, "n_pairs"),
+        help="pairs per emotion (24)",
     )
     pa.add_argument(
-        "--layers", type=_layers, default=None, help="resid layers, e.g. '0-30' (default all)"
+        "--min-pairs",
+        type=_positive,
+        default=lib_default(patch, "min_pairs"),
+        help="fewer equal-length pairs is an error",
+    )
+    pa.add_argument(
+        "--n-positions",
+        type=_positive,
+        default=lib_default(patch, "n_positions"),
+        help="last positions patched one by one (6)",
+    )
+    pa.add_argument(
+        "--layers",
+        type=_layers,
+        default=lib_default(patch, "layers"),
+        help="resid layers, e.g. '0-30' (default all)",
     )
     pa.add_argument(
         "--n-layers",
         type=_positive,
-        default=None,
+        default=lib_default(patch, "n_layers"),
         help="patch this many evenly spaced --layers, first and last included (default all)",
     )
-    pa.add_argument("--seed", type=int, default=0, help="pairing and random directions")
+    pa.add_argument(
+        "--seed", type=int, default=lib_default(patch, "seed"), help="pairing and random directions"
+    )
     pa.set_defaults(func=run)

@@ -60,6 +60,7 @@ import torch
 
 from emocircuits.capture.hooks import hooked
 from emocircuits.errors import DataError
+from emocircuits.interventions.budgets import ABLATE_BUDGETS  # noqa: F401  (re-exported)
 from emocircuits.interventions.forward import (
     Trace,
     length_groups,
@@ -293,7 +294,7 @@ class Condition:
 
 
 @dataclass
-class AblationResult:
+class AblationRun:
     """Raw per-prompt results of every condition; tables and headline numbers on demand.
     ``ld[name][emotion]``: ``[n]``; ``correct[name][method]``: ``[n, layers]`` (fixed
     probe right or wrong); ``refit[name][method]``: k-fold accuracy at the probe layer."""
@@ -467,18 +468,6 @@ def _projection(
     return enter, after
 
 
-ABLATE_BUDGETS: dict[str, dict[str, Any]] = {
-    "default": {"n_train": 80, "n_eval": 40, "n_random": 20, "targets": None},
-    "fast": {"n_train": 32, "n_eval": 10, "n_random": 39, "targets": ("all",)},
-}
-"""Named settings of ``emocircuits ablate --budget`` (``n_train``/``n_eval``: prompts per
-label for :func:`split_rows`; the rest: :func:`run_ablation`'s). ``default``: each
-emotion's direction and their span (``all``) against 20 random subspaces of each
-dimension (smallest attainable p = 1/21). ``fast`` (for a whole-study run): the span only,
-against 39 random subspaces of its dimension (smallest p = 1/40 = 0.025), on 10 held-out
-prompts per label, probes fitted on 32 per label."""
-
-
 def run_ablation(
     lm: LoadedModel,
     vectors: EmotionVectors,
@@ -499,7 +488,7 @@ def run_ablation(
     rows_per_pass: int = 64,
     seed: int = 0,
     progress: bool = False,
-) -> AblationResult:
+) -> AblationRun:
     """Every condition (clean, each target, ``n_random`` random subspaces per dimension
     used) on the held-out prompts ``(texts, labels)``; probes fitted on the clean
     ``train`` prompts. ``from_layer`` default: the middle layer (``n_layers // 2``);
@@ -645,7 +634,7 @@ def run_ablation(
         "n_train": len(tr_texts), "n_held_out": len(ev_texts),
         "ablated_layers": [layers[0], layers[-1]],
     }  # fmt: skip
-    return AblationResult(
+    return AblationRun(
         [c for c, _ in conds], ev_labels, emotions, baseline, all_layers, from_layer,
         probe_layer, mode, chance, ld, correct, refit, settings,
     )  # fmt: skip

@@ -86,28 +86,21 @@ def trace(
 
     def pre(i: int) -> Callable[..., None]:
         def fn(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-            if i == 0:
-                resid[0] = args[0] if args else kwargs["hidden_states"]
-                if stop == 0:
-                    raise _Stop
             kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
             calls[i] = (tuple(args[1:]), kw)
 
         return fn
 
-    def post(i: int) -> Callable[..., None]:
-        def fn(module: Any, args: Any, output: Any) -> None:
-            resid[i + 1] = first_tensor(output)
-            if i + 1 == stop:
+    def read(layer: int) -> Callable[[torch.Tensor], None]:
+        def fn(h: torch.Tensor) -> None:
+            resid[layer] = h
+            if layer == stop:
                 raise _Stop
 
         return fn
 
-    hooks: list[Hook] = [(arch.blocks[0], "pre", pre(0))]
-    for i in range(stop):
-        if i:
-            hooks.append((arch.blocks[i], "pre", pre(i)))
-        hooks.append((arch.blocks[i], "forward", post(i)))
+    hooks: list[Hook] = [(arch.blocks[i], "pre", pre(i)) for i in range(stop)]
+    hooks += [arch.place("resid", layer).read(read(layer)) for layer in range(stop + 1)]
     device = arch.base_model.device
     cache = DynamicCache(config=lm.model.config) if use_cache else None
     with hooked(hooks), torch.inference_mode(), contextlib.suppress(_Stop):

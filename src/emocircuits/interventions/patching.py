@@ -64,15 +64,16 @@ position ``t`` leaves the columns before ``t`` unchanged (causal attention), so:
 
 Only the readout words' logits are computed. On SmolLM2-135M and `extended` the default
 (24 pairs per emotion, 6 positions, all 31 layers) and the whole-study budget ``fast``
-(:data:`PATCH_BUDGETS`) cost what docs/BENCHMARKS.md lists ("Causal analyses"), in plain
-forward passes of one prompt. The model is never modified: every edit is a hook
-(:func:`~emocircuits.capture.hooks.hooked`) or an edit of a resumed row's residual.
+(:data:`~emocircuits.interventions.budgets.PATCH_BUDGETS`) cost what docs/BENCHMARKS.md
+lists ("Causal analyses"), in plain forward passes of one prompt. The model is never
+modified: every edit is a hook (:func:`~emocircuits.capture.hooks.hooked`) or an edit of a
+resumed row's residual.
 
 >>> pairs, found = match_pairs(["anger", "neutral", "anger", "neutral"], [5, 5, 6, 7],
 ...                            ["anger"], min_pairs=1)
 >>> [(p.emotion_row, p.neutral_row, p.n_tokens) for p in pairs], found
 ([(0, 1, 5)], {'anger': 1})
->>> res = patch(lm, texts, labels, vecs, readouts, n_pairs=24)  # doctest: +SKIP
+>>> res = run_patching(lm, texts, labels, vecs, readouts, n_pairs=24)  # doctest: +SKIP
 >>> rows = res.table()  # doctest: +SKIP
 """
 
@@ -89,6 +90,7 @@ import numpy as np
 from emocircuits.capture.hooks import Hook, hooked
 from emocircuits.errors import DataError
 from emocircuits.geometry.stats import bootstrap_counts, bootstrap_mean_ci
+from emocircuits.interventions.budgets import PATCH_BUDGETS  # noqa: F401  (re-exported)
 from emocircuits.interventions.forward import Trace, length_groups, resume, trace, unembed
 from emocircuits.interventions.readout import (
     Readout,
@@ -122,38 +124,14 @@ def resid_edit_hooks(
     >>> with hooked(resid_edit_hooks(lm.arch, {3: lambda h: 2 * h})):  # doctest: +SKIP
     ...     lm.model(**inputs)
     """
-    hooks: list[Hook] = []
-    for layer, fn in edits.items():
-        i = arch.normalize_layer(layer, "resid")
-
-        def forward(module: Any, args: Any, output: Any, fn=fn) -> Any:
-            h = output[0] if isinstance(output, tuple | list) else output
-            new = fn(h)
-            if new is None:
-                return None
-            return (new, *output[1:]) if isinstance(output, tuple | list) else new
-
-        def pre(module: Any, args: Any, kwargs: dict[str, Any], fn=fn) -> Any:
-            h = args[0] if args else kwargs["hidden_states"]
-            new = fn(h)
-            if new is None:
-                return None
-            if args:
-                return (new, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new}
-
-        if i == 0:
-            hooks.append((arch.blocks[0], "pre", pre))
-        else:
-            hooks.append((arch.blocks[i - 1], "forward", forward))
-    return hooks
+    return [arch.place("resid", layer).edit(fn) for layer, fn in edits.items()]
 
 
 # ---------------------------------------------------------------------------------- pairs
 @dataclass(frozen=True)
 class Pair:
     """An emotion prompt and a neutral prompt of the same token length (row indices into
-    the texts given to :func:`patch`)."""
+    the texts given to :func:`run_patching`)."""
 
     emotion: str
     emotion_row: int
@@ -204,7 +182,7 @@ def match_pairs(
 
 # ------------------------------------------------------------------------------- results
 @dataclass
-class PatchResult:
+class PatchRun:
     """LD of every pair under every patch. ``full``/``directional``: ``[layer, column,
     pair]`` over ``columns`` (``body``, ``-K`` ... ``-1``); ``directional_all`` /
     ``random_all``: ``[layer, pair]`` (every position patched); NaN = the pair has no such
@@ -554,18 +532,7 @@ def random_directions(width: int, layers: Sequence[int], seed: int) -> np.ndarra
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-PATCH_BUDGETS: dict[str, dict[str, Any]] = {
-    "default": {"n_pairs": 24, "n_positions": 6, "n_layers": None},
-    "fast": {"n_pairs": 12, "n_positions": 3, "n_layers": 8},
-}
-"""Named settings of :func:`patch` (``emocircuits patch --budget``): ``default`` is the
-full heatmap (every layer, 6 positions, 24 pairs per emotion); ``fast`` (for a
-whole-study run) patches 8 evenly spaced layers (the embedding and the last included),
-the cue's two tokens and the one before (-1, -2, -3) and the body, with 12 pairs per
-emotion."""
-
-
-def patch(
+def run_patching(
     lm: LoadedModel,
     texts: Sequence[str],
     labels: Sequence[str],
@@ -583,7 +550,7 @@ def patch(
     rows_per_pass: int = 64,
     seed: int = 0,
     progress: bool = False,
-) -> PatchResult:
+) -> PatchRun:
     """Match pairs, run them clean, and patch at every layer and position (module
     docstring). ``texts``/``labels``: the prompts without the cue (it is appended);
     ``readouts``: a :class:`~emocircuits.interventions.readout.Readout` per emotion;
@@ -591,7 +558,7 @@ def patch(
     ``n_layers`` evenly spaced ones are kept (the first and the last included; None: all);
     ``rows_per_pass``: edited rows run together.
 
-    >>> res = patch(lm, ds.texts, ds.labels, vecs, {e: readout(lm.tokenizer, e)
+    >>> res = run_patching(lm, ds.texts, ds.labels, vecs, {e: readout(lm.tokenizer, e)
     ...             for e in ("gratitude", "anger")})  # doctest: +SKIP
     """
     import torch
@@ -728,7 +695,7 @@ def patch(
         "pairing": "equal token length after the cue; shuffled within each length, zipped, "
         "then n_pairs drawn at random per emotion",
     }
-    return PatchResult(
+    return PatchRun(
         pairs, layers, columns, ld_e, ld_n, full, directional, dir_all, rnd_all, found,
         _column_tokens(lm, pairs, token_ids, n_positions), settings,
     )  # fmt: skip
@@ -808,7 +775,7 @@ def _column_tokens(
 
 
 def headline(rows: Sequence[dict], gaps: Sequence[dict]) -> dict[str, Any]:
-    """Per emotion, from :meth:`PatchResult.table` rows and :meth:`PatchResult.gaps`: the
+    """Per emotion, from :meth:`PatchRun.table` rows and :meth:`PatchRun.gaps`: the
     gap; the layer where directional patching of every position recovers most (with its
     interval and the random direction there); the first layer from which the full patch at
     the readout position (``-1``) recovers at least half, and the last layer at which the

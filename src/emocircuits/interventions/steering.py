@@ -182,25 +182,11 @@ def _steering(
                 )
             return h + delta.to(h.dtype)
 
-        def forward(module: Any, args: Any, output: Any) -> Any:
-            if isinstance(output, tuple | list):
-                return (apply(output[0]), *output[1:])
-            return apply(output)
-
-        def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-            if args:
-                return (apply(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": apply(kwargs["hidden_states"])}
-
-        return forward, pre
+        return apply
 
     hooks: list = [(lm.model, "pre", model_pre)]
     for layer, delta in by_layer.items():
-        forward, pre = add(delta)
-        if layer == 0:
-            hooks.append((arch.blocks[0], "pre", pre))
-        else:
-            hooks.append((arch.blocks[layer - 1], "forward", forward))
+        hooks.append(arch.place("resid", layer).edit(add(delta)))
     with hooked(hooks):
         yield
 

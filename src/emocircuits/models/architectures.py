@@ -1,10 +1,14 @@
 """The one module that knows where things live inside each supported architecture.
 
 Everything else asks :func:`architecture` for blocks, attention and MLP outputs, the
-attention output projection, head counts and layer numbers. To add a family, append an
-:class:`ArchSpec` to ``SPECS`` (module paths are dotted attribute paths, see the existing
-entries), then add a tiny config to ``tests/conftest.py::TINY_CONFIGS``: the capture tests
-check the new entry against transformers' own ``output_hidden_states``.
+attention output projection, head counts and layer numbers, and
+:meth:`Architecture.place` for where a site of layer ``l`` is read and written (the
+residual stream at layer ``l`` is the output of block ``l - 1``; layer 0 is the input of
+block 0): capture, steering, patching, ablation, heads and the traced forward all ask it.
+To add a family, append an :class:`ArchSpec` to ``SPECS`` (module paths are dotted
+attribute paths, see the existing entries), then add a tiny config to
+``tests/conftest.py::TINY_CONFIGS``: the tests check the new entry against transformers'
+own ``output_hidden_states``.
 
 >>> spec_for("llama").blocks
 'layers'
@@ -99,6 +103,65 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return reduce(getattr, path.split("."), root)
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where site ``site`` of layer ``layer`` lives: the input (``kind="pre"``, a forward
+    pre-hook with keyword arguments) or the output (``kind="forward"``) of ``module``.
+    ``block`` is the block whose run yields it (resid layer 0: block 0, before it runs).
+    ``read`` and ``edit`` make ``(module, kind, fn)`` hooks for
+    :func:`~emocircuits.capture.hooks.hooked`.
+
+    >>> with hooked([lm.arch.place("resid", 3).edit(lambda h: 2 * h)]):  # doctest: +SKIP
+    ...     lm.model(**inputs)
+    """
+
+    site: str
+    layer: int
+    module: nn.Module
+    kind: str
+    block: int
+
+    def read(self, fn: Callable[[torch.Tensor], None]) -> tuple[nn.Module, str, Callable]:
+        """A hook that calls ``fn(h)`` with the site's tensor ``[batch, seq, ...]`` (for
+        ``heads``: ``[batch, seq, n_heads * head_dim]``)."""
+        if self.kind == "pre":
+
+            def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+                fn(args[0] if args else kwargs["hidden_states"])
+
+            return self.module, "pre", pre
+
+        def forward(module: Any, args: Any, output: Any) -> None:
+            fn(output[0] if isinstance(output, tuple | list) else output)
+
+        return self.module, "forward", forward
+
+    def edit(
+        self, fn: Callable[[torch.Tensor], torch.Tensor | None]
+    ) -> tuple[nn.Module, str, Callable]:
+        """A hook that replaces the site's tensor ``h`` by ``fn(h)`` (None: unchanged)."""
+        if self.kind == "pre":
+
+            def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+                new = fn(args[0] if args else kwargs["hidden_states"])
+                if new is None:
+                    return None
+                if args:
+                    return (new, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": new}
+
+            return self.module, "pre", pre
+
+        def forward(module: Any, args: Any, output: Any) -> Any:
+            tup = isinstance(output, tuple | list)
+            new = fn(output[0] if tup else output)
+            if new is None:
+                return None
+            return (new, *output[1:]) if tup else new
+
+        return self.module, "forward", forward
+
+
 @dataclass
 class Architecture:
     """A model's parts, resolved once. Layer numbers follow the residual convention:
@@ -187,6 +250,27 @@ class Architecture:
                 f"{site} layers (0..{n - 1}, or -{n}..-1)"
             )
         return layer % n
+
+    def place(self, site: str, layer: int) -> Place:
+        """Where ``site`` of ``layer`` (negative counts from the end) is read and written:
+        ``resid`` layer 0 is the input of block 0, layer ``l >= 1`` the output of block
+        ``l - 1`` (what ``output_hidden_states`` calls ``hidden_states[l]``); ``attn`` and
+        ``mlp`` are the outputs of what block ``l`` adds to the residual stream; ``heads``
+        the input of block ``l``'s attention output projection.
+
+        >>> arch.place("resid", 0).kind, arch.place("resid", -1).block  # doctest: +SKIP
+        ('pre', 29)
+        """
+        i = self.normalize_layer(layer, site)
+        if site == "resid":
+            if i == 0:
+                return Place(site, 0, self.blocks[0], "pre", 0)
+            return Place(site, i, self.blocks[i - 1], "forward", i - 1)
+        if site == "attn":
+            return Place(site, i, self.attn_out(i), "forward", i)
+        if site == "mlp":
+            return Place(site, i, self.mlp_out(i), "forward", i)
+        return Place(site, i, self.o_proj(i), "pre", i)
 
 
 def architecture(model: nn.Module) -> Architecture:

@@ -3,7 +3,7 @@ direct contributions per emotion, and the top-k vs random ablation curves.
 
 Same conventions as :mod:`emocircuits.plots.geometry` (pure figure functions, no pyplot,
 fixed emotion colours); :func:`plot_heads` reads a folder written by
-:func:`~emocircuits.interventions.heads.write_heads` and saves the figures into
+:class:`~emocircuits.interventions.heads.HeadsResult` and saves the figures into
 ``figures/`` (PNG + SVG).
 
 >>> fig = head_heatmaps({"anger": np.array([[0.5, -0.1], [0.0, 2.0]])}, title="heads")
@@ -13,7 +13,7 @@ fixed emotion colours); :func:`plot_heads` reads a folder written by
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from emocircuits.errors import DataError
 from emocircuits.geometry.analysis import read_table
 from emocircuits.plots.geometry import _figure, label_color, save_figure
 
-__all__ = ["ablation_curves", "head_heatmaps", "plot_heads"]
+__all__ = ["ablation_curves", "head_heatmaps", "heads_figures", "plot_heads"]
 
 _RANKING_STYLE = {0: "-", 1: "--"}
 
@@ -153,13 +153,48 @@ def ablation_curves(rows: Sequence[Mapping[str, Any]], *, title: str) -> Figure:
     return fig
 
 
-def _grid(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+def _grid(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
     n_b = max(int(r["layer"]) for r in rows) + 1
     n_h = max(int(r["head"]) for r in rows) + 1
     out = np.full((n_b, n_h), np.nan)
     for r in rows:
         out[int(r["layer"]), int(r["head"])] = float(r[key])
     return out
+
+
+def heads_figures(
+    summary: Mapping[str, Any], tables: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> Iterator[tuple[str, Figure]]:
+    """``(name, figure)`` for a heads result (its summary and tables, in memory or read from
+    a folder), one at a time: ``heads-{position}`` per position, then ``ablation`` (if there
+    are ablation rows)."""
+    st = summary["settings"]
+    model = summary.get("model", {}).get("name", "?")
+    layer = st["layer"]
+    heads = list(tables["heads"])
+    for pos in dict.fromkeys(str(r["position"]) for r in heads):
+        by_e: dict[str, list[Mapping[str, Any]]] = {}
+        for r in heads:
+            if str(r["position"]) == pos:
+                by_e.setdefault(str(r["emotion"]), []).append(r)
+        where = "the cue's last token" if pos == "cue" else f"'{pos}' over the prompt"
+        fig = head_heatmaps(
+            {e: _grid(rs, "contrast") for e, rs in by_e.items()},
+            {e: _grid(rs, "lo") for e, rs in by_e.items()},
+            {e: _grid(rs, "hi") for e, rs in by_e.items()},
+            title=f"direct contribution of each head to the emotion direction at resid layer "
+            f"{layer} · {model} · read at {where}",
+            n_ranked=max(st.get("top_k") or [8]),
+        )
+        yield f"heads-{pos}", fig
+    abl = tables.get("ablation") or []
+    if abl:
+        fig = ablation_curves(
+            abl,
+            title=f"mean-ablating the top-k heads vs {st.get('n_random')} draws of k random "
+            f"heads (blocks < {layer}) · {model} · on each emotion's prompts",
+        )
+        yield "ablation", fig
 
 
 def plot_heads(folder: str | Path, out: str | Path | None = None) -> list[Path]:
@@ -173,32 +208,10 @@ def plot_heads(folder: str | Path, out: str | Path | None = None) -> list[Path]:
     if summary.get("format") != "emocircuits.heads":
         raise DataError("not a heads folder (emocircuits heads)", where=str(folder))
     out = Path(out) if out is not None else folder / "figures"
-    st = summary["settings"]
-    model = summary.get("model", {}).get("name", "?")
-    layer = st["layer"]
-    heads = read_table(folder, "heads")
+    tables = {"heads": read_table(folder, "heads")}
+    if (folder / "ablation.csv").is_file():
+        tables["ablation"] = read_table(folder, "ablation")
     paths: list[Path] = []
-    for pos in dict.fromkeys(str(r["position"]) for r in heads):
-        by_e: dict[str, list[dict[str, Any]]] = {}
-        for r in heads:
-            if str(r["position"]) == pos:
-                by_e.setdefault(str(r["emotion"]), []).append(r)
-        where = "the cue's last token" if pos == "cue" else f"'{pos}' over the prompt"
-        fig = head_heatmaps(
-            {e: _grid(rs, "contrast") for e, rs in by_e.items()},
-            {e: _grid(rs, "lo") for e, rs in by_e.items()},
-            {e: _grid(rs, "hi") for e, rs in by_e.items()},
-            title=f"direct contribution of each head to the emotion direction at resid layer "
-            f"{layer} · {model} · read at {where}",
-            n_ranked=max(st.get("top_k") or [8]),
-        )
-        paths += save_figure(fig, out / f"heads-{pos}")
-    abl = read_table(folder, "ablation") if (folder / "ablation.csv").is_file() else []
-    if abl:
-        fig = ablation_curves(
-            abl,
-            title=f"mean-ablating the top-k heads vs {st.get('n_random')} draws of k random "
-            f"heads (blocks < {layer}) · {model} · on each emotion's prompts",
-        )
-        paths += save_figure(fig, out / "ablation")
+    for name, fig in heads_figures(summary, tables):
+        paths += save_figure(fig, out / name)
     return paths

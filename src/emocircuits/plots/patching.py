@@ -24,7 +24,7 @@ be redrawn without running the model.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,21 @@ def _summary(folder: Path, fmt: str) -> dict[str, Any]:
     return s
 
 
+def patch_figures(
+    summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> Iterator[tuple[str, Figure]]:
+    """``(name, figure)`` of a patch result (its summary and ``patching`` rows), one at a
+    time: ``patching-{emotion}`` per emotion, then ``directional-by-layer``."""
+    model = summary["model"].get("name", "?")
+    for emo in dict.fromkeys(r["emotion"] for r in rows):
+        g = next(x for x in summary["gaps"] if x["emotion"] == emo)
+        fig = patching_heatmaps(rows, emo, title=f"{emo}: recovered fraction of the LD gap "
+                                f"({g['gap']:.2f}, {g['pairs_used']} pairs) · {model}")  # fmt: skip
+        yield f"patching-{emo}", fig
+    fig = directional_by_layer(rows, title=f"directional patching of every position · {model}")
+    yield "directional-by-layer", fig
+
+
 def plot_patch_folder(folder: str | Path, out: str | Path | None = None) -> list[Path]:
     """Heatmaps per emotion and the directional-by-layer figure of an ``emocircuits patch``
     folder, into ``out`` (default ``folder/figures``)."""
@@ -249,16 +264,31 @@ def plot_patch_folder(folder: str | Path, out: str | Path | None = None) -> list
     s = _summary(folder, "emocircuits.patch")
     rows = read_table(folder, "patching")
     out = Path(out) if out is not None else folder / "figures"
-    model = s["model"].get("name", "?")
     paths = []
-    for emo in dict.fromkeys(r["emotion"] for r in rows):
-        g = next(x for x in s["gaps"] if x["emotion"] == emo)
-        fig = patching_heatmaps(rows, emo, title=f"{emo}: recovered fraction of the LD gap "
-                                f"({g['gap']:.2f}, {g['pairs_used']} pairs) · {model}")  # fmt: skip
-        paths += save_figure(fig, out / f"patching-{emo}")
-    fig = directional_by_layer(rows, title=f"directional patching of every position · {model}")
-    paths += save_figure(fig, out / "directional-by-layer")
+    for name, fig in patch_figures(s, rows):
+        paths += save_figure(fig, out / name)
     return paths
+
+
+def ablation_figures(
+    summary: Mapping[str, Any],
+    ld: Sequence[Mapping[str, Any]],
+    probe: Sequence[Mapping[str, Any]],
+) -> Iterator[tuple[str, Figure]]:
+    """``(name, figure)`` of an ablation result (its summary, ``ablation_ld`` and
+    ``ablation_probe`` rows), one at a time: per probe method ``ablation-effects-{method}``
+    and ``ablation-probe-{method}``."""
+    st = summary["settings"]
+    model = summary["model"].get("name", "?")
+    how = f"{st['mode']} direction(s) projected out from layer {st['from_layer']} on"
+    for m in st["methods"]:
+        fig = ablation_effects(ld, probe, method=m, probe_layer=st["probe_layer"],
+                               title=f"direction ablation · {model} · {how}")  # fmt: skip
+        yield f"ablation-effects-{m}", fig
+        fig = ablation_probe_layers(probe, method=m, chance=summary["chance"],
+                                    from_layer=st["from_layer"],
+                                    title=f"probe accuracy under ablation · {model}")  # fmt: skip
+        yield f"ablation-probe-{m}", fig
 
 
 def plot_ablation_folder(folder: str | Path, out: str | Path | None = None) -> list[Path]:
@@ -269,17 +299,8 @@ def plot_ablation_folder(folder: str | Path, out: str | Path | None = None) -> l
     folder = Path(folder)
     s = _summary(folder, "emocircuits.ablate")
     ld, probe = read_table(folder, "ablation_ld"), read_table(folder, "ablation_probe")
-    st = s["settings"]
     out = Path(out) if out is not None else folder / "figures"
-    model = s["model"].get("name", "?")
-    how = f"{st['mode']} direction(s) projected out from layer {st['from_layer']} on"
     paths = []
-    for m in st["methods"]:
-        fig = ablation_effects(ld, probe, method=m, probe_layer=st["probe_layer"],
-                               title=f"direction ablation · {model} · {how}")  # fmt: skip
-        paths += save_figure(fig, out / f"ablation-effects-{m}")
-        fig = ablation_probe_layers(probe, method=m, chance=s["chance"],
-                                    from_layer=st["from_layer"],
-                                    title=f"probe accuracy under ablation · {model}")  # fmt: skip
-        paths += save_figure(fig, out / f"ablation-probe-{m}")
+    for name, fig in ablation_figures(s, ld, probe):
+        paths += save_figure(fig, out / name)
     return paths

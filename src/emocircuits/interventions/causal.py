@@ -1,0 +1,175 @@
+"""What the causal analyses (:func:`patch`, :func:`ablate`, :func:`heads`) share: their
+inputs in any of the accepted shapes, checked before the model is used, the provenance
+they record, and :class:`TablesResult`, a result saved as CSV tables plus ``summary.json``.
+
+>>> ds = as_dataset("baseline")
+>>> len(ds)
+200
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from emocircuits.errors import DataError, EmocircuitsError
+from emocircuits.results import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from emocircuits.data.dataset import Dataset
+    from emocircuits.geometry.vectors import EmotionVectors
+    from emocircuits.interventions.readout import Readout
+    from emocircuits.models.loading import LoadedModel
+
+
+def as_dataset(data: Dataset | str | Path) -> Dataset:
+    """A :class:`~emocircuits.data.dataset.Dataset` from itself, a preset name or a JSONL path."""
+    from emocircuits.data import load_dataset
+    from emocircuits.data.dataset import Dataset
+
+    return data if isinstance(data, Dataset) else load_dataset(data)
+
+
+def as_vectors(vecs: EmotionVectors | str | Path) -> tuple[EmotionVectors, str | None]:
+    """The vectors and the file they were read from (None when given as an object)."""
+    from emocircuits.geometry.vectors import EmotionVectors, safetensors_path
+
+    if isinstance(vecs, EmotionVectors):
+        return vecs, None
+    return EmotionVectors.load(vecs), str(safetensors_path(vecs))
+
+
+def as_model(
+    lm: LoadedModel | str, *, dtype: str, trust_remote_code: bool, progress: bool
+) -> LoadedModel:
+    """``lm`` itself, or the model of that name loaded in ``dtype``."""
+    if not isinstance(lm, str | Path):
+        return lm
+    from emocircuits.models import load_model
+
+    return load_model(str(lm), dtype=dtype, trust_remote_code=trust_remote_code,
+                      progress=progress)  # fmt: skip
+
+
+def dtype_name(lm: LoadedModel) -> str:
+    """``"float32"`` for ``torch.float32``: the name ``--dtype`` takes."""
+    return str(lm.dtype).removeprefix("torch.")
+
+
+def check_causal_inputs(
+    ds: Dataset,
+    vecs: EmotionVectors,
+    *,
+    baseline: str,
+    emotion: Sequence[str] | None,
+    data_name: str,
+    vectors_name: str,
+) -> list[str]:
+    """The emotions ``patch`` and ``ablate`` analyse (``emotion``, else every emotion of
+    the vectors with feeling words and prompts), after checking everything that does not
+    need the model. ``data_name``/``vectors_name`` name the inputs in errors."""
+    from emocircuits.interventions.readout import FEELING_WORDS
+
+    if vecs.site != "resid":
+        raise EmocircuitsError(f"{vectors_name} has {vecs.site} directions; resid is needed")
+    labels = set(ds.labels)
+    if baseline not in labels:
+        raise EmocircuitsError(f"{data_name} has no {baseline!r} prompts")
+    wanted = list(emotion or [])
+    for e in wanted:
+        if e not in vecs.directions:
+            raise EmocircuitsError(
+                f"no {e!r} direction in {vectors_name} (has {', '.join(vecs.emotions)})"
+            )
+        if e not in FEELING_WORDS or e not in labels:
+            raise EmocircuitsError(
+                f"{e!r} needs feeling words for the readout and prompts in {data_name}"
+            )
+    emotions = wanted or [e for e in vecs.emotions if e in FEELING_WORDS and e in labels]
+    if not emotions:
+        raise EmocircuitsError(
+            f"no emotion of {vectors_name} has feeling words and prompts in {data_name}"
+        )
+    return emotions
+
+
+def causal_meta(
+    lm: LoadedModel,
+    ds: Dataset,
+    vecs: EmotionVectors,
+    vectors_file: str | None,
+    readouts: dict[str, Readout],
+) -> dict[str, Any]:
+    """The provenance block of a ``patch`` / ``ablate`` summary."""
+    return {
+        "model": lm.provenance,
+        "vectors": {"file": vectors_file, **vecs.meta()},
+        "dataset": ds.provenance(),
+        "readouts": {e: r.meta() for e, r in readouts.items()},
+    }
+
+
+def read_summary(folder: Path, fmt: str) -> dict[str, Any]:
+    """``summary.json`` of ``folder``, checked to be of format ``fmt``."""
+    try:
+        s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read summary.json ({e})", where=str(folder)) from None
+    if s.get("format") != fmt:
+        raise DataError(f"not an {fmt} folder", where=str(folder))
+    return s
+
+
+@dataclass(repr=False)
+class TablesResult(Result):
+    """A result kept as its saved form: ``tables`` (name -> rows, one CSV each) and
+    ``summary`` (``summary.json``, written last). Subclasses set ``format``, ``table_names``
+    and implement ``rows`` and ``_figures``; ``run`` holds the in-memory computation it
+    came from (None after :meth:`load`)."""
+
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    run: Any = None
+    #: the figure files (PNG and SVG) the last :meth:`save` wrote
+    figure_paths: list[Path] = field(default_factory=list)
+
+    format: ClassVar[str] = ""
+    table_names: ClassVar[tuple[str, ...]] = ()
+
+    def _figures(self) -> Iterator[tuple[str, Figure]]:
+        return iter(())
+
+    def _plot_folder(self, folder: Path) -> list[Path]:
+        raise NotImplementedError
+
+    def save(self, path: str | Path, *, plots: bool = True) -> Path:
+        """Write the tables, ``summary.json`` and (``plots``) the figures into ``path``, as
+        ``emocircuits <command> --out path`` does; returns the folder."""
+        from emocircuits.geometry.analysis import write_tables
+
+        out = write_tables(path, self.tables, {"summary.json": self.summary})
+        self.figure_paths = self._plot_folder(out) if plots else []
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> TablesResult:
+        """Read a folder written by :meth:`save` (numbers in the tables parsed back)."""
+        from emocircuits.geometry.analysis import read_table
+
+        folder = Path(path)
+        summary = read_summary(folder, cls.format)
+        names = [n for n in cls.table_names if (folder / f"{n}.csv").is_file()]
+        return cls({n: read_table(folder, n) for n in names}, summary)
+
+    def figure(self) -> Figure | None:
+        """The first of the figures ``save`` draws, or None without rows to draw."""
+        return next((fig for _, fig in self._figures()), None)
+
+    def title(self) -> str:
+        model = (self.summary.get("model") or {}).get("name", "?")
+        return f"{type(self).__name__}: {model}, {len(self.rows())} rows"

@@ -1,0 +1,155 @@
+"""The patching stage: :func:`patch` (one call, from model, data and vectors to the tables
+``emocircuits patch`` writes) and :class:`PatchResult`. The computation is
+:func:`~emocircuits.interventions.patching.run_patching`.
+
+>>> res = patch("smollm2-135m", "extended", "runs/vectors.safetensors")  # doctest: +SKIP
+>>> res.save("runs/patch")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from emocircuits.interventions.causal import (
+    TablesResult,
+    as_dataset,
+    as_model,
+    as_vectors,
+    causal_meta,
+    check_causal_inputs,
+    dtype_name,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from emocircuits.data.dataset import Dataset
+    from emocircuits.geometry.vectors import EmotionVectors
+    from emocircuits.models.loading import LoadedModel
+
+DEFAULT_DATA = "extended"
+"""The data ``patch`` and ``ablate`` use when given None."""
+
+
+@dataclass(repr=False)
+class PatchResult(TablesResult):
+    """Tables ``pairs``, ``gaps``, ``patching`` and the summary of :func:`patch`; ``run``:
+    the :class:`~emocircuits.interventions.patching.PatchRun` (None after ``load``).
+
+    >>> res = PatchResult.load("runs/patch")  # doctest: +SKIP
+    >>> res.rows()[0]["best_layer"]  # doctest: +SKIP
+    """
+
+    command: ClassVar[str] = "patch"
+    format: ClassVar[str] = "emocircuits.patch"
+    table_names: ClassVar[tuple[str, ...]] = ("pairs", "gaps", "patching")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per emotion: the LD gap and its interval, the pairs used, and where directional
+        patching of every position recovers most."""
+        out = []
+        for e, h in self.summary.get("headline", {}).items():
+            d = h.get("directional_all_positions") or {}
+            out.append({
+                "emotion": e, "gap": h["gap"], "gap_ci_low": h["gap_ci_low"],
+                "gap_ci_high": h["gap_ci_high"], "pairs_used": h["pairs_used"],
+                "best_layer": d.get("best_layer"), "recovered": d.get("recovered"),
+                "random_at_best_layer": d.get("random_at_best_layer"),
+            })  # fmt: skip
+        return out
+
+    def _figures(self) -> Iterator[tuple[str, Figure]]:
+        from emocircuits.plots.patching import patch_figures
+
+        return patch_figures(self.summary, self.tables.get("patching", []))
+
+    def _plot_folder(self, folder: Path) -> list[Path]:
+        from emocircuits.plots.patching import plot_patch_folder
+
+        return plot_patch_folder(folder)
+
+
+def patch(
+    lm: LoadedModel | str,
+    data: Dataset | str | Path | None,
+    vecs: EmotionVectors | str | Path,
+    *,
+    emotion: Sequence[str] | None = None,
+    baseline: str = "neutral",
+    budget: str = "default",
+    n_pairs: int | None = None,
+    min_pairs: int = 5,
+    n_positions: int | None = None,
+    layers: Sequence[int] | None = None,
+    n_layers: int | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    batch_size: int = 32,
+    seed: int = 0,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    progress: bool = False,
+) -> PatchResult:
+    """Activation and directional patching of matched emotion/neutral pairs at every
+    layer and position (:mod:`~emocircuits.interventions.patching`), as ``emocircuits
+    patch`` runs it. ``lm``: a loaded model or a name to load (in ``dtype``, after every
+    input check); ``data``: a Dataset, preset or JSONL (None: ``extended``); ``vecs``:
+    vectors or their file (resid); ``emotion``: emotions to patch (None: every one with a
+    readout and prompts); ``layers``: resid layers (negative counts from the end; None:
+    all); ``n_pairs``, ``n_positions``, ``n_layers``: None takes the value of ``budget``
+    (:data:`~emocircuits.interventions.budgets.PATCH_BUDGETS`).
+
+    >>> res = patch(lm, "baseline", vecs, budget="fast")  # doctest: +SKIP
+    >>> res.rows()  # doctest: +SKIP
+    """
+    from emocircuits.interventions.budgets import resolve_budget
+    from emocircuits.interventions.patching import headline, run_patching
+    from emocircuits.interventions.readout import readout
+
+    start = time.time()
+    b = resolve_budget(
+        "patch", budget, {"n_pairs": n_pairs, "n_positions": n_positions, "n_layers": n_layers}
+    )
+    data = DEFAULT_DATA if data is None else data
+    ds = as_dataset(data)
+    vectors, vectors_file = as_vectors(vecs)
+    emotions = check_causal_inputs(
+        ds, vectors, baseline=baseline, emotion=emotion, data_name=_name(data, ds),
+        vectors_name=_name(vecs, None),
+    )  # fmt: skip
+    lm = as_model(lm, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress)
+    if layers:
+        layers = sorted({lm.arch.normalize_layer(x, "resid") for x in layers})
+    readouts = {e: readout(lm.tokenizer, e) for e in emotions}
+    run = run_patching(
+        lm, ds.texts, ds.labels, vectors, readouts, emotions=emotions, baseline=baseline,
+        n_pairs=b["n_pairs"], min_pairs=min_pairs, n_positions=b["n_positions"],
+        layers=layers or None, n_layers=b["n_layers"], batch_size=batch_size, seed=seed,
+        progress=progress,
+    )  # fmt: skip
+    rows = run.table(n_boot=n_boot, level=level, seed=seed)
+    gaps = run.gaps(n_boot=n_boot, level=level, seed=seed)
+    summary = {
+        "format": PatchResult.format,
+        "version": 1,
+        **causal_meta(lm, ds, vectors, vectors_file, readouts),
+        "settings": {**run.settings, "layers": run.layers, "columns": run.columns,
+                     "n_boot": n_boot, "ci_level": level, "budget": budget,
+                     "dtype": dtype_name(lm)},
+        "gaps": gaps,
+        "headline": headline(rows, gaps),
+        "seconds": round(time.time() - start, 1),
+    }  # fmt: skip
+    tables = {"pairs": run.pair_rows(ds.ids), "gaps": gaps, "patching": rows}
+    return PatchResult(tables, summary, run)
+
+
+def _name(given: Any, ds: Dataset | None) -> str:
+    """How errors name an input: as given (a preset, a path), else its source."""
+    if isinstance(given, str | Path):
+        return str(given)
+    return ds.source if ds is not None else "the vectors"
