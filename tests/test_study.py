@@ -312,7 +312,8 @@ def test_study_result_loads_back_and_shows_itself(study):
     from emocircuits.results import Result
     from emocircuits.study.runner import StudyResult
 
-    out, _, res = study
+    out, over, _ = study
+    res = run_study(load_config(None, over), progress=False)  # the last run (all reused)
     back = StudyResult.load(out)
     assert isinstance(back, Result)
     assert (back.out, back.failed, back.report) == (res.out, res.failed, res.report)
