@@ -343,3 +343,30 @@ def test_rq4_answer_flips_with_the_causal_tests(study):
     rq4 = collect(study).section("rq4")
     assert rq4.verdict == "no", rq4.answer
     assert "for 0 of 6 (6 with a gap whose interval reaches 0)" in rq4.answer
+
+
+# --------------------------------------------------------------------------- the library API
+def test_build_report_writes_what_the_report_command_writes(study, capsys):
+    """`ec.build_report(dir)` is `emocircuits report dir`: the same page, byte for byte (the
+    page holds no time of its own making: started and finished are the study's)."""
+    from emocircuits.report import build_report
+
+    from helpers import run
+
+    code, out, _ = run(capsys, "report", study)
+    assert code == 0 and out == f"wrote {study / 'report.html'}\n"
+    by_cli = (study / "report.html").read_bytes()
+    (study / "report.html").unlink()
+    assert build_report(study) == study / "report.html"
+    assert (study / "report.html").read_bytes() == by_cli
+    assert write_report(study) == study / "report.html"  # the earlier name
+
+
+def test_the_study_result_of_a_report_folder(study_dir):  # noqa: F811
+    """The study folder behind a report reads back as a `StudyResult` (rows: the stages)."""
+    from emocircuits.study import StudyResult
+
+    res = StudyResult.load(study_dir)
+    assert res.report == study_dir / "report.html" and res.failed == {}
+    assert {r["stage"] for r in res.rows()} >= {"patch/tiny-llama", "compare/baseline"}
+    assert "patch/tiny-llama" in repr(res) and "<table" in res._repr_html_()

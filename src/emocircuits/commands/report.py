@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 
 def run(args: argparse.Namespace) -> int:
-    from emocircuits.report.html import write_report
+    from emocircuits.report import build_report
 
-    path = write_report(args.dir)
+    path = build_report(args.dir)
     print(f"wrote {path}")
     return 0
 

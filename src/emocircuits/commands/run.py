@@ -5,16 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from emocircuits.errors import EmocircuitsError
 
-if TYPE_CHECKING:
-    pass
 
-
-# ------------------------------------------------------------------------------- models
-# ----------------------------------------------------------------------------------- run
 def _set_overrides(items: Sequence[str]) -> dict[str, dict]:
     """``--set table.key=value`` (value parsed as TOML, else taken as a string)."""
     import tomllib
@@ -62,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from emocircuits.study.config import ANALYSES
+    from emocircuits.study.config import ANALYSES, STUDY_DEFAULTS
 
     ru = sub.add_parser(
         "run",
@@ -86,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ru.add_argument("--config", help="study TOML file")
     ru.add_argument("--models", nargs="+", help="models (built-in names, folders, .gguf, hub ids)")
     ru.add_argument("--data", nargs="+", help="datasets (preset names or JSONL files)")
-    ru.add_argument("--out", help="output folder (default runs/study)")
+    ru.add_argument("--out", help=f"output folder (default {STUDY_DEFAULTS['out']})")
     ru.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     ru.add_argument("--only", nargs="+", choices=ANALYSES, help="run only these analyses")
     ru.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",

@@ -387,14 +387,19 @@ def render(data: ReportData) -> str:
     )
 
 
-def write_report(out_dir: str | os.PathLike[str]) -> Path:
-    """Read the study in ``out_dir`` and write ``out_dir/report.html`` (atomically: a
-    temporary file in the same folder, then a rename). Returns its path.
+def build_report(study_dir: str | os.PathLike[str]) -> Path:
+    """Read the finished study in ``study_dir`` and write ``study_dir/report.html``
+    (atomically: a temporary file in the same folder, then a rename). Returns its path; no
+    model runs. What ``emocircuits report DIR`` does.
 
-    >>> write_report("runs/study")  # doctest: +SKIP
+    >>> build_report("runs/study")  # doctest: +SKIP
     PosixPath('runs/study/report.html')
     """
+    out_dir = study_dir
     data = collect(out_dir)
     path = Path(out_dir) / "report.html"
     atomic_write_bytes(path, render(data).encode("utf-8"))
     return path
+
+
+write_report = build_report  # the earlier name

@@ -1,10 +1,12 @@
 """The study's configuration: one TOML file that can set every option of every stage.
 
 A study config has a ``[study]`` table (models, datasets, which analyses, output folder)
-and one table per stage command, named like the command, whose keys are that command's
-long options (``n_boot`` or ``n-boot`` for ``--n-boot``). What a table does not set keeps
-the command's own default; the options the runner fills in itself (``--model``, ``--data``,
-``--out``, ``--activations``, ``--vectors``, ...) cannot be set. ``emocircuits run
+and one table per stage, named like the stage's command, whose keys are the keyword options
+of the stage's library function (:mod:`emocircuits.study.calls`; ``n_boot`` or ``n-boot``,
+the same names as the command's ``--n-boot``). What a table does not set keeps the
+function's own default; the arguments the runner fills in itself (model, data, output
+folder, activations, vectors, ...) cannot be set. Names and value types are checked against
+the function's signature (defaults and annotations), without argparse. ``emocircuits run
 --print-config`` prints the effective configuration as TOML, a valid config file.
 
 >>> cfg = load_config(None, overrides={"study": {"models": ["smollm2-135m"]}})
@@ -14,9 +16,6 @@ the command's own default; the options the runner fills in itself (``--model``, 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.errors import EmocircuitsError
+from emocircuits.study.calls import OPTIONS, RUNNER_SET, budget_table, options
+from emocircuits.study.values import check_value, type_hints
 
 
 class ConfigError(EmocircuitsError):
@@ -43,13 +44,6 @@ COMMANDS = {
     "ablate": "ablate",
     "heads": "heads",
 }
-
-# options the runner sets from the study itself: never read from a stage table
-RUNNER_SET = frozenset(
-    ("model", "data", "out", "output", "activations", "vectors", "compare", "names",
-     "vectors_dir", "models", "output_table", "quiet", "overwrite", "trust_remote_code",
-     "revision", "dtype", "help")
-)  # fmt: skip
 
 STUDY_DEFAULTS: dict[str, Any] = {
     "models": ["smollm2-135m", "gemma3-270m"],
@@ -75,37 +69,6 @@ STUDY_STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
-
-
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The sub-parsers of ``emocircuits`` by command name."""
-    for a in parser._actions:
-        if isinstance(a, argparse._SubParsersAction):
-            return dict(a.choices)
-    raise AssertionError("the emocircuits parser has no sub-commands")
-
-
-def options(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """The settable options of a stage command (dest -> action)."""
-    return {
-        a.dest: a
-        for a in sub._actions
-        if a.option_strings and a.dest not in RUNNER_SET and a.dest != "help"
-    }
-
-
-def _argv(action: argparse.Action, value: Any) -> list[str]:
-    flag = next(o for o in action.option_strings if o.startswith("--"))
-    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
-        if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return [flag] if value != action.default else []
-    if value is None:
-        return []
-    if isinstance(value, list | tuple):
-        items = [str(v) for v in value]
-        return [flag, *items] if action.nargs in ("+", "*") else [flag, ",".join(items)]
-    return [flag, str(value)]
 
 
 def _jsonable(v: Any) -> Any:
@@ -160,16 +123,6 @@ class StudyConfig:
         """Every settable option of the stage's command, with its effective value."""
         return dict(self.stages[COMMANDS[stage]])
 
-    def argv(self, stage: str) -> list[str]:
-        """The command-line options that give the stage its configured settings."""
-        from emocircuits.cli import build_parser
-
-        opts = options(subcommands(build_parser())[COMMANDS[stage]])
-        out: list[str] = []
-        for k, v in self.stages[COMMANDS[stage]].items():
-            out += _argv(opts[k], v)
-        return out
-
     def to_toml(self) -> str:
         """The effective configuration as a TOML file (``--print-config``)."""
         lines = [f"# emocircuits study configuration (from {self.source})", "[study]"]
@@ -203,8 +156,6 @@ def load_config(
     """Read a study TOML (or none: the defaults), apply ``overrides`` (same shape, e.g.
     from the command line) and check every key and value against the commands' options.
     Problems raise :class:`ConfigError` naming ``file:line``."""
-    from emocircuits.cli import build_parser
-    from emocircuits.commands._common import budget_table, fill_budget
 
     text, raw, src = "", {}, "(defaults)"
     if path is not None:
@@ -226,8 +177,7 @@ def load_config(
         line = _line(text, table, key)
         return f"{src}:{line}" if line else src
 
-    subs = subcommands(build_parser())
-    names = {c for c in COMMANDS.values()}
+    names = set(OPTIONS)
     study = dict(STUDY_DEFAULTS)
     merged: dict[str, dict[str, Any]] = {}
     for layer, is_file in ((raw, True), (overrides or {}, False)):
@@ -248,8 +198,7 @@ def load_config(
                         )
                     study[k] = _check_study(k, value, here(key))
                 else:
-                    opts = options(subs[table])
-                    if k not in opts:
+                    if k not in options(table):
                         why = (
                             "is set by the study runner"
                             if k in RUNNER_SET
@@ -260,44 +209,26 @@ def load_config(
     stages: dict[str, dict[str, Any]] = {}
     from_budget: dict[str, set[str]] = {}
     for stage, cmd in COMMANDS.items():
-        sub = subs[cmd]
-        opts = options(sub)
+        opts = options(cmd)
+        hints = type_hints(OPTIONS[cmd])
         given = {**STUDY_STAGE_DEFAULTS.get(stage, {})}
         given.update({k: v for k, (v, _) in merged.get(cmd, {}).items()})
-        argv: list[str] = []
+        values = {k: p.default for k, p in opts.items()}
         for k, v in given.items():
             try:
-                argv += _argv(opts[k], v)
+                values[k] = check_value(v, hints.get(k, Any), opts[k].default)
             except ValueError as e:
-                raise ConfigError(f"{merged[cmd][k][1]}: [{cmd}] {k}: {e}") from None
-        ns = _parse(sub, cmd, argv, merged.get(cmd, {}), where(cmd))
+                at = merged[cmd][k][1] if k in merged.get(cmd, {}) else where(cmd)
+                flag = "--" + k.replace("_", "-")
+                raise ConfigError(f"{at}: [{cmd}] {k} ({flag}): {e}") from None
         table = budget_table(cmd)
         if table is not None:
             # the budget's values, not its name, go into the settings (and the stage hash)
-            from_budget[cmd] = {k for k in table[ns.budget] if getattr(ns, k) is None}
-            fill_budget(ns, cmd)
-        stages[cmd] = {k: _jsonable(getattr(ns, k)) for k in opts}
+            chosen = table[values["budget"]]
+            from_budget[cmd] = {k for k in chosen if values[k] is None}
+            values.update({k: chosen[k] for k in from_budget[cmd]})
+        stages[cmd] = {k: _jsonable(v) for k, v in values.items()}
     return StudyConfig(study, stages, src, from_budget)
-
-
-def _parse(
-    sub: argparse.ArgumentParser, cmd: str, argv: list[str], given: dict, fallback: str
-) -> argparse.Namespace:
-    required = [a for a in sub._actions if a.required and a.option_strings]
-    fill = []
-    for a in required:  # the runner's own (paths): any placeholder parses
-        fill += [a.option_strings[-1], "x"]
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return sub.parse_args(fill + argv)
-    except SystemExit:
-        msg = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "bad value"
-        msg = re.sub(r"^.*?error: ", "", msg).removesuffix(" (see --help)")
-        flag = re.search(r"--([a-z0-9\-]+)", msg)
-        key = flag.group(1).replace("-", "_") if flag else ""
-        at = given[key][1] if key in given else fallback
-        raise ConfigError(f"{at}: [{cmd}] {msg}") from None
 
 
 def _check_study(key: str, value: Any, where: str) -> Any:

@@ -4,7 +4,7 @@
 effective configuration, every stage with its folder, hash, whether it was reused and how
 long it took, and the provenance of the models, datasets and library versions.
 
->>> res = run_study(load_config("study.toml"))  # doctest: +SKIP
+>>> res = run_study("study.toml")  # doctest: +SKIP
 >>> res.report  # doctest: +SKIP
 PosixPath('runs/study/report.html')
 """
@@ -19,11 +19,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from emocircuits.capture.store import atomic_write_json
 from emocircuits.errors import EmocircuitsError
-from emocircuits.study.config import StudyConfig
+from emocircuits.results import Result
+from emocircuits.study.config import OPTIONS, STUDY_DEFAULTS, StudyConfig, load_config
 from emocircuits.study.stages import STAGE_FILE, Stage, plan_study, run_stage, short_name
 
 STUDY_FILE = "study.json"
@@ -33,9 +34,20 @@ class StudyError(EmocircuitsError):
     """A stage of the study failed (names the stage)."""
 
 
-@dataclass
-class StudyResult:
-    """Where the study is and what each stage did."""
+@dataclass(repr=False)
+class StudyResult(Result):
+    """Where the study is and what each stage did: ``rows()`` is the stage table (one row a
+    stage: key, whether it ran or was reused, seconds, folder), ``failed`` the stages that
+    failed with their reasons. The study folder is written while the study runs, so
+    ``save(out)`` writes nothing new (another path gets a copy of the folder); ``load`` reads
+    a study folder's ``study.json`` back.
+
+    >>> res = StudyResult.load("runs/study")  # doctest: +SKIP
+    >>> res.ran, res.failed  # doctest: +SKIP
+    ([], {})
+    """
+
+    command: ClassVar[str] = "run"
 
     out: Path
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -45,7 +57,44 @@ class StudyResult:
 
     @property
     def ran(self) -> list[str]:
+        """The keys of the stages that ran (not reused)."""
         return [s["key"] for s in self.stages if not s["cached"]]
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = [{"stage": s["key"], "ran": "reused" if s["cached"] else "ran",
+                 "seconds": s["seconds"], "dir": s["dir"]} for s in self.stages]  # fmt: skip
+        rows += [{"stage": k, "ran": "failed", "seconds": None, "dir": None}
+                 for k in self.failed]  # fmt: skip
+        return rows
+
+    def title(self) -> str:
+        n = len(self.stages)
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        return (f"StudyResult: {self.out}: {n} stage{'s' * (n != 1)} ({len(self.ran)} ran, "
+                f"{n - len(self.ran)} reused{failed}) in {self.seconds:.1f} s")  # fmt: skip
+
+    def save(self, path: str | Path) -> Path:
+        """The study folder (written as the study ran); a copy of it at another ``path``."""
+        import shutil
+
+        path = Path(path)
+        if path.resolve() != self.out.resolve():
+            shutil.copytree(self.out, path, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(".lock"))  # fmt: skip
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudyResult:
+        """A study folder's ``study.json`` (what ``emocircuits run`` wrote) as a result."""
+        out = Path(path)
+        try:
+            doc = json.loads((out / STUDY_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise StudyError(f"{out} has no readable {STUDY_FILE}: {e}") from None
+        report = out / "report.html"
+        return cls(out, list(doc.get("stages") or []), float(doc.get("seconds") or 0.0),
+                   report if report.is_file() else None,
+                   {f["stage"]: f["error"] for f in doc.get("failed") or []})  # fmt: skip
 
 
 def versions() -> dict[str, str]:
@@ -110,17 +159,28 @@ def _provenance(cfg: StudyConfig, plan: list[Stage]) -> dict[str, Any]:
 
 
 def run_study(
-    cfg: StudyConfig,
+    config: StudyConfig | str | Path | dict[str, Any] | None = None,
     *,
     progress: bool = True,
     tracking: bool | None = None,
     console: Any = None,
+    **overrides: Any,
 ) -> StudyResult:
-    """Run every stage of ``cfg`` that has no finished folder, then the report.
-    ``tracking`` (default: the config's ``mlflow``) logs the study to MLflow. A stage that
-    fails with a user-facing error (e.g. a model whose tokenizer allows no logit-difference
-    readout) is recorded in ``res.failed`` with its reason, the stages that need it are not
-    run, and everything else goes on; nothing of a failed stage is cached."""
+    """Run every stage of the study that has no finished folder, then the report.
+
+    ``config`` is a :class:`StudyConfig`, a study TOML file, a dict shaped like one, or None
+    (the defaults); ``overrides`` set study settings (``models=[...]``, ``out=...``) or whole
+    stage tables (``geometry={"n_boot": 200}``; ``steer_sweep=`` for ``[steer-sweep]``) on
+    top of it. ``tracking`` (default: the config's ``mlflow``) logs the study to MLflow. A
+    stage that fails with a user-facing error (e.g. a model whose tokenizer allows no
+    logit-difference readout) is recorded in ``res.failed`` with its reason, the stages that
+    need it are not run, and everything else goes on; nothing of a failed stage is cached.
+
+    >>> res = run_study("study.toml", out="runs/mystudy")  # doctest: +SKIP
+    >>> res.report  # doctest: +SKIP
+    PosixPath('runs/mystudy/report.html')
+    """
+    cfg = _config(config, overrides)
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -177,7 +237,30 @@ def run_study(
         from emocircuits.study.tracking import log_study
 
         log_study(out)
-    from emocircuits.report.html import write_report
+    from emocircuits.report import build_report
 
-    res.report = write_report(out)
+    res.report = build_report(out)
     return res
+
+
+def _config(config: StudyConfig | str | Path | dict | None, overrides: dict) -> StudyConfig:
+    """The effective configuration of :func:`run_study`'s arguments."""
+    if isinstance(config, StudyConfig):
+        if overrides:
+            raise StudyError("give overrides with a config file or dict, not a StudyConfig")
+        return config
+    if isinstance(config, dict):
+        base, path = config, None
+    else:
+        base, path = {}, config
+    over: dict[str, dict[str, Any]] = {k: dict(v) for k, v in base.items()}
+    for key, value in overrides.items():
+        table = key.replace("_", "-")
+        if key in STUDY_DEFAULTS:
+            over.setdefault("study", {})[key] = value
+        elif table in OPTIONS and isinstance(value, dict):
+            over.setdefault(table, {}).update(value)
+        else:
+            known = ", ".join([*STUDY_DEFAULTS, *(t.replace("-", "_") for t in OPTIONS)])
+            raise StudyError(f"run_study() has no setting {key!r} (known: {known})")
+    return load_config(path, over)

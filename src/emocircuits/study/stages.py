@@ -1,8 +1,9 @@
 """The study's stages: what each runs, what it depends on, and its cache folder.
 
-Every stage is one ``emocircuits`` command run in-process on the outputs of the stages
-before it; its folder ``stages/<stage>/<label>-<hash12>`` holds exactly what that command
-writes to ``--out`` plus ``log.txt`` (what it printed) and ``stage.json``, written last
+Every stage is one call of the library (:mod:`emocircuits.study.calls`) on the saved
+outputs of the stages before it; its folder ``stages/<stage>/<label>-<hash12>`` holds
+exactly what the result's ``save`` writes (what the matching command writes to ``--out``)
+plus ``log.txt`` (what it printed) and ``stage.json``, written last
 (a capture folder's own ``manifest.json`` belongs to the activations).
 The hash covers the stage's settings, the identity of its model and dataset, the hashes of
 its inputs and the emocircuits version, so:
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.capture.store import atomic_write_json
+from emocircuits.study import calls
 from emocircuits.study.config import COMMANDS, StudyConfig
 
 VECTORS = "vectors.safetensors"
@@ -152,69 +154,67 @@ def plan_study(cfg: StudyConfig) -> list[Stage]:
     return plan
 
 
-def stage_argv(cfg: StudyConfig, st: Stage, out: Path) -> list[list[str]]:
-    """The command line(s) that run ``st`` into ``out``."""
-    base = ["--trust-remote-code"] if cfg.study["trust_remote_code"] else []
-    dtype = ["--dtype", cfg.study["dtype"]]
+# the library function behind each stage's call (recorded in stage.json)
+FUNCTIONS = {"capture": "extract", "geometry": "analyze_geometry", "vectors": "directions",
+             "compare": "compare_models", "steer": "steer_sweep", "patch": "patch",
+             "ablate": "ablate", "heads": "heads"}  # fmt: skip
+
+
+def run_calls(cfg: StudyConfig, st: Stage, out: Path) -> list[dict[str, Any]]:
+    """Run ``st`` into ``out`` through its library calls (:mod:`emocircuits.study.calls`);
+    returns what was called, with which options (for ``stage.json``)."""
+    run = {k: cfg.study[k] for k in ("dtype", "revision", "trust_remote_code")}
+    done: list[dict[str, Any]] = []
+
+    def record(stage: str) -> dict[str, Any]:
+        opts = cfg.stage_options(stage)
+        done.append({"call": FUNCTIONS[stage], "options": opts})
+        return opts
+
     if st.name == "capture":
-        rev = ["--revision", cfg.study["revision"]] if cfg.study["revision"] else []
-        return [["extract", "--model", st.model, "--data", st.data, "--out", str(out),
-                 "--quiet", *dtype, *rev, *base, *cfg.argv("capture")]]  # fmt: skip
-    if st.name == "geometry":
+        calls.capture(str(st.model), str(st.data), out, record("capture"), run)
+    elif st.name == "geometry":
         cap = st.inputs[0].dir
-        vec = ["vectors", "--activations", str(cap), "--output", str(out / VECTORS),
-               *cfg.argv("vectors")]  # fmt: skip
-        if not cfg.on("geometry"):
-            return [vec]
-        other = ["--compare", str(st.inputs[1].dir)] if len(st.inputs) > 1 else []
-        geo = ["geometry", "--activations", str(cap), "--out", str(out), *other,
-               *cfg.argv("geometry")]  # fmt: skip
-        return [geo, vec]
-    if st.name == "compare":
-        return [["compare", "--activations", *(str(i.dir) for i in st.inputs),
-                 "--names", *(short_name(str(i.model)) for i in st.inputs), "--out", str(out),
-                 "--quiet",
-                 *cfg.argv("compare")]]  # fmt: skip
-    vectors = st.inputs[0].dir / VECTORS
-    if st.name == "steer":  # a copy: the recommendations are saved next to the vectors
-        shutil.copyfile(vectors, out / VECTORS)
-        return [["steer-sweep", "--model", st.model, "--vectors", str(out / VECTORS),
-                 "--out", str(out), "--quiet", *base, *cfg.argv("steer")]]  # fmt: skip
-    extra = dtype  # patch, ablate and heads load the model themselves; steer is float32
-    return [[COMMANDS[st.name], "--model", st.model, "--vectors", str(vectors), "--data",
-             st.data, "--out", str(out), "--quiet", *extra, *base, *cfg.argv(st.name)]]  # fmt: skip
+        if cfg.on("geometry"):
+            other = st.inputs[1].dir if len(st.inputs) > 1 else None
+            calls.geometry(cap, out, record("geometry"), other)
+        calls.vectors(cap, out / VECTORS, record("vectors"))
+    elif st.name == "compare":
+        names = [short_name(str(i.model)) for i in st.inputs]
+        calls.compare([i.dir for i in st.inputs], names, out, record("compare"))
+    elif st.name == "steer":  # a copy: the recommendations are saved next to the vectors
+        shutil.copyfile(st.inputs[0].dir / VECTORS, out / VECTORS)
+        calls.steer(str(st.model), out / VECTORS, out, record("steer"), run)
+    else:  # patch, ablate and heads load the model themselves; steer is float32
+        vectors = st.inputs[0].dir / VECTORS
+        calls.causal(COMMANDS[st.name], str(st.model), str(st.data), vectors, out,
+                     record(st.name), run)  # fmt: skip
+    return done
 
 
 def run_stage(cfg: StudyConfig, st: Stage) -> float:
     """Run one stage into its ``.partial`` folder, then publish it (stage.json last, rename).
     Returns the seconds it took. Errors propagate; the partial folder stays for a capture
     (it resumes) and is discarded for anything else at the next start."""
-    from emocircuits.cli import build_parser
-
     part = st.partial
     if part.exists() and st.name != "capture":
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log = io.StringIO()
-    parser = build_parser()
-    argvs = stage_argv(cfg, st, part)
     with contextlib.redirect_stdout(log):
-        for argv in argvs:
-            print("$ emocircuits " + " ".join(argv))
-            args = parser.parse_args(argv)
-            args.func(args)
+        done = run_calls(cfg, st, part)
     seconds = round(time.perf_counter() - t0, 2)
     (part / "log.txt").write_text(log.getvalue().replace(str(part), str(st.dir)))
     outputs = sorted(str(p.relative_to(part)) for p in part.rglob("*") if p.is_file())
-    atomic_write_json(part / STAGE_FILE, manifest(st, argvs, seconds, outputs))
+    atomic_write_json(part / STAGE_FILE, manifest(st, done, seconds, outputs))
     if st.dir.exists():  # an older copy without stage.json (never a finished one)
         shutil.rmtree(st.dir)
     part.rename(st.dir)
     return seconds
 
 
-def manifest(st: Stage, argvs: list[list[str]], seconds: float, outputs: list[str]) -> dict:
+def manifest(st: Stage, done: list[dict[str, Any]], seconds: float, outputs: list[str]) -> dict:
     """What a stage folder says about itself."""
     return {
         "format": "emocircuits.stage",
@@ -227,7 +227,7 @@ def manifest(st: Stage, argvs: list[list[str]], seconds: float, outputs: list[st
         "settings": st.settings,
         "identity": st.identity,
         "inputs": {i.key: {"hash": i.hash, "dir": str(i.dir)} for i in st.inputs},
-        "commands": [["emocircuits", *a] for a in argvs],
+        "calls": done,
         "provenance": _provenance(st),
         "seconds": seconds,
         "outputs": outputs,
