@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     res = sweep(lm, prompts, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
                 kl_texts=kl_texts, batch_size=args.batch_size)  # fmt: skip
     t3 = time.perf_counter()
-    n = len(res.rows)
+    n = len(res.generations)
     generate(lm, (prompts * (n // len(prompts) + 1))[:n], max_new_tokens=30,
              batch_size=args.batch_size)  # fmt: skip
     t4 = time.perf_counter()

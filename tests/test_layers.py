@@ -16,9 +16,9 @@ LAYERS = [
     {"errors", "results", "_version"},
     {"data"},
     {"models"},
-    {"capture"},
-    {"geometry", "plots/geometry", "plots/analysis", "plots/__init__"},
-    {"compare", "plots/compare"},
+    {"capture", "tables"},
+    {"geometry", "plots/geometry", "plots/analysis"},
+    {"compare", "plots/compare", "plots/__init__"},
     {"interventions", "plots/steering", "plots/patching", "plots/heads"},
     {"report"},
     {"study"},
@@ -31,6 +31,8 @@ def layer_of(parts: tuple[str, ...]) -> int:
     """The layer of module ``emocircuits.<parts>`` (a package counts as its __init__)."""
     if parts and parts[-1] == "__init__" and len(parts) > 1:
         parts = parts[:-1]
+    if len(parts) == 1 and (SRC / parts[0]).is_dir():
+        parts = (parts[0], "__init__")
     names = ["/".join(parts[:2]), parts[0] if parts else "__init__"]
     for name in names:
         for i, layer in enumerate(LAYERS):

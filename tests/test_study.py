@@ -388,3 +388,33 @@ def test_the_study_and_the_report_do_not_reach_into_the_cli():
             "assert not [m for m in sys.modules if m.startswith(('emocircuits.cli', "
             "'emocircuits.commands'))], 'the CLI was imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_config_defaults_are_the_librarys():
+    """A config table's declared default equals the library function's for every option
+    the two share (a default is defined once: this catches a second one drifting)."""
+    import inspect
+
+    from emocircuits.capture import extract
+    from emocircuits.compare.comparison import compare_models
+    from emocircuits.geometry.stage import analyze_geometry
+    from emocircuits.geometry.vectors import directions
+    from emocircuits.interventions.ablate_stage import ablate
+    from emocircuits.interventions.heads import heads
+    from emocircuits.interventions.patch_stage import patch
+    from emocircuits.interventions.sweep import steer_sweep
+    from emocircuits.study.calls import options
+
+    lib = {"extract": extract, "geometry": analyze_geometry, "vectors": directions,
+           "compare": compare_models, "steer-sweep": steer_sweep, "patch": patch,
+           "ablate": ablate, "heads": heads}  # fmt: skip
+    compared = 0
+    for table, fn in lib.items():
+        params = inspect.signature(fn).parameters
+        for name, p in options(table).items():
+            if name in params and params[name].default is not inspect.Parameter.empty:
+                a, b = p.default, params[name].default
+                norm = lambda v: list(v) if isinstance(v, tuple | list) else v  # noqa: E731
+                assert norm(a) == norm(b), (table, name, a, b)
+                compared += 1
+    assert compared > 40

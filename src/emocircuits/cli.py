@@ -29,7 +29,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emocircuits import __version__
+    from emocircuits._version import __version__
 
     p = _Parser(
         prog="emocircuits",

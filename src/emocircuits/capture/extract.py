@@ -43,7 +43,7 @@ from emocircuits.models.loading import LoadedModel
 
 
 def _version() -> str:
-    from emocircuits import __version__
+    from emocircuits._version import __version__
 
     return __version__
 

@@ -1,7 +1,7 @@
 """What the comparison modules share: reading their CSV tables back with their types, and
 small helpers about activation stores (in memory or on disk) and file names.
 
-A table is written by :func:`emocircuits.geometry.analysis.csv_bytes` (``None`` -> empty
+A table is written by :func:`emocircuits.tables.csv_bytes` (``None`` -> empty
 cell, ``True`` -> ``True``, floats by ``repr``), so :func:`read_rows` gives back the very
 values that were written: text columns stay text, an empty cell is ``None``, ``True`` /
 ``False`` are booleans, and numbers are ``int`` or ``float`` again.

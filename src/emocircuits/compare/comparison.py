@@ -47,10 +47,10 @@ from emocircuits.compare.naive import naive_table
 from emocircuits.compare.perm import null_band, perm_p
 from emocircuits.compare.rsa import knn_indices, mutual_knn, rsa
 from emocircuits.errors import DataError
-from emocircuits.geometry.analysis import write_tables
 from emocircuits.geometry.directions import emotion_directions
 from emocircuits.geometry.probes import binomial_p
 from emocircuits.results import Result
+from emocircuits.tables import write_tables
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

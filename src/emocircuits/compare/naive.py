@@ -153,7 +153,7 @@ class NaiveComparison(Result):
         """Write the table to ``table`` (default ``path/cross_model_similarity.csv``) and,
         unless ``plots`` is False, the figures into ``path``; returns the table's path."""
         from emocircuits.capture.store import atomic_write_bytes
-        from emocircuits.geometry.analysis import csv_bytes
+        from emocircuits.tables import csv_bytes
 
         target = Path(table) if table is not None else Path(path) / TABLE
         target.parent.mkdir(parents=True, exist_ok=True)

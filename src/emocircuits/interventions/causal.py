@@ -150,7 +150,7 @@ class TablesResult(Result):
     def save(self, path: str | Path, *, plots: bool = True) -> Path:
         """Write the tables, ``summary.json`` and (``plots``) the figures into ``path``, as
         ``emocircuits <command> --out path`` does; returns the folder."""
-        from emocircuits.geometry.analysis import write_tables
+        from emocircuits.tables import write_tables
 
         out = write_tables(path, self.tables, {"summary.json": self.summary})
         self.figure_paths = self._plot_folder(out) if plots else []
@@ -159,7 +159,7 @@ class TablesResult(Result):
     @classmethod
     def load(cls, path: str | Path) -> TablesResult:
         """Read a folder written by :meth:`save` (numbers in the tables parsed back)."""
-        from emocircuits.geometry.analysis import read_table
+        from emocircuits.tables import read_table
 
         folder = Path(path)
         summary = read_summary(folder, cls.format)

@@ -479,8 +479,8 @@ class SweepResult(Result):
         """The sweep folder ``path``: rows.jsonl, summary.csv, sweep.json and
         dose-response-EMOTION.png/.svg; ``settings["sweep"]`` becomes ``path``."""
         from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
-        from emocircuits.geometry.analysis import csv_bytes
         from emocircuits.plots import save_figure
+        from emocircuits.tables import csv_bytes
 
         out = Path(path)
         self.settings = {"sweep": str(out), **{k: v for k, v in self.settings.items()

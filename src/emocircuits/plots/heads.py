@@ -23,8 +23,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from emocircuits.errors import DataError
-from emocircuits.geometry.analysis import read_table
 from emocircuits.plots.geometry import _figure, label_color, save_figure
+from emocircuits.tables import read_table
 
 __all__ = ["ablation_curves", "head_heatmaps", "heads_figures", "plot_heads"]
 

@@ -258,7 +258,7 @@ def patch_figures(
 def plot_patch_folder(folder: str | Path, out: str | Path | None = None) -> list[Path]:
     """Heatmaps per emotion and the directional-by-layer figure of an ``emocircuits patch``
     folder, into ``out`` (default ``folder/figures``)."""
-    from emocircuits.geometry.analysis import read_table
+    from emocircuits.tables import read_table
 
     folder = Path(folder)
     s = _summary(folder, "emocircuits.patch")
@@ -294,7 +294,7 @@ def ablation_figures(
 def plot_ablation_folder(folder: str | Path, out: str | Path | None = None) -> list[Path]:
     """The effects-vs-null and accuracy-by-layer figures of an ``emocircuits ablate``
     folder, per probe method, into ``out`` (default ``folder/figures``)."""
-    from emocircuits.geometry.analysis import read_table
+    from emocircuits.tables import read_table
 
     folder = Path(folder)
     s = _summary(folder, "emocircuits.ablate")

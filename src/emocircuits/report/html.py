@@ -375,7 +375,7 @@ def _environment() -> jinja2.Environment:
 
 def render(data: ReportData) -> str:
     """The whole report page for ``data`` (one string of HTML, self-contained)."""
-    from emocircuits import __version__
+    from emocircuits._version import __version__
 
     template = _environment().from_string(TEMPLATE)
     return template.render(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from emocircuits.geometry.analysis import read_table
 from emocircuits.report.data import (
     ALPHA,
     EMOTION_MEASURES,
@@ -31,6 +30,7 @@ from emocircuits.report.data import (
     _source,
     _verdict,
 )
+from emocircuits.tables import read_table
 
 
 # ------------------------------------------------------------------------------------ RQ1

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from emocircuits.geometry.analysis import read_table
 from emocircuits.interventions.steering import describe_push
 from emocircuits.report.data import (
     ALPHA,
@@ -29,6 +28,7 @@ from emocircuits.report.data import (
     _source,
     _verdict,
 )
+from emocircuits.tables import read_table
 
 
 # ------------------------------------------------------------------------------------ RQ3

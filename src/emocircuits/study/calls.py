@@ -4,9 +4,7 @@ stage into its folder (``result.save(folder)`` writes what the matching command 
 
 The study reads a stage's options with :func:`inspect.signature` from ``OPTIONS[table]``:
 its keyword parameters with a default, less the ones the runner fills in itself
-(:data:`RUNNER_SET`). Until a stage's library function lands, ``OPTIONS`` names a stub
-below with the same keywords and defaults as the command has today; switching a stage to
-the library is then one line here (``"geometry": analyze_geometry``) and one in its adapter.
+(:data:`RUNNER_SET`).
 
 >>> sorted(options("vectors"))
 ['baseline', 'method', 'position', 'site']
@@ -40,9 +38,11 @@ RUNNER_SET = frozenset(
 )  # fmt: skip
 
 
-# ------------------------------------------------------------------- option stubs (TEMPORARY)
-# Each stub has exactly the keyword options of its command today; the integrator replaces
-# the entry in OPTIONS by the library function (same keywords, same defaults) and deletes it.
+# ------------------------------------------------------------------- the tables' options
+# A config table's keys are its command's option names (``no_plots`` for ``--no-plots``),
+# so that configs and stage hashes stay what they were. These declarations give their
+# types; every default shared with the library function is checked equal to the library's
+# by tests/test_study.py::test_config_defaults_are_the_librarys.
 def _extract(
     *,
     sites: Names = DEFAULT_SITES,
@@ -181,21 +181,21 @@ def _heads(
 
 #: config table -> the function whose keyword options the table sets
 OPTIONS: dict[str, Callable[..., Any]] = {
-    "extract": _extract,  # TEMPORARY until ec.extract lands
-    "geometry": _analyze_geometry,  # TEMPORARY until ec.analyze_geometry lands
-    "vectors": _directions,  # TEMPORARY until ec.directions lands
-    "compare": _compare_models,  # TEMPORARY until ec.compare_models lands
-    "steer-sweep": _steer_sweep,  # TEMPORARY until ec.steer_sweep lands
-    "patch": _patch,  # TEMPORARY until ec.patch lands
-    "ablate": _ablate,  # TEMPORARY until ec.ablate lands
-    "heads": _heads,  # TEMPORARY until ec.heads lands
+    "extract": _extract,
+    "geometry": _analyze_geometry,
+    "vectors": _directions,
+    "compare": _compare_models,
+    "steer-sweep": _steer_sweep,
+    "patch": _patch,
+    "ablate": _ablate,
+    "heads": _heads,
 }
 
 #: config table -> (module, name) of its named budgets (``budget = "fast"``)
 BUDGETS = {
-    "patch": ("emocircuits.interventions.patching", "PATCH_BUDGETS"),
-    "ablate": ("emocircuits.interventions.ablation", "ABLATE_BUDGETS"),
-    "heads": ("emocircuits.interventions.heads", "HEADS_BUDGETS"),
+    "patch": ("emocircuits.interventions.budgets", "PATCH_BUDGETS"),
+    "ablate": ("emocircuits.interventions.budgets", "ABLATE_BUDGETS"),
+    "heads": ("emocircuits.interventions.budgets", "HEADS_BUDGETS"),
 }
 
 
@@ -227,65 +227,93 @@ def budget_table(table: str) -> dict[str, dict[str, Any]] | None:
 
 # -------------------------------------------------------------------------------- adapters
 # One per stage: load the inputs, call the library, save the result into ``out``. ``run``
-# holds the study-wide loading settings: dtype, revision, trust_remote_code.
+# holds the study-wide loading settings: dtype, revision, trust_remote_code. The option
+# names of the tables are the commands' (``no_plots``); each adapter passes them on as the
+# library's keywords (``save(plots=not no_plots)``).
+def _filled(table: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """A stage's options with the defaults of the options it leaves out."""
+    return {**{n: p.default for n, p in options(table).items()}, **opts}
+
+
 def capture(model: str, data: str, out: Path, opts: dict[str, Any], run: dict[str, Any]) -> None:
     """``extract(lm, data, out, **opts)``: the capture folder (resumes a partial one)."""
-    # TEMPORARY until ec.extract lands
-    _command("extract", model=model, data=data, out=str(out), quiet=True, dtype=run["dtype"],
-             revision=run["revision"] or None, trust_remote_code=run["trust_remote_code"],
-             **opts)  # fmt: skip
+    from emocircuits.capture import capture_positions, extract
+    from emocircuits.data import load_dataset
+    from emocircuits.models import load_model
+
+    o = _filled("extract", opts)
+    ds = load_dataset(data, min_per_class=o["min_per_class"])
+    sites = tuple(o["sites"]) + (("heads",) if o["heads"] and "heads" not in o["sites"] else ())
+    lm = load_model(model, dtype=run["dtype"], device=o["device"],
+                    revision=run["revision"] or None,
+                    trust_remote_code=run["trust_remote_code"], progress=False)  # fmt: skip
+    extract(lm, ds, out, sites=sites, positions=capture_positions(ds, tuple(o["positions"])),
+            layers=o["layers"], batch_size=o["batch_size"], padding_side=o["padding_side"],
+            max_length=o["max_length"], shard_size=o["shard_size"], progress=False)  # fmt: skip
 
 
 def geometry(acts: Path, out: Path, opts: dict[str, Any], other: Path | None = None) -> None:
-    """``analyze_geometry(acts, other=..., **opts).save(out)``."""
-    # TEMPORARY until ec.analyze_geometry lands
-    _command("geometry", activations=str(acts), out=str(out),
-             compare=None if other is None else str(other), **opts)  # fmt: skip
+    """``analyze_geometry(acts, compare=other, **opts).save(out)``."""
+    from emocircuits.capture import load_activations
+    from emocircuits.geometry.stage import analyze_geometry
+
+    o = _filled("geometry", opts)
+    no_plots = o.pop("no_plots")
+    o["sites"] = list(o["sites"]) if o["sites"] else None
+    res = analyze_geometry(
+        load_activations(acts), compare=None if other is None else load_activations(other), **o
+    )
+    folder = res.save(out, figures=False)
+    if not no_plots:
+        res.save_figures(folder)
 
 
 def vectors(acts: Path, path: Path, opts: dict[str, Any]) -> None:
     """``directions(acts, **opts).save(path)``: the vectors file."""
-    # TEMPORARY until ec.directions lands
-    _command("vectors", activations=str(acts), out=str(path), **opts)
+    from emocircuits.capture import load_activations
+    from emocircuits.geometry.vectors import directions
+
+    directions(load_activations(acts), **_filled("vectors", opts)).save(path)
 
 
 def compare(acts: list[Path], names: list[str], out: Path, opts: dict[str, Any]) -> None:
     """``compare_models(acts, names=names, **opts).save(out)``."""
-    # TEMPORARY until ec.compare_models lands
-    _command("compare", activations=[str(a) for a in acts], names=names, out=str(out),
-             quiet=True, **opts)  # fmt: skip
+    from emocircuits.compare.comparison import compare_models
+
+    o = _filled("compare", opts)
+    no_plots = o.pop("no_plots")
+    res = compare_models([str(a) for a in acts], list(names), progress=False, **o)
+    folder = res.save(out, plots=False)
+    if not no_plots:
+        res.plot(folder / "figures")
 
 
 def steer(model: str, vecs: Path, out: Path, opts: dict[str, Any], run: dict[str, Any]) -> None:
-    """``steer_sweep(lm, prompts, vecs, **opts).save(out)`` (float32: as the command)."""
-    # TEMPORARY until ec.steer_sweep lands
-    _command("steer-sweep", model=model, vectors=str(vecs), out=str(out), quiet=True,
-             trust_remote_code=run["trust_remote_code"], **opts)  # fmt: skip
+    """``steer_sweep(lm, prompts, vecs, **opts).save(out)`` (float32: as the command), and
+    the recommended settings next to the vectors file."""
+    from emocircuits.interventions.sweep import steer_sweep
+    from emocircuits.models import load_model
+
+    o = _filled("steer-sweep", opts)
+    prompts = o.pop("prompts")
+    o["prompt_baseline"] = not o.pop("no_prompt_baseline")
+    lm = load_model(model, trust_remote_code=run["trust_remote_code"], progress=False)
+    res = steer_sweep(lm, prompts, str(vecs), progress=False, **o)
+    res.save(out)
+    res.save_recommendations(str(vecs))
 
 
 def causal(stage: str, model: str, data: str, vecs: Path, out: Path, opts: dict, run: dict) -> None:
     """``patch`` / ``ablate`` / ``heads``: ``fn(lm, data, vecs, **opts).save(out)``."""
-    # TEMPORARY until ec.patch, ec.ablate, ec.heads land
-    _command(stage, model=model, data=data, vectors=str(vecs), out=str(out), quiet=True,
-             dtype=run["dtype"], trust_remote_code=run["trust_remote_code"], **opts)  # fmt: skip
+    from emocircuits.interventions.ablate_stage import ablate
+    from emocircuits.interventions.heads import heads
+    from emocircuits.interventions.patch_stage import patch
 
-
-def _command(name: str, **values: Any) -> None:
-    """TEMPORARY: run ``emocircuits NAME`` in-process with these option values (the
-    command's own defaults for the rest), until the stage's library function lands."""
-    import argparse
-    import importlib
-
-    module = importlib.import_module(f"emocircuits.commands.{name.replace('-', '_')}")
-    sub = argparse.ArgumentParser().add_subparsers()
-    module.register(sub)
-    parser = sub.choices[name]
-    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    ns = argparse.Namespace(**{k: a.default for k, a in actions.items()})
-    for key, value in values.items():
-        if key not in actions:
-            raise TypeError(f"`emocircuits {name}` has no option {key!r}")
-        if isinstance(value, list | tuple):  # as argparse gives it: nargs -> list, else tuple
-            value = list(value) if actions[key].nargs in ("+", "*") else tuple(value)
-        setattr(ns, key, value)
-    module.run(ns)
+    o = _filled(stage, opts)
+    no_plots = o.pop("no_plots")
+    if "no_ablation" in o:
+        o["ablation"] = not o.pop("no_ablation")
+    fn = {"patch": patch, "ablate": ablate, "heads": heads}[stage]
+    res = fn(model, data, str(vecs), dtype=run["dtype"],
+             trust_remote_code=run["trust_remote_code"], progress=False, **o)  # fmt: skip
+    res.save(out, plots=not no_plots)

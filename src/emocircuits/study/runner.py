@@ -103,7 +103,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from emocircuits import __version__
+    from emocircuits._version import __version__
 
     return {"emocircuits": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": numpy.__version__,

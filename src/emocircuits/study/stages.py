@@ -108,7 +108,7 @@ def _hash(obj: Any) -> str:
 
 def plan_study(cfg: StudyConfig) -> list[Stage]:
     """The stages of a study in the order they run (each after its inputs)."""
-    from emocircuits import __version__
+    from emocircuits._version import __version__
 
     models = {m: model_identity(m, cfg.study["revision"]) for m in cfg.models}
     datas = {d: data_identity(d) for d in dict.fromkeys([*cfg.data, cfg.study["causal_data"]])}

@@ -178,7 +178,7 @@ def analyze_heads(
 
 def write_heads(result: HeadsResult, out: str | Path) -> Path:
     """Write ``{table}.csv`` and ``summary.json`` (last) into ``out``, each atomically."""
-    from emocircuits.geometry.analysis import write_tables
+    from emocircuits.tables import write_tables
 
     return write_tables(out, result.tables, {"summary.json": result.summary})
 
