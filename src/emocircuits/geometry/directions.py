@@ -92,7 +92,11 @@ def probe(xe: np.ndarray, xb: np.ndarray, c: float = 0.1) -> np.ndarray:
     return (p.w[..., 0] - p.w[..., 1]) / sd  # the readout vector in activation space
 
 
-METHODS = (*CONTRASTS, "pca", "probe")
+PAIRWISE = {"pca": pca, "probe": probe}
+"""Direction methods from an emotion's rows ``xe`` and the baseline's ``xb`` (each
+``[n, L, W]`` -> ``[L, W]``): a new method is one such function and its name here."""
+
+METHODS = (*CONTRASTS, *PAIRWISE)
 """Direction methods, by name (the CLI's choices)."""
 
 
@@ -123,7 +127,7 @@ def emotion_directions(
         means = np.stack([x[lab == c].mean(0) for c in present])  # [C, L, W]
         coef = contrast_coefficients(present, counts, baseline, method)
         return {e: np.einsum("c,clw->lw", coef[e], means).astype(np.float32) for e in wanted}
-    fn = pca if method == "pca" else probe
+    fn = PAIRWISE[method]
     xb = x[lab == baseline]
     out = {}
     for emo in wanted:

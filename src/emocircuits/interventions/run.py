@@ -39,10 +39,8 @@ from emocircuits.interventions.scorers import (
     MARKERS,
     NRC_CATEGORIES,
     distinct_n,
-    marker_rate,
-    nrc_counts,
     repetition,
-    vader,
+    score_texts,
 )
 from emocircuits.interventions.steering import Steer, describe_push, steering
 from emocircuits.results import Result
@@ -339,11 +337,7 @@ def run_conditions(
     ids = [done[k] for k in range(len(jobs))]
     ppl = perplexity(lm, [j[2] for j in jobs], ids, batch_size=batch_size)
     texts = [lm.tokenizer.decode(c, skip_special_tokens=True) for c in ids]
-    scores: dict[str, np.ndarray] = {"vader": vader(texts)}
-    for e in MARKERS:
-        scores[f"marker_{e}"] = marker_rate(texts, e)
-    for c, v in nrc_counts(texts).items():
-        scores[f"nrc_{c}"] = v
+    scores = score_texts(texts)
     rows = []
     for k, (c, i, _) in enumerate(jobs):
         rows.append(

@@ -23,7 +23,7 @@ True
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
@@ -160,3 +160,33 @@ def repetition(text: str, n: int = 3) -> float:
         repeats += g in seen
         seen.add(g)
     return repeats / len(grams)
+
+
+def _markers(texts: Sequence[str]) -> dict[str, np.ndarray]:
+    return {f"marker_{e}": marker_rate(texts, e) for e in MARKERS}
+
+
+def _nrc_columns(texts: Sequence[str]) -> dict[str, np.ndarray]:
+    return {f"nrc_{c}": v for c, v in nrc_counts(texts).items()}
+
+
+SCORERS: dict[str, Callable[[Sequence[str]], dict[str, np.ndarray]]] = {
+    "vader": lambda texts: {"vader": vader(texts)},
+    "markers": _markers,
+    "nrc": _nrc_columns,
+}
+"""Every scorer of steered text: name -> function from texts to named per-text columns.
+Each column becomes a field of every steering row (``rows.jsonl``). A new scorer is one
+function added here.
+
+>>> sorted(score_texts(["Thank you so much!"]))[:3]
+['marker_anger', 'marker_apology', 'marker_gratitude']
+"""
+
+
+def score_texts(texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Every column of every scorer in :data:`SCORERS`, in registry order."""
+    out: dict[str, np.ndarray] = {}
+    for scorer in SCORERS.values():
+        out.update(scorer(texts))
+    return out
