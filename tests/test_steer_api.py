@@ -159,10 +159,15 @@ def test_steering_with_vectors_is_the_push_steer_makes(setup):
 
 
 def test_the_commands_defaults_are_the_librarys():
-    from emocircuits.cli import build_parser
-    from emocircuits.study.config import subcommands
+    import argparse
 
-    subs = subcommands(build_parser())
+    from emocircuits.commands import steer as steer_cmd
+    from emocircuits.commands import steer_sweep as sweep_cmd
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    steer_cmd.register(sub)
+    sweep_cmd.register(sub)
+    subs = sub.choices
     for command, fn in (("steer", steer), ("steer-sweep", steer_sweep)):
         args = subs[command].parse_args(["--vectors", "v", "--out", "o", "--emotion", "anger"])
         for name in ("max_new_tokens", "batch_size", "where", "steer_tokens", "seed"):
