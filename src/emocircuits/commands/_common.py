@@ -21,19 +21,13 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _layers(value: str) -> tuple[int, ...]:
-    """``"0,5,-1"`` or ``"10-20"`` (inclusive range) or a mix."""
-    out: list[int] = []
-    for part in _csv(value):
-        try:
-            if "-" in part.lstrip("-"):
-                a, b = part.lstrip("-").split("-", 1)
-                lo = -int(a) if part.startswith("-") else int(a)
-                out += list(range(lo, int(b) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a layer list: {value!r}") from None
-    return tuple(out)
+    """``"0,5,-1"`` or ``"10-20"`` (inclusive range) or a mix (argparse type)."""
+    from emocircuits.models.architectures import parse_layers
+
+    try:
+        return tuple(parse_layers(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(value: str) -> int:

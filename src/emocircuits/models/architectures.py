@@ -87,6 +87,26 @@ _BY_TYPE = {t: s for s in SPECS for t in s.model_types}
 SUPPORTED = tuple(sorted(_BY_TYPE))
 
 
+def parse_layers(text: str) -> list[int]:
+    """A layer list as users write it: ``"0,5,-1"``, ``"10-20"`` (inclusive) or a mix.
+
+    >>> parse_layers("0,10-12,-1")
+    [0, 10, 11, 12, -1]
+    """
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            if "-" in part.lstrip("-"):
+                a, b = part.lstrip("-").split("-", 1)
+                lo = -int(a) if part.startswith("-") else int(a)
+                out += list(range(lo, int(b) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ValueError(f"not a layer list: {text!r}") from None
+    return out
+
+
 def spec_for(model_type: str) -> ArchSpec:
     """The :class:`ArchSpec` for a ``config.model_type``, or a clear :class:`ModelError`."""
     try:

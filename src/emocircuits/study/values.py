@@ -26,6 +26,8 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
+from emocircuits.models.architectures import parse_layers
+
 NONE_WORDS = ("all", "auto", "none")
 
 
@@ -93,7 +95,7 @@ def _check(value: Any, tp: Any) -> Any:
         inner = args[0] if args else Any
         if isinstance(value, str):
             if _base(inner) is int:
-                return [_check(v, inner) for v in _int_list(value)]
+                return [_check(v, inner) for v in parse_layers(value)]
             value = [v.strip() for v in value.split(",") if v.strip()]
         elif not isinstance(value, list | tuple):
             value = [value]
@@ -129,19 +131,3 @@ def _check(value: Any, tp: Any) -> Any:
 
 def _base(tp: Any) -> Any:
     return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
-
-
-def _int_list(text: str) -> list[int]:
-    """``"0,5,-1"`` or ``"10-20"`` (inclusive range) or a mix."""
-    out: list[int] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        try:
-            if "-" in part.lstrip("-"):
-                a, b = part.lstrip("-").split("-", 1)
-                lo = -int(a) if part.startswith("-") else int(a)
-                out += list(range(lo, int(b) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise ValueError(f"not a layer list: {text!r}") from None
-    return out
