@@ -189,7 +189,7 @@ def extract(
     # closing(): the hooks go when this loop ends, also when writing a shard fails
     with closing(_iter_shards(lm, dataset, spec, groups, todo, done_rows, progress)) as it:
         for k, arrays in it:
-            save_shard(out / shard_name(k), arrays, {"format": FORMAT, "shard": str(k)})
+            save_shard(out / shard_name(k), arrays, k)
             del arrays  # one shard in memory at a time: memory stays flat
             _release_freed_memory()
     if "heads" in spec.sites:

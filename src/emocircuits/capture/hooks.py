@@ -36,9 +36,18 @@ def hooked(hooks: Sequence[Hook]) -> Iterator[None]:
             h.remove()
 
 
+#: libraries whose own hooks stay on a model by design (transformers puts output-capturing
+#: hooks on the blocks the first time hidden states are asked for; accelerate's offload)
+OWN_HOOKS = ("transformers.", "accelerate.")
+
+
 def count_hooks(model: nn.Module) -> int:
-    """Number of forward (pre-)hooks on any module of ``model``: 0 after every capture."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    """Number of forward (pre-)hooks on any module of ``model`` that are not transformers'
+    or accelerate's own: 0 after every emocircuits call."""
+    hooks = (h for m in model.modules()
+             for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))  # fmt: skip
+    where = (getattr(getattr(h, "func", h), "__module__", "") or "" for h in hooks)
+    return sum(not w.startswith(OWN_HOOKS) for w in where)
 
 
 def first_tensor(output: Any) -> Any:

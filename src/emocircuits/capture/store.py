@@ -51,8 +51,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
-def save_shard(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write one shard atomically (temporary name, then rename)."""
+def save_shard(path: Path, arrays: dict[str, np.ndarray], k: int) -> None:
+    """Write shard ``k`` atomically (temporary name, then rename).
+
+    Its header metadata is one key holding JSON: the safetensors writer orders several
+    metadata keys as a hash map does (differently in every process), and one key keeps the
+    file, and the checksum the manifest records, the same from run to run.
+    """
+    metadata = {"emocircuits": json.dumps({"format": FORMAT, "shard": k})}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -209,7 +215,7 @@ class ActivationStore(Result):
         manifest = json.loads(json.dumps(self.manifest))
         for k, (shard, entry) in enumerate(zip(self._shards, manifest["shards"], strict=True)):
             file = out / entry["file"]
-            save_shard(file, shard, {"format": FORMAT, "shard": str(k)})
+            save_shard(file, shard, k)
             entry["sha256"] = file_sha256(file)
         if self._weights:
             save_weights(out / "weights.safetensors", self._weights)

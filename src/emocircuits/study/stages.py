@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emocircuits.capture.store import atomic_write_json
+from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
 from emocircuits.study import calls
 from emocircuits.study.config import COMMANDS, StudyConfig
 
@@ -205,13 +205,29 @@ def run_stage(cfg: StudyConfig, st: Stage) -> float:
     with contextlib.redirect_stdout(log):
         done = run_calls(cfg, st, part)
     seconds = round(time.perf_counter() - t0, 2)
-    (part / "log.txt").write_text(log.getvalue().replace(str(part), str(st.dir)))
+    (part / "log.txt").write_text(log.getvalue())
+    _relocate(part, st.dir)
     outputs = sorted(str(p.relative_to(part)) for p in part.rglob("*") if p.is_file())
     atomic_write_json(part / STAGE_FILE, manifest(st, done, seconds, outputs))
     if st.dir.exists():  # an older copy without stage.json (never a finished one)
         shutil.rmtree(st.dir)
     part.rename(st.dir)
     return seconds
+
+
+#: the text files whose paths are rewritten from the ``.partial`` folder to the final one
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
+
+
+def _relocate(part: Path, final: Path) -> None:
+    """Point the paths that the outputs record into ``part`` at ``final``, where the stage
+    is about to be published (a sweep records its output folder, a log the files it wrote)."""
+    old, new = str(part), str(final)
+    for p in part.rglob("*"):
+        if p.suffix in TEXT_SUFFIXES and p.is_file():
+            text = p.read_text(encoding="utf-8")
+            if old in text:
+                atomic_write_bytes(p, text.replace(old, new).encode("utf-8"))
 
 
 def manifest(st: Stage, done: list[dict[str, Any]], seconds: float, outputs: list[str]) -> dict:
