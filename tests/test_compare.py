@@ -251,7 +251,7 @@ def test_naive_null_is_a_random_rotation_of_the_second_model():
 
 
 def test_ridge_r2_is_tested_by_a_sign_test_over_held_out_rows():
-    from emocircuits.compare.comparison import _gain_p
+    from emocircuits.compare.headlines import _gain_p
 
     gain = np.array([[5.0, 1, 1, 1, 1, 1, 1, 1, -100, -1], [1.0] * 10])
     p = _gain_p(gain)

@@ -24,8 +24,9 @@ from emocircuits.capture import (
     extract,
     load_activations,
 )
-from emocircuits.compare.comparison import ComparisonResult, compare_models
+from emocircuits.compare.comparison import compare_models
 from emocircuits.compare.naive import NaiveComparison, compare_pilot_vectors
+from emocircuits.compare.result import ComparisonResult
 from emocircuits.compare.transfer import map_vectors
 from emocircuits.data import Dataset, Example, load_dataset, presets
 from emocircuits.data.dataset import neutral_prompts

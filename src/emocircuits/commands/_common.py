@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +56,64 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
         "--model",
         default=DEFAULT_MODEL,
         help=f"built-in name, folder, .gguf file or hub id (default {DEFAULT_MODEL})",
+    )
+
+
+def add_reading_args(
+    p: argparse.ArgumentParser,
+    fn: Callable[..., Any],
+    *,
+    site: bool = True,
+    baseline: bool = True,
+    position_help: str = "position rule (default mean if captured, else the first)",
+) -> None:
+    """Which activations an analysis reads: ``--site`` (unless ``site`` is False),
+    ``--position`` and ``--baseline`` (unless ``baseline`` is False); defaults read from
+    library function ``fn``."""
+    if site:
+        p.add_argument(
+            "--site", default=lib_default(fn, "site"), help="resid, attn, mlp (default %(default)s)"
+        )
+    p.add_argument("--position", default=lib_default(fn, "position"), help=position_help)
+    if baseline:
+        p.add_argument(
+            "--baseline",
+            default=lib_default(fn, "baseline"),
+            help="baseline label (default %(default)s)",
+        )
+
+
+def analyse_activations(fn: Callable[..., Any], args: argparse.Namespace, **kw: Any) -> Any:
+    """``fn`` called on the ``--activations`` folder with the options of
+    :func:`add_reading_args` and the keywords ``kw``."""
+    from emocircuits.capture import load_activations
+
+    return fn(
+        load_activations(args.activations),
+        site=args.site,
+        position=args.position,
+        baseline=args.baseline,
+        **kw,
+    )
+
+
+def add_counts(
+    p: argparse.ArgumentParser, fn: Callable[..., Any], helps: Mapping[str, str | None]
+) -> None:
+    """Whole-number options (>= 1), one per flag of ``helps`` (flag -> its help): ``--n-perm``
+    is keyword ``n_perm`` of library function ``fn``, whose default it takes."""
+    for flag, text in helps.items():
+        default = lib_default(fn, flag.removeprefix("--").replace("-", "_"))
+        p.add_argument(flag, type=_positive, default=default, help=text)
+
+
+def add_level_arg(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
+    """``--level``: the level of the intervals (default read from ``fn``)."""
+    p.add_argument(
+        "--level",
+        type=float,
+        default=lib_default(fn, "level"),
+        help="interval level (default %(default)s)",
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from emocircuits.commands._common import _csv, _positive, lib_default
+from emocircuits.commands._common import _csv, add_counts, lib_default
 from emocircuits.commands.patch import _add_causal_args
 from emocircuits.interventions.ablate_stage import ablate
 
@@ -84,12 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="first ablated layer (default n_layers // 2)",
     )
     ab.add_argument("--mode", choices=("fixed", "per_layer"), default=lib_default(ablate, "mode"))
-    ab.add_argument(
-        "--n-random",
-        type=_positive,
-        default=lib_default(ablate, "n_random"),
-        help="random draws per dimension (20)",
-    )
+    add_counts(ab, ablate, {"--n-random": "random draws per dimension (20)"})
     ab.add_argument(
         "--probe-layer",
         type=int,
@@ -104,17 +99,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=lib_default(ablate, "position"),
         help="probe position rule (default mean)",
     )
-    ab.add_argument(
-        "--n-train",
-        type=_positive,
-        default=lib_default(ablate, "n_train"),
-        help="probe prompts per label (80)",
-    )
-    ab.add_argument(
-        "--n-eval",
-        type=_positive,
-        default=lib_default(ablate, "n_eval"),
-        help="held-out prompts per label (40)",
+    add_counts(
+        ab,
+        ablate,
+        {
+            "--n-train": "probe prompts per label (80)",
+            "--n-eval": "held-out prompts per label (40)",
+        },
     )
     ab.add_argument(
         "--seed", type=int, default=lib_default(ablate, "seed"), help="split and random directions"

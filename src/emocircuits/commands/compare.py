@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emocircuits.commands._common import _csv, _positive, lib_default
+from emocircuits.commands._common import _csv, add_counts, add_reading_args, lib_default
 from emocircuits.compare.comparison import GENERAL, MATCHES, compare_models
 from emocircuits.errors import EmocircuitsError
 
@@ -150,16 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     def default(name: str):
         return lib_default(compare_models, name)
 
-    co.add_argument(
-        "--site", default=default("site"), help="resid, attn, mlp (default %(default)s)"
-    )
-    co.add_argument(
-        "--position",
-        default=default("position"),
-        help="position rule (default mean if captured by all)",
-    )
-    co.add_argument(
-        "--baseline", default=default("baseline"), help="baseline label (default %(default)s)"
+    add_reading_args(
+        co, compare_models, position_help="position rule (default mean if captured by all)"
     )
     co.add_argument(
         "--method",
@@ -180,30 +172,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=tuple(default("maps")),
         help=f"procrustes,ridge (default {','.join(default('maps'))})",
     )
-    co.add_argument(
-        "--dim",
-        type=_positive,
-        default=default("dim"),
-        help="Procrustes: principal components of each model (default min(64, fit rows / 4))",
-    )
-    co.add_argument(
-        "--k",
-        type=_positive,
-        default=default("k"),
-        help="mutual kNN neighbours (default %(default)s)",
-    )
-    co.add_argument(
-        "--n-perm",
-        type=_positive,
-        default=default("n_perm"),
-        help="label permutations, Mantel relabelings, ridge shuffles (default %(default)s)",
-    )
-    co.add_argument(
-        "--n-perm-heavy",
-        type=_positive,
-        default=default("n_perm_heavy"),
-        help="permutations of the costly nulls: CKA and mutual kNN over every layer pair, "
-        "Procrustes refits (default %(default)s)",
+    add_counts(
+        co,
+        compare_models,
+        {
+            "--dim": "Procrustes: principal components of each model (default min(64, fit "
+            "rows / 4))",
+            "--k": "mutual kNN neighbours (default %(default)s)",
+            "--n-perm": "label permutations, Mantel relabelings, ridge shuffles (default "
+            "%(default)s)",
+            "--n-perm-heavy": "permutations of the costly nulls: CKA and mutual kNN over every "
+            "layer pair, Procrustes refits (default %(default)s)",
+        },
     )
     co.add_argument(
         "--seed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emocircuits.commands._common import _Parser, _positive, lib_default
+from emocircuits.commands._common import _Parser, _positive, add_counts, lib_default
 from emocircuits.errors import EmocircuitsError
 
 
@@ -66,9 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the --baseline label exists. Problems are reported as file:line.",
     )
     v.add_argument("file")
-    v.add_argument(
-        "--min-per-class", type=_positive, default=lib_default(load_dataset, "min_per_class")
-    )
+    add_counts(v, load_dataset, {"--min-per-class": None})
     v.add_argument(
         "--baseline",
         default=lib_default(load_dataset, "baseline"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emocircuits.commands._common import _add_model_arg, _csv, _layers, _positive
+from emocircuits.commands._common import _add_model_arg, _csv, _layers, add_counts, lib_default
 
 
 # ------------------------------------------------------------------------------- extract
@@ -55,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from emocircuits.capture import extract
     from emocircuits.capture.positions import RULES
-    from emocircuits.commands._common import lib_default
     from emocircuits.models import load_model
 
     sites = lib_default(extract, "sites")
@@ -106,30 +105,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compute dtype (bfloat16 is 2.5-3x faster on CPUs with AMX); "
         "activations are stored as float32",
     )
-    x.add_argument("--batch-size", type=_positive, default=lib_default(extract, "batch_size"))
-    x.add_argument(
-        "--shard-size",
-        type=_positive,
-        default=lib_default(extract, "shard_size"),
-        help="rows per shard file",
-    )
+    add_counts(x, extract, {"--batch-size": None, "--shard-size": "rows per shard file"})
     x.add_argument(
         "--padding-side",
         choices=("left", "right"),
         default=lib_default(extract, "padding_side"),
         help="override the tokenizer's padding side (results do not depend on it)",
     )
-    x.add_argument(
-        "--max-length",
-        type=_positive,
-        default=lib_default(extract, "max_length"),
-        help="truncate longer prompts",
-    )
-    x.add_argument(
-        "--min-per-class",
-        type=_positive,
-        default=lib_default(extract, "min_per_class"),
-        help="refuse datasets with fewer rows in some label (default %(default)s)",
+    add_counts(
+        x,
+        extract,
+        {
+            "--max-length": "truncate longer prompts",
+            "--min-per-class": "refuse datasets with fewer rows in some label (default "
+            "%(default)s)",
+        },
     )
     x.add_argument("--device", default=lib_default(load_model, "device"))
     x.add_argument(

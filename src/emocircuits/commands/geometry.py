@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from emocircuits.commands._common import _add_activations_arg, _csv, _positive, lib_default
+from emocircuits.commands._common import (
+    _add_activations_arg,
+    _csv,
+    add_counts,
+    add_reading_args,
+    lib_default,
+)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -89,26 +95,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     ge.add_argument(
         "--sites", type=_csv, default=lib_default(fn, "sites"), help="sites (default: all captured)"
     )
-    ge.add_argument(
-        "--position",
-        default=lib_default(fn, "position"),
-        help="main position rule (default mean, if captured)",
+    add_reading_args(
+        ge, fn, site=False, position_help="main position rule (default mean, if captured)"
     )
-    ge.add_argument(
-        "--baseline",
-        default=lib_default(fn, "baseline"),
-        help="baseline label (default %(default)s)",
+    add_counts(
+        ge,
+        fn,
+        {
+            "--n-boot": "bootstrap resamples",
+            "--n-splits": "random half splits",
+            "--n-perm": "label permutations",
+            "--folds": None,
+        },
     )
-    ge.add_argument(
-        "--n-boot", type=_positive, default=lib_default(fn, "n_boot"), help="bootstrap resamples"
-    )
-    ge.add_argument(
-        "--n-splits", type=_positive, default=lib_default(fn, "n_splits"), help="random half splits"
-    )
-    ge.add_argument(
-        "--n-perm", type=_positive, default=lib_default(fn, "n_perm"), help="label permutations"
-    )
-    ge.add_argument("--folds", type=_positive, default=lib_default(fn, "folds"))
     ge.add_argument(
         "--subspace",
         choices=KINDS,
@@ -116,12 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="between: span of the class-mean contrasts (k <= classes-1); within: the PCA "
         "subspace of each emotion's prompts around the baseline mean (the pilot's; slower)",
     )
-    ge.add_argument(
-        "--k",
-        type=_positive,
-        default=lib_default(fn, "k"),
-        help="subspace dimension (default: by --var)",
-    )
+    add_counts(ge, fn, {"--k": "subspace dimension (default: by --var)"})
     ge.add_argument(
         "--var",
         type=float,

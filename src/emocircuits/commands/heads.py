@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emocircuits.commands._common import _add_model_arg, _positive, lib_default
+from emocircuits.commands._common import _add_model_arg, _positive, add_counts, lib_default
 from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions.heads import heads
 
@@ -98,41 +98,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     hd.add_argument(
         "--top-k", type=_positive, nargs="+", default=lib_default(heads, "top_k"), help="(1 2 4 8)"
     )
-    hd.add_argument(
-        "--n-random",
-        type=_positive,
-        default=lib_default(heads, "n_random"),
-        help="random head sets per k (50)",
+    add_counts(
+        hd,
+        heads,
+        {
+            "--n-random": "random head sets per k (50)",
+            "--n-ablate": "prompts per class in the ablation (12; cost: about n_random x "
+            "len(top-k) x emotions x n-ablate prompt runs, each from its first ablated block "
+            "on)",
+            "--n-per-class": "prompts per class (default all)",
+            "--n-boot": "bootstrap resamples",
+            "--top-neurons": "per emotion",
+            "--top-prompts": "per top neuron",
+            "--batch-size": None,
+        },
     )
-    hd.add_argument(
-        "--n-ablate",
-        type=_positive,
-        default=lib_default(heads, "n_ablate"),
-        help="prompts per class in the ablation (12; cost: about n_random x len(top-k) x "
-        "emotions x n-ablate prompt runs, each from its first ablated block on)",
-    )
-    hd.add_argument(
-        "--n-per-class",
-        type=_positive,
-        default=lib_default(heads, "n_per_class"),
-        help="prompts per class (default all)",
-    )
-    hd.add_argument(
-        "--n-boot", type=_positive, default=lib_default(heads, "n_boot"), help="bootstrap resamples"
-    )
-    hd.add_argument(
-        "--top-neurons",
-        type=_positive,
-        default=lib_default(heads, "top_neurons"),
-        help="per emotion",
-    )
-    hd.add_argument(
-        "--top-prompts",
-        type=_positive,
-        default=lib_default(heads, "top_prompts"),
-        help="per top neuron",
-    )
-    hd.add_argument("--batch-size", type=_positive, default=lib_default(heads, "batch_size"))
     hd.add_argument("--seed", type=int, default=lib_default(heads, "seed"))
     hd.add_argument(
         "--dtype", default=lib_default(heads, "dtype"), choices=("float32", "bfloat16", "float16")

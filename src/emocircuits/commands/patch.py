@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from emocircuits.commands._common import _add_model_arg, _layers, _positive, lib_default
+from emocircuits.commands._common import (
+    _add_model_arg,
+    _layers,
+    add_counts,
+    add_level_arg,
+    lib_default,
+)
 from emocircuits.interventions.patch_stage import DEFAULT_DATA, patch
 
 
@@ -26,16 +32,9 @@ def _add_causal_args(p: argparse.ArgumentParser, fn: Callable) -> None:
     p.add_argument(
         "--dtype", default=lib_default(fn, "dtype"), choices=("float32", "bfloat16", "float16")
     )
-    p.add_argument(
-        "--n-boot", type=_positive, default=lib_default(fn, "n_boot"), help="bootstrap resamples"
-    )
-    p.add_argument(
-        "--level",
-        type=float,
-        default=lib_default(fn, "level"),
-        help="interval level (default %(default)s)",
-    )
-    p.add_argument("--batch-size", type=_positive, default=lib_default(fn, "batch_size"))
+    add_counts(p, fn, {"--n-boot": "bootstrap resamples"})
+    add_level_arg(p, fn)
+    add_counts(p, fn, {"--batch-size": None})
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--trust-remote-code", action="store_true")
@@ -97,23 +96,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=lib_default(patch, "emotion"),
         help="emotions (default: all)",
     )
-    pa.add_argument(
-        "--n-pairs",
-        type=_positive,
-        default=lib_default(patch, "n_pairs"),
-        help="pairs per emotion (24)",
-    )
-    pa.add_argument(
-        "--min-pairs",
-        type=_positive,
-        default=lib_default(patch, "min_pairs"),
-        help="fewer equal-length pairs is an error",
-    )
-    pa.add_argument(
-        "--n-positions",
-        type=_positive,
-        default=lib_default(patch, "n_positions"),
-        help="last positions patched one by one (6)",
+    add_counts(
+        pa,
+        patch,
+        {
+            "--n-pairs": "pairs per emotion (24)",
+            "--min-pairs": "fewer equal-length pairs is an error",
+            "--n-positions": "last positions patched one by one (6)",
+        },
     )
     pa.add_argument(
         "--layers",
@@ -121,11 +111,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=lib_default(patch, "layers"),
         help="resid layers, e.g. '0-30' (default all)",
     )
-    pa.add_argument(
-        "--n-layers",
-        type=_positive,
-        default=lib_default(patch, "n_layers"),
-        help="patch this many evenly spaced --layers, first and last included (default all)",
+    add_counts(
+        pa,
+        patch,
+        {
+            "--n-layers": "patch this many evenly spaced --layers, first and last included "
+            "(default all)"
+        },
     )
     pa.add_argument(
         "--seed", type=int, default=lib_default(patch, "seed"), help="pairing and random directions"

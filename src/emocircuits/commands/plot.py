@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from emocircuits.commands._common import lib_default
 from emocircuits.errors import EmocircuitsError
 
 
@@ -72,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from emocircuits.commands._common import lib_default
     from emocircuits.geometry.directions import CONTRASTS
     from emocircuits.geometry.subspaces import class_projection
+    from emocircuits.plots.analysis import plot_geometry
 
     pl = sub.add_parser(
         "plot",
@@ -98,17 +99,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--out", "--output_dir", default=None, help="figure folder")
     pl.add_argument(
         "--site",
-        default="resid",
+        default=lib_default(plot_geometry, "site"),
         help="site to draw (default %(default)s)",
     )
     pl.add_argument(
         "--position",
-        default=None,
+        default=lib_default(plot_geometry, "position"),
         help="position rule (default: the main one)",
     )
     pl.add_argument(
         "--method",
-        default="mean_diff",
+        default=lib_default(plot_geometry, "method"),
         choices=CONTRASTS,
         help="direction method drawn",
     )

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from emocircuits.commands._common import _csv, _positive, lib_default
+from emocircuits.commands._common import (
+    _csv,
+    add_counts,
+    add_level_arg,
+    add_reading_args,
+    lib_default,
+)
 
 
 # -------------------------------------------------------------------------------- probe
@@ -86,15 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=lib_default(fn, "methods"),
         help=f"comma list of {','.join(PROBES)}",
     )
-    pr.add_argument(
-        "--site", default=lib_default(fn, "site"), help="resid, attn, mlp (default %(default)s)"
-    )
-    pr.add_argument(
-        "--position",
-        default=lib_default(fn, "position"),
-        help="position rule (default mean if captured, else the first)",
-    )
-    pr.add_argument("--folds", type=_positive, default=lib_default(fn, "folds"))
+    add_reading_args(pr, fn, baseline=False)
+    add_counts(pr, fn, {"--folds": None})
     pr.add_argument(
         "--c",
         "--C",
@@ -103,12 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=lib_default(fn, "c"),
         help="inverse L2 strength (default %(default)s)",
     )
-    pr.add_argument(
-        "--level",
-        type=float,
-        default=lib_default(fn, "level"),
-        help="interval level (default %(default)s)",
-    )
+    add_level_arg(pr, fn)
     pr.add_argument(
         "--no-standardize",
         action="store_true",

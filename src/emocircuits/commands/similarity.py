@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from emocircuits.commands._common import _add_activations_arg, _positive, lib_default
-from emocircuits.commands._rq1 import add_reading_args
+from emocircuits.commands._common import (
+    _add_activations_arg,
+    add_counts,
+    add_level_arg,
+    add_reading_args,
+    analyse_activations,
+    lib_default,
+)
 
 
 # ---------------------------------------------------------------------------- similarity
 def run(args: argparse.Namespace) -> int:
-    from emocircuits.capture import load_activations
     from emocircuits.geometry.similarity import emotion_similarity
 
-    res = emotion_similarity(
-        load_activations(args.activations),
-        method=args.method,
-        site=args.site,
-        position=args.position,
-        baseline=args.baseline,
-        n_boot=args.n_boot,
-        level=args.level,
+    res = analyse_activations(
+        emotion_similarity, args, method=args.method, n_boot=args.n_boot, level=args.level
     )
     out = res.save(args.out)
     print(
@@ -46,11 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     si.add_argument("--out", "--output_table", required=True, help="CSV file to write")
     si.add_argument("--method", default=lib_default(fn, "method"), choices=CONTRASTS)
     add_reading_args(si, fn)
-    si.add_argument("--n-boot", type=_positive, default=lib_default(fn, "n_boot"))
-    si.add_argument(
-        "--level",
-        type=float,
-        default=lib_default(fn, "level"),
-        help="interval level (default %(default)s)",
-    )
+    add_counts(si, fn, {"--n-boot": None})
+    add_level_arg(si, fn)
     si.set_defaults(func=run)

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from emocircuits.commands._common import _add_model_arg, _positive, _steer_tokens
+from emocircuits.commands._common import _add_model_arg, _steer_tokens, add_counts, lib_default
 from emocircuits.interventions.run import steer
 
 
@@ -54,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
 
 def add_steer_args(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
     """The options `steer` and `steer-sweep` share; defaults read from ``fn``."""
-    from emocircuits.commands._common import lib_default
-
     _add_model_arg(p)
     p.add_argument("--vectors", required=True, help="vectors file written by `vectors`")
     p.add_argument(
@@ -67,8 +65,7 @@ def add_steer_args(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
     p.add_argument(
         "--alpha", type=float, nargs="+", default=None, help="strength(s), x typical norm"
     )
-    p.add_argument("--max-new-tokens", type=_positive, default=lib_default(fn, "max_new_tokens"))
-    p.add_argument("--batch-size", type=_positive, default=lib_default(fn, "batch_size"))
+    add_counts(p, fn, {"--max-new-tokens": None, "--batch-size": None})
     p.add_argument(
         "--where",
         choices=("all", "new"),
@@ -97,8 +94,6 @@ def add_steer_args(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from emocircuits.commands._common import lib_default
-
     st = sub.add_parser(
         "steer",
         help="continue prompts with an emotion direction added, and score the text",
@@ -123,11 +118,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="vectors already mapped into this model (`emocircuits map-vectors`): adds the "
         "condition `transfer`",
     )
-    st.add_argument(
-        "--n-random",
-        type=_positive,
-        default=lib_default(steer, "n_random"),
-        help="random directions per setting (default %(default)s; condition `random`, column "
-        "`draw`); their rows are pooled: one draw is a noisy estimate of the null",
+    add_counts(
+        st,
+        steer,
+        {
+            "--n-random": "random directions per setting (default %(default)s; condition "
+            "`random`, column `draw`); their rows are pooled: one draw is a noisy estimate of "
+            "the null"
+        },
     )
     st.set_defaults(func=run)

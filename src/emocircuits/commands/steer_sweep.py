@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from emocircuits.commands._common import _positive, lib_default
+from emocircuits.commands._common import add_counts, lib_default
 from emocircuits.commands.steer import add_steer_args
 from emocircuits.interventions.sweep import steer_sweep
 
@@ -71,30 +71,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_steer_args(sw, steer_sweep)
     sw.add_argument("--emotion", nargs="+", default=None, help="default: all in the vectors")
-    sw.add_argument(
-        "--n-layers",
-        type=_positive,
-        default=default("n_layers"),
-        help="default layers (without --layer; %(default)s)",
-    )
-    sw.add_argument(
-        "--n-alphas",
-        type=_positive,
-        default=default("n_alphas"),
-        help="strengths chosen from the data (%(default)s)",
-    )
-    sw.add_argument(
-        "--n-prompts",
-        type=_positive,
-        default=default("n_prompts"),
-        help="use only the first N prompts",
-    )
-    sw.add_argument(
-        "--n-verify",
-        type=_positive,
-        default=default("n_verify"),
-        help="random directions (pooled) at a setting before it is recommended (default "
-        "%(default)s; 1: the single draw every setting gets)",
+    add_counts(
+        sw,
+        steer_sweep,
+        {
+            "--n-layers": "default layers (without --layer; %(default)s)",
+            "--n-alphas": "strengths chosen from the data (%(default)s)",
+            "--n-prompts": "use only the first N prompts",
+            "--n-verify": "random directions (pooled) at a setting before it is recommended "
+            "(default %(default)s; 1: the single draw every setting gets)",
+        },
     )
     sw.add_argument("--out", default=None, help="folder (default: next to the vectors)")
     sw.set_defaults(func=run)

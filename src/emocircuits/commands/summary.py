@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from emocircuits.commands._common import _positive, lib_default
-from emocircuits.commands._rq1 import add_reading_args
+from emocircuits.commands._common import add_counts, add_reading_args, analyse_activations
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from emocircuits.capture import load_activations
     from emocircuits.geometry.summary import layer_summary
 
-    s = layer_summary(
-        load_activations(args.activations),
-        site=args.site,
-        position=args.position,
-        baseline=args.baseline,
-        folds=args.folds,
-    )
+    s = analyse_activations(layer_summary, args, folds=args.folds)
     p = s.provenance
     table = Table(
         title=f"{p['model']} · {p['dataset']} · {p['site']} · {p['position']}",
@@ -57,5 +49,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     sm = sub.add_parser("summary", help="per-layer mean differences and NCM accuracy")
     sm.add_argument("activations", help="folder written by `extract`")
     add_reading_args(sm, fn)
-    sm.add_argument("--folds", type=_positive, default=lib_default(fn, "folds"))
+    add_counts(sm, fn, {"--folds": None})
     sm.set_defaults(func=run)

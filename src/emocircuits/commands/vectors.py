@@ -6,19 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from emocircuits.commands._common import _add_activations_arg, lib_default
-from emocircuits.commands._rq1 import add_reading_args
+from emocircuits.commands._common import (
+    _add_activations_arg,
+    add_reading_args,
+    analyse_activations,
+    lib_default,
+)
 
 
 # ------------------------------------------------------------------------------- vectors
 def run(args: argparse.Namespace) -> int:
-    from emocircuits.capture import load_activations
     from emocircuits.geometry.vectors import directions, safetensors_path
 
-    acts = load_activations(args.activations)
-    vecs = directions(
-        acts, method=args.method, site=args.site, position=args.position, baseline=args.baseline
-    )
+    vecs = analyse_activations(directions, args, method=args.method)
     if safetensors_path(args.out) != Path(args.out):
         print(
             f"note: writing safetensors to {safetensors_path(args.out)} (never pickle)",

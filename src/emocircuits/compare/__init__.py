@@ -8,7 +8,9 @@ coordinate i of one model means nothing in another.
 - :mod:`~emocircuits.compare.naive`: the pilot's coordinate-wise table, beside its random
   null, to show why it means nothing (:func:`compare_pilot_vectors`);
 - :mod:`~emocircuits.compare.comparison`: all of it for two or more activation stores
-  (:func:`compare_models`), and the :class:`ComparisonResult` that saves the folder;
+  (:func:`compare_models`); :mod:`~emocircuits.compare.headlines`: its numbers beside their
+  nulls; :mod:`~emocircuits.compare.result`: the :class:`ComparisonResult` that saves the
+  folder;
 - :mod:`~emocircuits.compare.transfer`: one model's directions mapped into another
   (:func:`map_vectors`).
 
@@ -17,7 +19,7 @@ or scaled; every one comes with a null (:mod:`~emocircuits.compare.perm`).
 """
 
 from emocircuits.compare.cka import cka_null, linear_cka, unbiased_hsic
-from emocircuits.compare.comparison import ComparisonResult, align_rows, compare_models
+from emocircuits.compare.comparison import align_rows, compare_models
 from emocircuits.compare.maps import MAPS, MapResult, compare_directions, split_rows
 from emocircuits.compare.naive import (
     NaiveComparison,
@@ -25,6 +27,7 @@ from emocircuits.compare.naive import (
     naive_table,
     random_cosines,
 )
+from emocircuits.compare.result import ComparisonResult
 from emocircuits.compare.rsa import RSA, knn_indices, mutual_knn, rsa
 from emocircuits.compare.transfer import map_vectors
 

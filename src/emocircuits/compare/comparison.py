@@ -1,6 +1,7 @@
 """Every cross-model comparison of two or more activation stores of the same stimuli:
-:func:`compare_models` computes, and its :class:`ComparisonResult` saves the tables (CSV),
-``summary.json`` and the figures, exactly as ``emocircuits compare --out`` writes them.
+:func:`compare_models` computes, and its :class:`~emocircuits.compare.result.ComparisonResult`
+saves the tables (CSV), ``summary.json`` and the figures, exactly as ``emocircuits compare
+--out`` writes them.
 
 Per model pair, over every layer pair: linear CKA, RSA of emotion centroids and mutual kNN,
 each with its permutation null. Per layer of the first model, at its best-matching layer of
@@ -9,237 +10,39 @@ maps, mapped-direction cosines with two nulls, identification and subspace overl
 :mod:`emocircuits.compare.maps`). Headlines in ``summary.json`` are averages over the
 layers of the first model (each with its best-matching layer of the second where the
 measure is a grid), and their nulls are the same averages over null replicates, so choosing
-the best layer is part of the null.
+the best layer is part of the null (:mod:`emocircuits.compare.headlines`).
 
 >>> res = compare_models([load_activations("runs/a"), load_activations("runs/b")])  # doctest: +SKIP
 >>> res.save("runs/compare-a-b")  # doctest: +SKIP
->>> ComparisonResult.load("runs/compare-a-b").rows()[0]["measure"]  # doctest: +SKIP
-'cka'
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from itertools import combinations
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from emocircuits.capture.store import ActivationStore
 from emocircuits.compare.cka import cka_from_grams, cka_null, gram_matrices
-from emocircuits.compare.common import (
-    as_store,
-    read_rows,
-    safe_name,
-    store_meta,
-    store_path,
-    where,
-)
-from emocircuits.compare.maps import MAPS, MapResult, compare_directions, split_rows
+from emocircuits.compare.common import as_store, store_meta, store_path, where
+from emocircuits.compare.headlines import ALPHA, _f, _headline, _map_headlines, _map_rows
+from emocircuits.compare.maps import MAPS, compare_directions, split_rows
 from emocircuits.compare.naive import naive_table
 from emocircuits.compare.perm import null_band, perm_p
+from emocircuits.compare.result import FORMAT, ComparisonResult
 from emocircuits.compare.rsa import knn_indices, mutual_knn, rsa
 from emocircuits.errors import DataError
 from emocircuits.geometry.directions import emotion_directions
-from emocircuits.geometry.probes import binomial_p
-from emocircuits.results import Result
-from emocircuits.tables import write_tables
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 MATCHES = ("cka", "depth")
-ALPHA = 0.05
-FORMAT = "emocircuits.compare"
 #: the measures of every stimulus, not of the emotions (printed apart from the rest)
 GENERAL = ("cka", "mknn", "procrustes_r2", "ridge_r2")
-#: the tables of a comparison folder, in the order they are written
-TABLES = ("layer_pairs", "maps", "directions", "naive")
-
-
-@dataclass(repr=False)
-class ComparisonResult(Result):
-    """What :func:`compare_models` found: tidy ``tables`` (lists of flat dicts: per layer
-    pair, per map and layer, per mapped direction, and the pilot's naive table when two
-    widths are equal) and the ``summary`` (provenance, settings, and per model pair one
-    headline per measure beside its null).
-
-    ``save(folder)`` writes ``{table}.csv``, ``summary.json`` (last) and, unless
-    ``plots=False``, the figures in ``folder/figures``: what ``emocircuits compare --out
-    folder`` writes. ``rows()`` is one row per model pair and measure.
-
-    >>> res = ComparisonResult.load("runs/compare")  # doctest: +SKIP
-    >>> [r["measure"] for r in res.rows() if r["beyond_chance"]][:2]  # doctest: +SKIP
-    ['cka', 'rsa']
-    >>> res.save("runs/compare-copy", plots=False)  # doctest: +SKIP
-    PosixPath('runs/compare-copy')
-    """
-
-    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    command: ClassVar[str] = "compare"
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Per model pair and measure: its value, the null's 95% range, p, beyond chance."""
-        out = []
-        for pair in self.summary.get("pairs", []):
-            for name, h in pair["measures"].items():
-                lo, hi = h.get("null_95") or (None, None)
-                out.append(
-                    {
-                        "pair": f"{pair['model_a']} vs {pair['model_b']}",
-                        "measure": name,
-                        "value": h["value"],
-                        "null_lo": lo,
-                        "null_hi": hi,
-                        "p": h.get("p"),
-                        "beyond_chance": h["beyond_chance"],
-                    }
-                )
-        return out
-
-    def title(self) -> str:
-        names = " vs ".join(m["name"] for m in self.summary.get("models", []))
-        rows = self.rows()
-        yes = sum(r["beyond_chance"] for r in rows)
-        return f"ComparisonResult: {names}: {yes} of {len(rows)} measures beyond chance"
-
-    def save(self, path: str | os.PathLike[str], *, plots: bool = True) -> Path:
-        """Write ``{table}.csv`` and ``summary.json`` (last) into ``path``, then the figures
-        into ``path/figures`` unless ``plots`` is False; returns the folder."""
-        out = write_tables(path, self.tables, {"summary.json": self.summary})
-        if plots:
-            self.plot(out / "figures")
-        return out
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ComparisonResult:
-        """Read a folder written by :meth:`save` (or ``emocircuits compare``)."""
-        folder = Path(path)
-        summary_path = folder / "summary.json"
-        if not summary_path.is_file():
-            raise DataError(f"{folder} is not a comparison folder (no summary.json)")
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        if summary.get("format") != FORMAT:
-            raise DataError(f"{summary_path} is not an {FORMAT} summary")
-        tables = {
-            name: read_rows(folder / f"{name}.csv")
-            for name in TABLES
-            if (folder / f"{name}.csv").is_file()
-        }
-        return cls(tables, summary)
-
-    def figure(self) -> Figure | None:
-        """CKA over every layer pair of the first model pair, best matches marked."""
-        return next((fig for _, fig in self._figures()), None)
-
-    def plot(self, out: str | os.PathLike[str]) -> list[Path]:
-        """Write every figure (PNG and SVG) into ``out``, per model pair: CKA over every
-        layer pair, the mapped-direction cosines of each map with both nulls,
-        identification and map quality by layer; returns the paths."""
-        from emocircuits.plots.geometry import save_figure
-
-        paths: list[Path] = []
-        for stem, fig in self._figures():
-            paths += save_figure(fig, Path(out) / stem)
-        return paths
-
-    def _figures(self) -> Iterator[tuple[str, Figure]]:
-        """``(file stem, figure)`` pairs, drawn one at a time from the tables."""
-        from emocircuits.plots.compare import (
-            cka_heatmap,
-            identification_curves,
-            map_quality,
-            mapped_cosines,
-        )
-
-        grid = self.tables.get("layer_pairs", [])
-        maps = self.tables.get("maps", [])
-        dirs = self.tables.get("directions", [])
-        for ma, mb in dict.fromkeys((r["model_a"], r["model_b"]) for r in grid):
-            stem = f"{safe_name(ma)}_vs_{safe_name(mb)}"
-            rows = [r for r in grid if (r["model_a"], r["model_b"]) == (ma, mb)]
-            la = sorted({r["layer_a"] for r in rows})
-            lb = sorted({r["layer_b"] for r in rows})
-            cka, p = np.full((len(la), len(lb)), np.nan), np.full((len(la), len(lb)), np.nan)
-            best = np.zeros(len(la), dtype=int)
-            for r in rows:
-                a, b = la.index(r["layer_a"]), lb.index(r["layer_b"])
-                cka[a, b], p[a, b] = _num(r["cka"]), _num(r["cka_p"])
-                if _truthy(r["matched"]):
-                    best[a] = b
-            yield (
-                f"{stem}-cka",
-                cka_heatmap(cka, la, lb, name_a=ma, name_b=mb, best_b=best, p=p),
-            )
-            by_map: dict[str, list[dict[str, Any]]] = {}
-            for r in maps:
-                if (r["model_a"], r["model_b"]) == (ma, mb):
-                    by_map.setdefault(r["map"], []).append(r)
-            acc, acc_p, r2 = {}, {}, {}
-            layers: list[int] = []
-            for m, rs in by_map.items():
-                layers = [r["layer_a"] for r in rs]
-                acc[m] = np.array([_num(r["identification"]) for r in rs], float)
-                acc_p[m] = np.array([_num(r["identification_p"]) for r in rs], float)
-                r2[m] = np.array([_num(r["r2"]) for r in rs], float)
-                drows = [r for r in dirs if (r["model_a"], r["model_b"], r["map"]) == (ma, mb, m)]
-                emotions = list(dict.fromkeys(r["emotion"] for r in drows))
-
-                def col(key: str, drows: list = drows, emotions: list = emotions) -> np.ndarray:
-                    return np.array(
-                        [[_num(r[key]) for r in drows if r["emotion"] == e] for e in emotions]
-                    )
-
-                yield (
-                    f"{stem}-{m}-cosines",
-                    mapped_cosines(
-                        layers,
-                        dict(zip(emotions, col("cos"), strict=True)),
-                        null_lo=col("shuffle_null_lo").min(0),
-                        null_hi=col("shuffle_null_hi").max(0),
-                        perm_lo=col("perm_null_lo").min(0),
-                        perm_hi=col("perm_null_hi").max(0),
-                        title=f"{m} map {ma} → {mb}: cos(W v_A, v_B) per emotion (held-out rows)",
-                        xlabel=f"layer of {ma} (each with its best-matching layer of {mb})",
-                    ),
-                )
-            if acc:
-                chance = 1.0 / max(1, len({r["emotion"] for r in dirs}))
-                yield (
-                    f"{stem}-identification",
-                    identification_curves(
-                        layers, acc, chance=chance, p=acc_p,
-                        title=f"Cross-model identification {ma} → {mb}",
-                    ),
-                )  # fmt: skip
-                yield (
-                    f"{stem}-r2",
-                    map_quality(layers, r2, title=f"Held-out R² of the maps {ma} → {mb}"),
-                )
-
-
-def _num(v: Any) -> float:
-    """A table cell as a number for a figure (empty or None: NaN)."""
-    return np.nan if v is None or v == "" else float(v)
-
-
-def _truthy(v: Any) -> bool:
-    return str(v).strip().lower() in ("true", "1")
-
-
-def _f(v: Any) -> float | None:
-    """A number for the tables: 6 significant digits (tiny p-values stay > 0), NaN -> empty."""
-    v = float(v)
-    return None if np.isnan(v) else float(f"{v:.6g}")
 
 
 def model_names(stores: Sequence[ActivationStore]) -> list[str]:
@@ -334,29 +137,6 @@ def _provenance(s: ActivationStore, name: str, site: str, width: int) -> dict[st
 
 def _depth(layers: list[int]) -> np.ndarray:
     return np.asarray(layers, float) / max(1, max(layers))
-
-
-def _headline(value: float, null: np.ndarray, what: str, exact: bool = False) -> dict[str, Any]:
-    """A measure's value beside its null: mean, 95% range, p-value, effect (value - null
-    mean) and z (effect / null sd). For exact tests, ``min_p`` is the smallest p possible."""
-    lo, hi = null_band(null)
-    p = float(perm_p(value, null, exact=exact))
-    sd = float(np.nanstd(null))
-    effect = float(value - np.nanmean(null))
-    out = {
-        "value": _f(value),
-        "null": what,
-        "null_mean": _f(np.nanmean(null)),
-        "null_95": [_f(lo), _f(hi)],
-        "n_null": len(null),
-        "p": _f(p),
-        "effect": _f(effect),
-        "z": _f(effect / sd) if sd > 0 else None,
-        "beyond_chance": bool(p < ALPHA),
-    }
-    if exact:
-        out["min_p"] = _f(1 / len(null))
-    return out
 
 
 def compare_models(
@@ -581,151 +361,3 @@ def _naive(
         for n, x in zip(names, arrays, strict=True)
     }
     return naive_table(dirs)
-
-
-def _map_rows(tables: dict[str, list], r: MapResult, na: str, nb: str, n_held: int) -> None:
-    s_lo, s_hi = null_band(r.cos_shuffle)
-    p_lo, p_hi = null_band(r.cos_perm)
-    s_p, p_p = perm_p(r.cos, r.cos_shuffle), perm_p(r.cos, r.cos_perm)
-    o_lo, o_hi = null_band(r.overlap_perm)
-    o_p = perm_p(r.overlap, r.overlap_perm)
-    i_p = perm_p(r.ident, r.ident_null, exact=r.ident_exact)
-    d_p = binomial_p(r.decode, n_held, 1 / (r.k + 1))
-    if r.r2_null is not None:
-        r_lo, r_hi = null_band(r.r2_null)
-        r_p = perm_p(r.r2, r.r2_null)
-    else:  # ridge: against the mean predictor
-        r_lo = r_hi = np.zeros(len(r.r2))
-        r_p = _gain_p(r.r2_gain)
-    for li, (a, b) in enumerate(zip(r.layers_a, r.layers_b, strict=True)):
-        row = {
-            "model_a": na,
-            "model_b": nb,
-            "map": r.name,
-            "layer_a": a,
-            "layer_b": b,
-            "dim": r.dim,
-            "r2": _f(r.r2[li]),
-            "r2_null_lo": _f(r_lo[li]),
-            "r2_null_hi": _f(r_hi[li]),
-            "r2_p": _f(r_p[li]),
-            "lambda": _f(r.lam[li]) if r.lam is not None else None,
-            "identification": _f(r.ident[li]),
-            "chance": _f(1 / len(r.emotions)),
-            "identification_p": _f(i_p[li]),
-            "overlap": _f(r.overlap[li]),
-            "k": r.k,
-            "overlap_random": _f(r.k / r.dim),
-            "overlap_null_lo": _f(o_lo[li]),
-            "overlap_null_hi": _f(o_hi[li]),
-            "overlap_p": _f(o_p[li]),
-            "decoding": _f(r.decode[li]),
-            "decoding_chance": _f(1 / (r.k + 1)),
-            "decoding_p": _f(d_p[li]),
-            "decoding_within_b": _f(r.decode_self[li]),
-            "n_held": n_held,
-        }
-        tables["maps"].append(row)
-        for e, emo in enumerate(r.emotions):
-            tables["directions"].append(
-                {
-                    "model_a": na,
-                    "model_b": nb,
-                    "map": r.name,
-                    "layer_a": a,
-                    "layer_b": b,
-                    "emotion": emo,
-                    "cos": _f(r.cos[li, e]),
-                    "reach": _f(r.reach[li, e]),
-                    "shuffle_null_lo": _f(s_lo[li, e]),
-                    "shuffle_null_hi": _f(s_hi[li, e]),
-                    "shuffle_p": _f(s_p[li, e]),
-                    "perm_null_lo": _f(p_lo[li, e]),
-                    "perm_null_hi": _f(p_hi[li, e]),
-                    "perm_p": _f(p_p[li, e]),
-                }
-            )
-
-
-def _map_headlines(r: MapResult, nb: str, held_labels: np.ndarray) -> dict[str, Any]:
-    m = r.name
-    cos = r.cos.mean(1).mean()
-    out = {
-        f"{m}_cos": _headline(
-            cos,
-            r.cos_shuffle.mean((1, 2)),
-            f"maps refitted on shuffled pairs ({len(r.cos_shuffle)})",
-        )
-        | {
-            "statistic": "mean over layers and emotions of cos(W v_A, v_B)",
-            "label_permuted": _headline(
-                cos, r.cos_perm.mean((1, 2)), f"labels permuted ({len(r.cos_perm)})"
-            ),
-        },
-        f"{m}_identification": _headline(
-            r.ident.mean(),
-            r.ident_null.mean(1),
-            f"{nb}'s emotions relabelled ({len(r.ident_null)}"
-            + (", exact)" if r.ident_exact else ")"),
-            r.ident_exact,
-        )
-        | {
-            "statistic": "mean over layers of the share of emotions identified",
-            "chance": _f(1 / len(r.emotions)),
-        },
-        f"{m}_overlap": _headline(
-            r.overlap.mean(), r.overlap_perm.mean(1), f"labels permuted ({len(r.overlap_perm)})"
-        )
-        | {
-            "statistic": f"mean over layers of mean cos^2 of principal angles (k={r.k})",
-            "random_subspace": _f(r.k / r.dim),
-        },
-    }
-    # decoding: each layer's accuracy is binomial(n, 1/C)/n under the null; their mean over
-    # layers has at most that variance (however correlated), so its binomial p is safe
-    n = len(held_labels)
-    chance = 1 / (r.k + 1)
-    acc = float(r.decode.mean())
-    p = float(binomial_p(np.array(acc), n, chance))
-    sd = float(np.sqrt(chance * (1 - chance) / n))
-    out[f"{m}_decoding"] = {
-        "value": _f(acc),
-        "null": f"chance 1/{r.k + 1} (binomial over {n} held-out rows)",
-        "null_mean": _f(chance),
-        "null_95": [_f(chance - 1.96 * sd), _f(chance + 1.96 * sd)],
-        "p": _f(p),
-        "beyond_chance": bool(p < ALPHA),
-        "statistic": "mean over layers of the accuracy of B's centroids on A's mapped "
-        "held-out rows",
-        "within_b": _f(r.decode_self.mean()),
-        "effect": _f(acc - chance),
-        "z": _f((acc - chance) / sd),
-    }
-    if r.r2_null is not None:
-        out[f"{m}_r2"] = _headline(
-            r.r2.mean(), r.r2_null.mean(1), f"maps refitted on shuffled pairs ({len(r.r2_null)})"
-        ) | {"statistic": f"mean over layers of held-out R^2 (top-{r.dim} PCA coordinates)"}
-    else:
-        p = float(_gain_p(r.r2_gain.mean(0, keepdims=True))[0])
-        out[f"{m}_r2"] = {
-            "value": _f(r.r2.mean()),
-            "null": "mean predictor (R^2 = 0); p: sign test over the held-out rows of the "
-            "squared-error gain over it",
-            "null_mean": 0.0,
-            "null_95": [0.0, 0.0],
-            "p": _f(p),
-            "effect": _f(r.r2.mean()),
-            "beyond_chance": bool(p < ALPHA),
-            "statistic": "mean over layers of held-out R^2",
-        }
-    return out
-
-
-def _gain_p(gain: np.ndarray) -> np.ndarray:
-    """Sign test per row of ``gain`` ``[L, n]``: p of at least that many held-out prompts
-    predicted better than by the mean, if each were a coin flip. (Robust: one prompt with a
-    huge activation dominates R^2 and would swamp a t-test.)"""
-    from scipy.stats import binom
-
-    n = gain.shape[1]
-    return binom.sf((gain > 0).sum(1) - 1, n, 0.5)

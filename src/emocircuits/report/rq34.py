@@ -5,6 +5,7 @@ computed from the blocks."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +147,19 @@ def _vec_source(ref: StageRef, study: dict[str, Any], s: dict[str, Any]) -> Sour
     return src
 
 
-def _heads(ref: StageRef, study: dict[str, Any]) -> Block:
+def _vectors_stage(
+    ref: StageRef, study: dict[str, Any], what: str, block: Callable[..., Block]
+) -> Block:
+    """A stage run with a vectors file (heads, patch, ablate): its summary.json read by
+    ``block(ref, summary, source, title)``, titled ``what: model``."""
     s = _json(ref.path / "summary.json")
     src = _vec_source(ref, study, s)
-    title = f"Heads and neurons: {ref.model or ref.label}"
-    return _guard(ref, src, title, lambda: _heads_block(ref, s, src, title))
+    title = f"{what}: {ref.model or ref.label}"
+    return _guard(ref, src, title, lambda: block(ref, s, src, title))
+
+
+def _heads(ref: StageRef, study: dict[str, Any]) -> Block:
+    return _vectors_stage(ref, study, "Heads and neurons", _heads_block)
 
 
 def _heads_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> Block:
@@ -220,10 +229,7 @@ def _heads_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> B
 
 
 def _patch(ref: StageRef, study: dict[str, Any]) -> Block:
-    s = _json(ref.path / "summary.json")
-    src = _vec_source(ref, study, s)
-    title = f"Activation patching: {ref.model or ref.label}"
-    return _guard(ref, src, title, lambda: _patch_block(ref, s, src, title))
+    return _vectors_stage(ref, study, "Activation patching", _patch_block)
 
 
 def _patch_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> Block:
@@ -265,10 +271,7 @@ def _patch_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> B
 
 
 def _ablate(ref: StageRef, study: dict[str, Any]) -> Block:
-    s = _json(ref.path / "summary.json")
-    src = _vec_source(ref, study, s)
-    title = f"Direction ablation: {ref.model or ref.label}"
-    return _guard(ref, src, title, lambda: _ablate_block(ref, s, src, title))
+    return _vectors_stage(ref, study, "Direction ablation", _ablate_block)
 
 
 def _ablate_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> Block:

@@ -104,29 +104,27 @@ def _check(value: Any, tp: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
         return value
-    if tp is int:
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"not a whole number: {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"not a number: {value!r}")
-        return float(value)
+    if tp is int or tp is float:
+        return _number(value, tp)
     if tp is str:
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {value!r}")
         return value
     return value  # an annotation this module does not know: the function checks it
+
+
+def _number(value: Any, tp: type[int] | type[float]) -> int | float:
+    """``value`` as an ``int`` or ``float`` (``tp``): a number, or a string that parses as
+    one; never a bool. A float option takes an int, an int option no float."""
+    if isinstance(value, str):
+        try:
+            return tp(value)
+        except ValueError:
+            pass
+    allowed = int if tp is int else int | float
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise ValueError(f"not a {'whole number' if tp is int else 'number'}: {value!r}")
+    return tp(value)
 
 
 def _base(tp: Any) -> Any:
