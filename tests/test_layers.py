@@ -17,7 +17,7 @@ LAYERS = [
     {"data"},
     {"models"},
     {"capture", "tables"},
-    {"geometry", "plots/geometry", "plots/analysis"},
+    {"geometry", "plots/common", "plots/geometry", "plots/analysis"},
     {"compare", "plots/compare", "plots/__init__"},
     {"interventions", "plots/steering", "plots/patching", "plots/heads"},
     {"report"},

@@ -15,7 +15,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from emocircuits import plots
-from emocircuits.plots import geometry as pg
+from emocircuits.plots import common as pg
 
 EMOTIONS = ["gratitude", "anger", "apology", "neutral"]
 LAYERS = list(range(5))

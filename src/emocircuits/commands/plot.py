@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             target, args.out, site=args.site, position=args.position, method=args.method
         )
     if projection is not None:
-        from emocircuits.plots.geometry import save_figure
+        from emocircuits.plots.common import save_figure
 
         paths += save_figure(projection[0], out / projection[1])
     print(f"wrote {len(paths)} files ({len(paths) // 2} figures, PNG + SVG):")

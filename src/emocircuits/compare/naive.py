@@ -177,7 +177,7 @@ class NaiveComparison(Result):
 
     def plot(self, out: str | os.PathLike[str]) -> list[Path]:
         """Write ``naive-{emotion}`` (PNG and SVG) into ``out``; returns the paths."""
-        from emocircuits.plots.geometry import save_figure
+        from emocircuits.plots.common import save_figure
 
         paths: list[Path] = []
         for stem, fig in self._figures():

@@ -112,7 +112,7 @@ class ComparisonResult(Result):
         """Write every figure (PNG and SVG) into ``out``, per model pair: CKA over every
         layer pair, the mapped-direction cosines of each map with both nulls,
         identification and map quality by layer; returns the paths."""
-        from emocircuits.plots.geometry import save_figure
+        from emocircuits.plots.common import save_figure
 
         paths: list[Path] = []
         for stem, fig in self._figures():

@@ -154,7 +154,7 @@ class GeometryResult(Result):
     def save_figures(self, out: str | Path) -> list[Path]:
         """Draw the figures of the saved folder ``out`` into ``out/figures``; the paths."""
         from emocircuits.plots.analysis import plot_geometry, plot_projection
-        from emocircuits.plots.geometry import save_figure
+        from emocircuits.plots.common import save_figure
 
         out = Path(out)
         paths = plot_geometry(out, site=self.site)

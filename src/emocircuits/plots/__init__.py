@@ -2,7 +2,7 @@
 :func:`save_figure` to write them (PNG and SVG, atomically).
 
 Figures are built without pyplot on an Agg canvas, so importing this package changes no
-matplotlib settings. See :mod:`emocircuits.plots.geometry` for the conventions (one fixed
+matplotlib settings. See :mod:`emocircuits.plots.common` for the conventions (one fixed
 colour per emotion, direct labels, interval bands, layer 0 marked as the lexical baseline).
 
 >>> from emocircuits import plots
@@ -11,6 +11,7 @@ colour per emotion, direct labels, interval bands, layer 0 marked as the lexical
 [PosixPath('figures/norms.png'), PosixPath('figures/norms.svg')]
 """
 
+from emocircuits.plots.common import PALETTE, label_color, save_figure
 from emocircuits.plots.compare import (
     cka_heatmap,
     identification_curves,
@@ -18,13 +19,10 @@ from emocircuits.plots.compare import (
     mapped_cosines,
 )
 from emocircuits.plots.geometry import (
-    PALETTE,
     distance_curves,
-    label_color,
     layer_norms,
     probe_accuracy,
     projection_2d,
-    save_figure,
     similarity_heatmaps,
     stability_curves,
     subspace_overlap,

@@ -15,17 +15,9 @@ from typing import Any
 
 import numpy as np
 
+import emocircuits.plots.geometry as figures
 from emocircuits.errors import DataError
-from emocircuits.plots.geometry import (
-    distance_curves,
-    layer_norms,
-    probe_accuracy,
-    projection_2d,
-    save_figure,
-    similarity_heatmaps,
-    stability_curves,
-    subspace_overlap,
-)
+from emocircuits.plots.common import save_figure
 from emocircuits.tables import read_table
 
 
@@ -72,14 +64,14 @@ def plot_geometry(
     layers, val = _series(rows, "emotion", "value")
     _, lo = _series(rows, "emotion", "lo")
     _, hi = _series(rows, "emotion", "hi")
-    fig = layer_norms(layers, val, lo, hi, title=f"‖{method} direction‖ by layer\n{tag}")
+    fig = figures.layer_norms(layers, val, lo, hi, title=f"‖{method} direction‖ by layer\n{tag}")
     paths += save_figure(fig, out / f"norms-{stem}")
 
     rows = pick(stab, method=method, measure="split_half_cos")
     layers, val = _series(rows, "emotion", "value")
     _, lo = _series(rows, "emotion", "lo")
     _, hi = _series(rows, "emotion", "hi")
-    fig = stability_curves(
+    fig = figures.stability_curves(
         layers, val, lo, hi, title=f"split-half stability of {method} directions\n{tag}",
         reference=0.9, reference_label="target 0.9",
     )  # fmt: skip
@@ -91,7 +83,9 @@ def plot_geometry(
     layers, dist = _series(sim, "pair", "class_mean_distance")
     _, dlo = _series(sim, "pair", "distance_ci_low")
     _, dhi = _series(sim, "pair", "distance_ci_high")
-    fig = distance_curves(layers, dist, dlo, dhi, title=f"distance between class means\n{tag}")
+    fig = figures.distance_curves(
+        layers, dist, dlo, dhi, title=f"distance between class means\n{tag}"
+    )
     paths += save_figure(fig, out / f"distances-{stem}")
 
     for m in ("mean_diff", "one_vs_rest", "raw_mean"):
@@ -118,7 +112,7 @@ def plot_geometry(
             if m == "raw_mean"
             else f"{m} directions"
         )
-        fig = similarity_heatmaps(
+        fig = figures.similarity_heatmaps(
             emotions, cos, layers, lo=clo, hi=chi, title=f"cosine between {what}\n{tag}"
         )
         paths += save_figure(fig, out / f"similarity-{m}-{stem}")
@@ -133,7 +127,7 @@ def plot_geometry(
         ]
         layers, v = _series(rows, "pair", "value")
         vals.update(v)
-    fig = stability_curves(
+    fig = figures.stability_curves(
         layers, vals,
         title=f"class means: raw cosines ≈ 1 (shared component), centred not\n{tag}",
         ylabel="cosine between class means",
@@ -149,7 +143,7 @@ def plot_geometry(
         for r in rows:
             mat[layers.index(r["layer_a"]), layers.index(r["layer_b"])] = r["overlap"]
         what = "emotion subspaces" if name == "emotions" else f"{name} subspaces (PCA)"
-        fig = subspace_overlap(
+        fig = figures.subspace_overlap(
             mat, [str(v) for v in layers], [str(v) for v in layers],
             title=f"overlap of {rows[0]['k']}-dim {what} between layers\n{model} · "
             f"{site}/{rows[0]['position']} · permutation null in subspaces.csv",
@@ -170,7 +164,7 @@ def plot_geometry(
             ci = pj.get("ci", {}).get(site, {})
             lo = {m: np.array(v["low"]) for m, v in ci.items()} or None
             hi = {m: np.array(v["high"]) for m, v in ci.items()} or None
-            fig = probe_accuracy(
+            fig = figures.probe_accuracy(
                 layers, acc, chance=pj["chance"], lo=lo, hi=hi,
                 lexical=lexical if pj["position"] == "mean" else None,
                 title=f"{pj['folds']}-fold probe accuracy · {model} · {data} · "
@@ -201,7 +195,7 @@ def probe_figure(pj: dict[str, Any]) -> Any:
         else "k-fold"
     )
     model = pj["provenance"]["train"]["model"].get("name", "?")
-    return probe_accuracy(
+    return figures.probe_accuracy(
         pj["layers"], acc, lo=lo, hi=hi, chance=pj["chance"], lexical=lexical,
         title=f"probe accuracy by layer · {model} · {pj['site']}/{pj['position']}\n{where}",
         ylabel="accuracy on the test set" if test else "k-fold accuracy",
@@ -230,7 +224,7 @@ def plot_projection(
 
     >>> fig = plot_projection(np.zeros((2, 2)), ["a", "b"], np.array([0.6, 0.4]), title="t")
     """
-    return projection_2d(
+    return figures.projection_2d(
         points, labels, title=title,
         xlabel=f"emotion axis 1 ({explained[0]:.0%} of between-class variance; "
         "standardised units)",
@@ -248,22 +242,25 @@ def plot_vectors(v: Any, out: str | Path, stem: str) -> list[Path]:
     data = Path(str(v.provenance.get("dataset", {}).get("source", "?"))).stem
     tag = f"{model} · {data} · {v.site}/{v.position} · {v.method} (no intervals)"
     paths = save_figure(
-        layer_norms(v.layers, v.norms, title=f"‖direction‖ by layer\n{tag}",
-                    ylabel="‖direction‖ (plug-in)"),
+        figures.layer_norms(v.layers, v.norms, title=f"‖direction‖ by layer\n{tag}",
+                            ylabel="‖direction‖ (plug-in)"),
         out / f"{stem}-norms",
     )  # fmt: skip
     raw = {e: v.directions[e] * v.norms[e][:, None] for e in v.emotions}
     pairs = [(a, b) for i, a in enumerate(v.emotions) for b in v.emotions[i + 1 :]]
     dist = {(a, b): np.linalg.norm(raw[a] - raw[b], axis=-1) for a, b in pairs}
     paths += save_figure(
-        distance_curves(v.layers, dist, title=f"distance between direction vectors\n{tag}",
-                        ylabel="‖v_a − v_b‖ (plug-in)"),
+        figures.distance_curves(v.layers, dist,
+                                title=f"distance between direction vectors\n{tag}",
+                                ylabel="‖v_a − v_b‖ (plug-in)"),
         out / f"{stem}-distances",
     )  # fmt: skip
     d = np.stack([v.directions[e] for e in v.emotions], 1)  # [L, E, W]
     cos = np.einsum("lew,lfw->lef", d, d)
     paths += save_figure(
-        similarity_heatmaps(v.emotions, cos, v.layers, title=f"cosine between directions\n{tag}"),
+        figures.similarity_heatmaps(
+            v.emotions, cos, v.layers, title=f"cosine between directions\n{tag}"
+        ),
         out / f"{stem}-similarity",
     )
     return paths

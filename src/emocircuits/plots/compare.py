@@ -1,7 +1,7 @@
 """Figures for the cross-model comparison stage: CKA between the layers of two models, mapped
 emotion directions against their nulls, identification accuracy and map quality.
 
-Same conventions as :mod:`emocircuits.plots.geometry` (pure functions returning an Agg
+Same conventions as :mod:`emocircuits.plots.common` (pure functions returning an Agg
 :class:`~matplotlib.figure.Figure`, one colour per label, curves labelled at their right end,
 labelled reference lines, layer 0 = embedding); the helpers are shared from there. Where a
 figure marks something (significance, best matches), a caption under the title says how.
@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from numpy.typing import ArrayLike
 
-from emocircuits.plots.geometry import (
+from emocircuits.plots.common import (
     _HALO,
     _curves,
     _end_labels,
@@ -47,7 +47,7 @@ _DEFAULT_XLABEL = "layer of model A (0 = embedding)"
 
 
 def _named_layers(name: str, layers: ArrayLike) -> np.ndarray:
-    """:func:`~emocircuits.plots.geometry._layers`, with the argument's name in the error."""
+    """:func:`~emocircuits.plots.common._layers`, with the argument's name in the error."""
     try:
         return _layers(layers)
     except ValueError as err:

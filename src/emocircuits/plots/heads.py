@@ -1,7 +1,7 @@
 """Figures for heads and neurons (``emocircuits heads``): a layer x head heatmap of the heads'
 direct contributions per emotion, and the top-k vs random ablation curves.
 
-Same conventions as :mod:`emocircuits.plots.geometry` (pure figure functions, no pyplot,
+Same conventions as :mod:`emocircuits.plots.common` (pure figure functions, no pyplot,
 fixed emotion colours); :func:`plot_heads` reads a folder written by
 :class:`~emocircuits.interventions.heads.HeadsResult` and saves the figures into
 ``figures/`` (PNG + SVG).
@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from emocircuits.errors import DataError
-from emocircuits.plots.geometry import _figure, label_color, save_figure
+from emocircuits.plots.common import _figure, label_color, save_figure
 from emocircuits.tables import read_table
 
 __all__ = ["ablation_curves", "head_heatmaps", "heads_figures", "plot_heads"]

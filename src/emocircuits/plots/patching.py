@@ -32,7 +32,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from emocircuits.errors import DataError
-from emocircuits.plots.geometry import _figure, label_color, save_figure
+from emocircuits.plots.common import _figure, label_color, save_figure
 
 _NULL = "0.55"
 

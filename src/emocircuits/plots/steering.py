@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from emocircuits.plots.geometry import _figure, label_color
+from emocircuits.plots.common import _figure, label_color
 
 __all__ = ["dose_response"]
 
