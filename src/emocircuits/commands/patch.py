@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Callable
 
 from emocircuits.commands._common import _add_model_arg, _layers, _positive, lib_default
-from emocircuits.interventions.patch_stage import DEFAULT_DATA, patch
+from emocircuits.interventions.causal import DEFAULT_DATA
+from emocircuits.interventions.patch_stage import patch
 
 
 def _add_causal_args(p: argparse.ArgumentParser, fn: Callable) -> None:
