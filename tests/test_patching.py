@@ -27,23 +27,17 @@ from emocircuits.interventions.ablation import (
     Condition,
     ablating,
     direction_bases,
-    empirical_p,
     evaluate,
     orthonormal,
     random_bases,
-    removed_fraction,
     run_ablation,
     split_rows,
 )
-from emocircuits.interventions.forward import resume, trace, unembed
-from emocircuits.interventions.patching import (
-    _patch_fn,
-    match_pairs,
-    random_directions,
-    recovered_fraction,
-    resid_edit_hooks,
-    run_patching,
-)
+from emocircuits.interventions.effects import empirical_p, recovered_fraction, removed_fraction
+from emocircuits.interventions.forward import resid_edit_hooks, resume, trace, unembed
+from emocircuits.interventions.patch_pairs import match_pairs
+from emocircuits.interventions.patch_passes import _patch_fn
+from emocircuits.interventions.patching import random_directions, run_patching
 from emocircuits.interventions.readout import Readout, logit_diff, readout_texts
 
 from conftest import TINY_CONFIGS

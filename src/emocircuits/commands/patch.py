@@ -12,7 +12,8 @@ from emocircuits.commands._common import (
     add_level_arg,
     lib_default,
 )
-from emocircuits.interventions.patch_stage import DEFAULT_DATA, patch
+from emocircuits.interventions.causal import DEFAULT_DATA
+from emocircuits.interventions.patch_stage import patch
 
 
 def _add_causal_args(p: argparse.ArgumentParser, fn: Callable) -> None:

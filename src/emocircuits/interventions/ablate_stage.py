@@ -1,6 +1,8 @@
-"""The direction-ablation stage: :func:`ablate` (one call, from model, data and vectors to
-the tables ``emocircuits ablate`` writes) and :class:`AblationResult`. The computation is
-:func:`~emocircuits.interventions.ablation.run_ablation`.
+"""The direction-ablation stage, as ``emocircuits ablate`` runs it. :func:`ablate` splits
+the prompts into the probes' training rows and held-out rows
+(:func:`~emocircuits.interventions.ablation.split_rows`), ablates on the held-out ones
+(:func:`~emocircuits.interventions.ablation.run_ablation`) and returns an
+:class:`AblationResult`.
 
 >>> res = ablate("smollm2-135m", "extended", "runs/vectors.safetensors")  # doctest: +SKIP
 >>> res.save("runs/ablate")  # doctest: +SKIP
@@ -15,16 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions.causal import (
-    TablesResult,
-    as_dataset,
-    as_model,
-    as_vectors,
-    causal_meta,
-    check_causal_inputs,
-    dtype_name,
-)
-from emocircuits.interventions.patch_stage import DEFAULT_DATA, _name
+from emocircuits.interventions.causal import TablesResult, as_model, causal_inputs, causal_summary
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -36,11 +29,12 @@ if TYPE_CHECKING:
 
 @dataclass(repr=False)
 class AblationResult(TablesResult):
-    """Tables ``ablation_ld``, ``ablation_probe`` and the summary of :func:`ablate`; ``run``:
-    the :class:`~emocircuits.interventions.ablation.AblationRun` (None after ``load``).
+    """What :func:`ablate` found: the LD gap under every condition (``ablation_ld``), the
+    probes' accuracy (``ablation_probe``) and, in ``summary``, each target against the
+    random null; ``run``: the :class:`~emocircuits.interventions.ablation.AblationRun` it
+    came from (None after ``load``).
 
-    >>> res = AblationResult.load("runs/ablate")  # doctest: +SKIP
-    >>> res.rows()[0]["removed"]  # doctest: +SKIP
+    >>> AblationResult.load("runs/ablate").rows()[0]["removed"]  # doctest: +SKIP
     """
 
     command: ClassVar[str] = "ablate"
@@ -118,13 +112,8 @@ def ablate(
     start = time.time()
     given = {"targets": targets, "n_random": n_random, "n_train": n_train, "n_eval": n_eval}
     b = resolve_budget("ablate", budget, given)
-    data = DEFAULT_DATA if data is None else data
-    ds = as_dataset(data)
-    vectors, vectors_file = as_vectors(vecs)
-    emotions = check_causal_inputs(
-        ds, vectors, baseline=baseline, emotion=None, data_name=_name(data, ds),
-        vectors_name=_name(vecs, None),
-    )  # fmt: skip
+    inputs = causal_inputs(data, vecs, baseline=baseline, emotion=None)
+    ds, emotions = inputs.dataset, inputs.emotions
     for t in b["targets"] or ():
         if t != ALL and t not in emotions:
             raise EmocircuitsError(f"cannot ablate {t!r}: no direction with a readout "
@@ -137,27 +126,17 @@ def ablate(
         return [ds.texts[i] for i in rows], [ds.labels[i] for i in rows]
 
     run = run_ablation(
-        lm, vectors, readouts, pick(tr), pick(ev), targets=b["targets"],
+        lm, inputs.vectors, readouts, pick(tr), pick(ev), targets=b["targets"],
         from_layer=from_layer, mode=mode, n_random=b["n_random"], probe_layer=probe_layer,
         methods=methods, position=position, baseline=baseline, batch_size=batch_size,
         seed=seed, progress=progress,
     )  # fmt: skip
-    summary = {
-        "format": AblationResult.format,
-        "version": 1,
-        **causal_meta(lm, ds, vectors, vectors_file, readouts),
-        "settings": {
-            **run.settings,
-            "n_boot": n_boot,
-            "ci_level": level,
-            "budget": budget,
-            "dtype": dtype_name(lm),
-        },
-        "chance": run.chance,
-        "held_out_ids": [ds.ids[i] for i in ev],
-        "headline": run.headline(n_boot=n_boot, level=level, seed=seed),
-        "seconds": round(time.time() - start, 1),
-    }
+    settings = {**run.settings, "n_boot": n_boot, "ci_level": level, "budget": budget}
+    summary = causal_summary(
+        AblationResult.format, lm, inputs, readouts, settings, start, chance=run.chance,
+        held_out_ids=[ds.ids[i] for i in ev],
+        headline=run.headline(n_boot=n_boot, level=level, seed=seed),
+    )  # fmt: skip
     tables = {"ablation_ld": run.ld_table(n_boot=n_boot, level=level, seed=seed),
               "ablation_probe": run.probe_table()}  # fmt: skip
     return AblationResult(tables, summary, run)

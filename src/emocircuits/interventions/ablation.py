@@ -17,7 +17,8 @@ chance). **Null**: ``n_random`` random ``k``-dimensional subspaces (uniform, one
 in ``per_layer`` mode a new one at every layer), ablated the same way. A projection
 removes whatever component the residual has along a unit direction, so its size is set by
 the data, not by a scale: random unit directions are the norm-matched control. The
-empirical p-value of an effect is ``(1 + #{null >= observed}) / (1 + n_random)``.
+empirical p-value of an effect is ``(1 + #{null >= observed}) / (1 + n_random)``
+(:mod:`~emocircuits.interventions.effects`).
 
 **What is measured** on held-out prompts (each emotion's and the baseline's), clean and
 under every ablation (the clean run once per batch; every ablated condition as rows of one
@@ -40,10 +41,6 @@ batch that resume the clean run at layer ``L``, each row with its own subspace, 
 The directions come from a vectors file that may have been computed from the same prompts;
 the probes' training prompts and the held-out prompts are disjoint (:func:`split_rows`).
 
->>> removed_fraction(0.9, 0.4, 0.25)   # (0.9 - 0.4) / (0.9 - 0.25)
-0.7692307692307692
->>> empirical_p(0.5, np.array([0.1, 0.6, 0.2, 0.3]))   # (1 + 1) / (1 + 4)
-0.4
 >>> with ablating(lm, {l: v for l in range(15, 31)}):  # doctest: +SKIP
 ...     out = lm.model(**inputs)
 """
@@ -61,15 +58,22 @@ import torch
 from emocircuits.capture.hooks import hooked
 from emocircuits.errors import DataError
 from emocircuits.interventions.budgets import ABLATE_BUDGETS  # noqa: F401  (re-exported)
+from emocircuits.interventions.effects import (
+    gap,
+    gap_weights,
+    null_summary,
+    removed_fraction,
+    rounded,
+)
 from emocircuits.interventions.forward import (
     Trace,
     length_groups,
+    resid_edit_hooks,
     resume,
     take_rows,
     trace,
     unembed,
 )
-from emocircuits.interventions.patching import resid_edit_hooks
 from emocircuits.interventions.readout import (
     Readout,
     logit_diff,
@@ -223,26 +227,6 @@ def evaluate(
     return Evaluation(ld, acts)
 
 
-# ---------------------------------------------------------------------------- statistics
-def removed_fraction(before: Any, after: Any, floor: Any = 0.0) -> Any:
-    """Share of ``before - floor`` that is gone: ``(before - after) / (before - floor)``
-    (LD gap: floor 0; probe accuracy: floor = chance). NaN where ``before <= floor``."""
-    b, a, f = (np.asarray(v, dtype=np.float64) for v in (before, after, floor))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(b - f > 0, (b - a) / (b - f), np.nan)
-    return float(out) if out.ndim == 0 else out
-
-
-def empirical_p(observed: float, null: np.ndarray) -> float:
-    """One-sided p of an effect at least as large as ``observed`` among the null draws,
-    counting the observation itself: ``(1 + #{null >= observed}) / (1 + len(null))``."""
-    null = np.asarray(null, dtype=np.float64)
-    null = null[np.isfinite(null)]
-    if not np.isfinite(observed) or not len(null):
-        return float("nan")
-    return float((1 + (null >= observed).sum()) / (1 + len(null)))
-
-
 def split_rows(
     labels: Sequence[str], n_train: int, n_eval: int, *, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -266,18 +250,6 @@ def split_rows(
         held += idx[:n_eval].tolist()
         train += idx[n_eval : n_eval + n_train].tolist()
     return np.array(sorted(train)), np.array(sorted(held))
-
-
-def _gap_weights(labels: np.ndarray, emotion: str, baseline: str, n_boot: int, seed: int):
-    from emocircuits.geometry.stats import bootstrap_weights
-
-    return bootstrap_weights(labels, n_boot, seed, classes=[emotion, baseline]).astype(float)
-
-
-def gap(ld: np.ndarray, labels: Sequence[str], emotion: str, baseline: str = "neutral") -> float:
-    """``mean LD(emotion prompts) - mean LD(baseline prompts)``."""
-    lab = np.asarray(labels)
-    return float(ld[lab == emotion].mean() - ld[lab == baseline].mean())
 
 
 # -------------------------------------------------------------------------------- results
@@ -324,7 +296,7 @@ class AblationRun:
                                  gap(a, lab, emotion, self.baseline))  # fmt: skip
         if n_boot == 0:
             return value, float("nan"), float("nan")
-        w = _gap_weights(lab, emotion, self.baseline, n_boot, seed)
+        w = gap_weights(lab, emotion, self.baseline, n_boot, seed)
         gc = w[:, 0] @ c - w[:, 1] @ c
         ga = w[:, 0] @ a - w[:, 1] @ a
         boots = removed_fraction(gc, ga)
@@ -348,8 +320,9 @@ class AblationRun:
                     v, lo, hi = 0.0, None, None
                 else:
                     v, lo, hi = self._ld_removed(cond.name, e, n_boot, level, seed)
-                out.append({**_cond_cols(cond), "emotion": e, "gap": _r(g), "gap_clean": _r(g0),
-                            "removed": _r(v), "ci_low": _r(lo), "ci_high": _r(hi)})  # fmt: skip
+                out.append({**_cond_cols(cond), "emotion": e, "gap": rounded(g),
+                            "gap_clean": rounded(g0), "removed": rounded(v),
+                            "ci_low": rounded(lo), "ci_high": rounded(hi)})  # fmt: skip
         return out
 
     def probe_table(self) -> list[dict]:
@@ -364,15 +337,15 @@ class AblationRun:
                 acc = self._accuracy(cond.name, m)
                 ok = self.correct[cond.name][m]
                 for i, layer in enumerate(self.layers):
-                    recall = {f"recall_{e}": _r(ok[lab == e, i].mean()) for e in self.emotions}
+                    recall = {f"recall_{e}": rounded(ok[lab == e, i].mean()) for e in self.emotions}
                     out.append({**_cond_cols(cond), "method": m, "probe": "fixed", "layer": layer,
-                                "accuracy": _r(acc[i]),
-                                "removed": _r(removed_fraction(acc0[i], acc[i], self.chance)),
+                                "accuracy": rounded(acc[i]),
+                                "removed": rounded(removed_fraction(acc0[i], acc[i], self.chance)),
                                 **recall})  # fmt: skip
                 r0, r = self.refit["none"][m], self.refit[cond.name][m]
                 out.append({**_cond_cols(cond), "method": m, "probe": "refit",
-                            "layer": self.probe_layer, "accuracy": _r(r),
-                            "removed": _r(removed_fraction(r0, r, self.chance)),
+                            "layer": self.probe_layer, "accuracy": rounded(r),
+                            "removed": rounded(removed_fraction(r0, r, self.chance)),
                             **{f"recall_{e}": None for e in self.emotions}})  # fmt: skip
         return out
 
@@ -392,9 +365,11 @@ class AblationRun:
                 v, lo, hi = self._ld_removed(cond.name, e, n_boot, level, seed)
                 nv = np.array([self._ld_removed(c.name, e, 0, level, seed)[0] for c in null])
                 h["ld_gap"][e] = {
-                    "gap_clean": _r(gap(self.ld["none"][e], self.labels, e, self.baseline)),
-                    "gap_ablated": _r(gap(self.ld[cond.name][e], self.labels, e, self.baseline)),
-                    "removed": _r(v), "ci_low": _r(lo), "ci_high": _r(hi), **_null(v, nv),
+                    "gap_clean": rounded(gap(self.ld["none"][e], self.labels, e, self.baseline)),
+                    "gap_ablated": rounded(gap(self.ld[cond.name][e], self.labels, e,
+                                               self.baseline)),
+                    "removed": rounded(v), "ci_low": rounded(lo), "ci_high": rounded(hi),
+                    **null_summary(v, nv),
                 }  # fmt: skip
             for m in self.methods:
                 acc0, acc = self._accuracy("none", m)[pi], self._accuracy(cond.name, m)[pi]
@@ -406,10 +381,10 @@ class AblationRun:
                 rn = np.array([removed_fraction(r0, self.refit[c.name][m], self.chance)
                                for c in null])  # fmt: skip
                 h["probe"][m] = {
-                    "fixed": {"accuracy_clean": _r(acc0), "accuracy_ablated": _r(acc),
-                              "removed": _r(v), **_null(v, nv)},
-                    "refit": {"accuracy_clean": _r(r0), "accuracy_ablated": _r(r),
-                              "removed": _r(rv), **_null(rv, rn)},
+                    "fixed": {"accuracy_clean": rounded(acc0), "accuracy_ablated": rounded(acc),
+                              "removed": rounded(v), **null_summary(v, nv)},
+                    "refit": {"accuracy_clean": rounded(r0), "accuracy_ablated": rounded(r),
+                              "removed": rounded(rv), **null_summary(rv, rn)},
                 }  # fmt: skip
             out[cond.target] = h
         return out
@@ -418,22 +393,6 @@ class AblationRun:
 def _cond_cols(c: Condition) -> dict[str, Any]:
     return {"condition": c.name, "kind": c.kind, "target": c.target, "dim": c.dim,
             "draw": "" if c.draw is None else c.draw}  # fmt: skip
-
-
-def _null(value: float, null: np.ndarray) -> dict[str, Any]:
-    fin = null[np.isfinite(null)]
-    return {
-        "null_mean": _r(fin.mean()) if len(fin) else None,
-        "null_95": [_r(np.quantile(fin, 0.025)), _r(np.quantile(fin, 0.975))] if len(fin) else None,
-        "p": _r(empirical_p(value, null)),
-    }
-
-
-def _r(v: Any, nd: int = 6) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return None if not np.isfinite(v) else round(v, nd)
 
 
 # -------------------------------------------------------------------------------- running

@@ -1,6 +1,6 @@
 """What the causal analyses (:func:`patch`, :func:`ablate`, :func:`heads`) share: their
-inputs in any of the accepted shapes, checked before the model is used, the provenance
-they record, and :class:`TablesResult`, a result saved as CSV tables plus ``summary.json``.
+inputs in any of the accepted shapes, checked before the model is used, the summary they
+record, and :class:`TablesResult`, a result saved as CSV tables plus ``summary.json``.
 
 >>> ds = as_dataset("baseline")
 >>> len(ds)
@@ -10,6 +10,7 @@ they record, and :class:`TablesResult`, a result saved as CSV tables plus ``summ
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.interventions.readout import Readout
     from emocircuits.models.loading import LoadedModel
+
+
+DEFAULT_DATA = "extended"
+"""The data ``patch`` and ``ablate`` use when given None."""
 
 
 def as_dataset(data: Dataset | str | Path) -> Dataset:
@@ -61,56 +66,84 @@ def dtype_name(lm: LoadedModel) -> str:
     return str(lm.dtype).removeprefix("torch.")
 
 
-def check_causal_inputs(
-    ds: Dataset,
-    vecs: EmotionVectors,
+@dataclass
+class CausalInputs:
+    """What ``patch`` and ``ablate`` analyse, checked: the prompts, the vectors and the file
+    they came from (None when given as an object), the emotions."""
+
+    dataset: Dataset
+    vectors: EmotionVectors
+    vectors_file: str | None
+    emotions: list[str]
+
+
+def causal_inputs(
+    data: Dataset | str | Path | None,
+    vecs: EmotionVectors | str | Path,
     *,
     baseline: str,
     emotion: Sequence[str] | None,
-    data_name: str,
-    vectors_name: str,
-) -> list[str]:
-    """The emotions ``patch`` and ``ablate`` analyse (``emotion``, else every emotion of
-    the vectors with feeling words and prompts), after checking everything that does not
-    need the model. ``data_name``/``vectors_name`` name the inputs in errors."""
+) -> CausalInputs:
+    """The data (None: :data:`DEFAULT_DATA`) and the vectors of ``patch`` and ``ablate``,
+    and the emotions they analyse (``emotion``, else every emotion of the vectors with
+    feeling words and prompts), after checking everything that does not need the model."""
     from emocircuits.interventions.readout import FEELING_WORDS
 
-    if vecs.site != "resid":
-        raise EmocircuitsError(f"{vectors_name} has {vecs.site} directions; resid is needed")
+    data = DEFAULT_DATA if data is None else data
+    ds = as_dataset(data)
+    vectors, vectors_file = as_vectors(vecs)
+    data_name, vectors_name = _name(data, ds), _name(vecs, None)
+    if vectors.site != "resid":
+        raise EmocircuitsError(f"{vectors_name} has {vectors.site} directions; resid is needed")
     labels = set(ds.labels)
     if baseline not in labels:
         raise EmocircuitsError(f"{data_name} has no {baseline!r} prompts")
     wanted = list(emotion or [])
     for e in wanted:
-        if e not in vecs.directions:
+        if e not in vectors.directions:
             raise EmocircuitsError(
-                f"no {e!r} direction in {vectors_name} (has {', '.join(vecs.emotions)})"
+                f"no {e!r} direction in {vectors_name} (has {', '.join(vectors.emotions)})"
             )
         if e not in FEELING_WORDS or e not in labels:
             raise EmocircuitsError(
                 f"{e!r} needs feeling words for the readout and prompts in {data_name}"
             )
-    emotions = wanted or [e for e in vecs.emotions if e in FEELING_WORDS and e in labels]
+    emotions = wanted or [e for e in vectors.emotions if e in FEELING_WORDS and e in labels]
     if not emotions:
         raise EmocircuitsError(
             f"no emotion of {vectors_name} has feeling words and prompts in {data_name}"
         )
-    return emotions
+    return CausalInputs(ds, vectors, vectors_file, emotions)
 
 
-def causal_meta(
+def _name(given: Any, ds: Dataset | None) -> str:
+    """How errors name an input: as given (a preset, a path), else its source."""
+    if isinstance(given, str | Path):
+        return str(given)
+    return ds.source if ds is not None else "the vectors"
+
+
+def causal_summary(
+    fmt: str,
     lm: LoadedModel,
-    ds: Dataset,
-    vecs: EmotionVectors,
-    vectors_file: str | None,
+    inputs: CausalInputs,
     readouts: dict[str, Readout],
+    settings: dict[str, Any],
+    start: float,
+    **results: Any,
 ) -> dict[str, Any]:
-    """The provenance block of a ``patch`` / ``ablate`` summary."""
+    """The ``summary.json`` of ``patch`` / ``ablate``: format, provenance, ``settings``
+    (with the model's dtype), the ``results`` and the seconds since ``start``."""
     return {
+        "format": fmt,
+        "version": 1,
         "model": lm.provenance,
-        "vectors": {"file": vectors_file, **vecs.meta()},
-        "dataset": ds.provenance(),
+        "vectors": {"file": inputs.vectors_file, **inputs.vectors.meta()},
+        "dataset": inputs.dataset.provenance(),
         "readouts": {e: r.meta() for e, r in readouts.items()},
+        "settings": {**settings, "dtype": dtype_name(lm)},
+        **results,
+        "seconds": round(time.time() - start, 1),
     }
 
 

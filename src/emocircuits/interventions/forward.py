@@ -10,6 +10,9 @@ different starts share one batch as a staircase: a row joins the batch at its st
 block. Nothing here knows an architecture: blocks are called with the arguments the
 model itself gave them, gathered to the rows of the batch.
 
+An edit of a normal forward pass (one that reuses a key-value cache, say) is a hook on the
+residual stream (:func:`resid_edit_hooks`).
+
 The readout never needs the whole vocabulary: :func:`unembed` applies the final norm to
 the last position and multiplies by the few unembedding rows the logit difference reads
 (Gemma 3's vocabulary has 262k entries).
@@ -22,7 +25,7 @@ the last position and multiplies by the few unembedding rows the logit differenc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,7 @@ from emocircuits.capture.hooks import Hook, first_tensor, hooked
 from emocircuits.capture.positions import Selection
 
 if TYPE_CHECKING:
+    from emocircuits.models.architectures import Architecture
     from emocircuits.models.loading import LoadedModel
 
 Enter = Callable[[int, np.ndarray], torch.Tensor]
@@ -222,6 +226,19 @@ def unembed(
         if cap:
             out = torch.tanh(out / cap) * cap
     return out
+
+
+def resid_edit_hooks(
+    arch: Architecture, edits: Mapping[int, Callable[[torch.Tensor], torch.Tensor | None]]
+) -> list[Hook]:
+    """Hooks that pass the residual stream at each resid layer (activation-folder
+    numbering, negative allowed) through ``edits[layer](h) -> new h`` (or None: unchanged);
+    ``h`` is ``[batch, seq, width]``. Use with :func:`~emocircuits.capture.hooks.hooked`.
+
+    >>> with hooked(resid_edit_hooks(lm.arch, {3: lambda h: 2 * h})):  # doctest: +SKIP
+    ...     lm.model(**inputs)
+    """
+    return [arch.place("resid", layer).edit(fn) for layer, fn in edits.items()]
 
 
 def take_rows(sel: Selection, idx: torch.Tensor) -> Selection:

@@ -1,6 +1,6 @@
-"""The patching stage: :func:`patch` (one call, from model, data and vectors to the tables
-``emocircuits patch`` writes) and :class:`PatchResult`. The computation is
-:func:`~emocircuits.interventions.patching.run_patching`.
+"""``emocircuits patch`` as one library call: :func:`patch` resolves the budget, checks the
+inputs, loads the model, runs :func:`~emocircuits.interventions.patching.run_patching`
+over the matched pairs and keeps the tables and the summary in a :class:`PatchResult`.
 
 >>> res = patch("smollm2-135m", "extended", "runs/vectors.safetensors")  # doctest: +SKIP
 >>> res.save("runs/patch")  # doctest: +SKIP
@@ -14,15 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from emocircuits.interventions.causal import (
-    TablesResult,
-    as_dataset,
-    as_model,
-    as_vectors,
-    causal_meta,
-    check_causal_inputs,
-    dtype_name,
-)
+from emocircuits.interventions.causal import TablesResult, as_model, causal_inputs, causal_summary
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,14 +23,11 @@ if TYPE_CHECKING:
     from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.models.loading import LoadedModel
 
-DEFAULT_DATA = "extended"
-"""The data ``patch`` and ``ablate`` use when given None."""
-
 
 @dataclass(repr=False)
 class PatchResult(TablesResult):
     """Tables ``pairs``, ``gaps``, ``patching`` and the summary of :func:`patch`; ``run``:
-    the :class:`~emocircuits.interventions.patching.PatchRun` (None after ``load``).
+    the :class:`~emocircuits.interventions.patch_results.PatchRun` (None after ``load``).
 
     >>> res = PatchResult.load("runs/patch")  # doctest: +SKIP
     >>> res.rows()[0]["best_layer"]  # doctest: +SKIP
@@ -107,49 +96,31 @@ def patch(
     >>> res.rows()  # doctest: +SKIP
     """
     from emocircuits.interventions.budgets import resolve_budget
-    from emocircuits.interventions.patching import headline, run_patching
+    from emocircuits.interventions.patch_results import headline
+    from emocircuits.interventions.patching import run_patching
     from emocircuits.interventions.readout import readout
 
     start = time.time()
     b = resolve_budget(
         "patch", budget, {"n_pairs": n_pairs, "n_positions": n_positions, "n_layers": n_layers}
     )
-    data = DEFAULT_DATA if data is None else data
-    ds = as_dataset(data)
-    vectors, vectors_file = as_vectors(vecs)
-    emotions = check_causal_inputs(
-        ds, vectors, baseline=baseline, emotion=emotion, data_name=_name(data, ds),
-        vectors_name=_name(vecs, None),
-    )  # fmt: skip
+    inputs = causal_inputs(data, vecs, baseline=baseline, emotion=emotion)
+    ds, emotions = inputs.dataset, inputs.emotions
     lm = as_model(lm, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress)
     if layers:
         layers = sorted({lm.arch.normalize_layer(x, "resid") for x in layers})
     readouts = {e: readout(lm.tokenizer, e) for e in emotions}
     run = run_patching(
-        lm, ds.texts, ds.labels, vectors, readouts, emotions=emotions, baseline=baseline,
+        lm, ds.texts, ds.labels, inputs.vectors, readouts, emotions=emotions, baseline=baseline,
         n_pairs=b["n_pairs"], min_pairs=min_pairs, n_positions=b["n_positions"],
         layers=layers or None, n_layers=b["n_layers"], batch_size=batch_size, seed=seed,
         progress=progress,
     )  # fmt: skip
     rows = run.table(n_boot=n_boot, level=level, seed=seed)
     gaps = run.gaps(n_boot=n_boot, level=level, seed=seed)
-    summary = {
-        "format": PatchResult.format,
-        "version": 1,
-        **causal_meta(lm, ds, vectors, vectors_file, readouts),
-        "settings": {**run.settings, "layers": run.layers, "columns": run.columns,
-                     "n_boot": n_boot, "ci_level": level, "budget": budget,
-                     "dtype": dtype_name(lm)},
-        "gaps": gaps,
-        "headline": headline(rows, gaps),
-        "seconds": round(time.time() - start, 1),
-    }  # fmt: skip
+    settings = {**run.settings, "layers": run.layers, "columns": run.columns, "n_boot": n_boot,
+                "ci_level": level, "budget": budget}  # fmt: skip
+    summary = causal_summary(PatchResult.format, lm, inputs, readouts, settings, start,
+                             gaps=gaps, headline=headline(rows, gaps))  # fmt: skip
     tables = {"pairs": run.pair_rows(ds.ids), "gaps": gaps, "patching": rows}
     return PatchResult(tables, summary, run)
-
-
-def _name(given: Any, ds: Dataset | None) -> str:
-    """How errors name an input: as given (a preset, a path), else its source."""
-    if isinstance(given, str | Path):
-        return str(given)
-    return ds.source if ds is not None else "the vectors"

@@ -3,8 +3,9 @@ keyword options its config table sets (:data:`OPTIONS`) and one small adapter th
 stage into its folder (``result.save(folder)`` writes what the matching command writes).
 
 The study reads a stage's options with :func:`inspect.signature` from ``OPTIONS[table]``:
-its keyword parameters with a default, less the ones the runner fills in itself
-(:data:`RUNNER_SET`).
+its keyword parameters, less the ones the runner fills in itself (:data:`RUNNER_SET`). An
+option declared without a default takes the library function's (:data:`LIBRARY`), so a
+default is defined once.
 
 >>> sorted(options("vectors"))
 ['baseline', 'method', 'position', 'site']
@@ -19,10 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from emocircuits.capture.capture import DEFAULT_POSITIONS, DEFAULT_SITES
 from emocircuits.geometry.directions import CONTRASTS, METHODS
 from emocircuits.geometry.subspaces import KINDS
-from emocircuits.interventions.sweep import SWEEP_STEER_TOKENS
 
 #: an int option that must be >= 1 (the config refuses 0 and negatives before any model work)
 Positive = Annotated[int, ">= 1"]
@@ -41,62 +40,63 @@ RUNNER_SET = frozenset(
 # ------------------------------------------------------------------- the tables' options
 # A config table's keys are its command's option names (``no_plots`` for ``--no-plots``),
 # so that configs and stage hashes stay what they were. These declarations give their
-# types; every default shared with the library function is checked equal to the library's
-# by tests/test_study.py::test_config_defaults_are_the_librarys.
+# types and the defaults of the options the library function does not have; the others
+# take the library's (``LIBRARY``, checked by
+# tests/test_study.py::test_config_defaults_are_the_librarys).
 def _extract(
     *,
-    sites: Names = DEFAULT_SITES,
+    sites: Names,
     heads: bool = False,
-    positions: Names = DEFAULT_POSITIONS,
-    layers: Layers | None = None,
-    batch_size: Positive = 16,
-    shard_size: Positive = 256,
-    padding_side: Literal["left", "right"] | None = None,
-    max_length: Positive | None = None,
-    min_per_class: Positive = 2,
+    positions: Names,
+    layers: Layers | None,
+    batch_size: Positive,
+    shard_size: Positive,
+    padding_side: Literal["left", "right"] | None,
+    max_length: Positive | None,
+    min_per_class: Positive,
     device: str = "cpu",
 ) -> None: ...
 
 
 def _analyze_geometry(
     *,
-    sites: Names | None = None,
-    position: str | None = None,
-    baseline: str = "neutral",
-    n_boot: Positive = 1000,
-    n_splits: Positive = 100,
-    n_perm: Positive = 200,
-    folds: Positive = 5,
-    subspace: Literal[KINDS] = "between",
-    k: Positive | None = None,
-    var: float = 0.5,
-    seed: int = 0,
+    sites: Names | None,
+    position: str | None,
+    baseline: str,
+    n_boot: Positive,
+    n_splits: Positive,
+    n_perm: Positive,
+    folds: Positive,
+    subspace: Literal[KINDS],
+    k: Positive | None,
+    var: float,
+    seed: int,
     no_plots: bool = False,
 ) -> None: ...
 
 
 def _directions(
     *,
-    method: Literal[METHODS] = "mean_diff",
-    site: str = "resid",
-    position: str | None = None,
-    baseline: str = "neutral",
+    method: Literal[METHODS],
+    site: str,
+    position: str | None,
+    baseline: str,
 ) -> None: ...
 
 
 def _compare_models(
     *,
-    site: str = "resid",
-    position: str | None = None,
-    baseline: str = "neutral",
-    method: Literal[CONTRASTS] = "one_vs_rest",
-    match: Literal["cka", "depth"] = "cka",
-    maps: Names = ("procrustes", "ridge"),
-    dim: Positive | None = None,
-    k: Positive = 10,
-    n_perm: Positive = 1000,
-    n_perm_heavy: Positive = 200,
-    seed: int = 0,
+    site: str,
+    position: str | None,
+    baseline: str,
+    method: Literal[CONTRASTS],
+    match: Literal["cka", "depth"],
+    maps: Names,
+    dim: Positive | None,
+    k: Positive,
+    n_perm: Positive,
+    n_perm_heavy: Positive,
+    seed: int,
     no_plots: bool = False,
 ) -> None: ...
 
@@ -104,76 +104,92 @@ def _compare_models(
 def _steer_sweep(
     *,
     prompts: str | None = None,
-    layer: Sequence[int] | None = None,
-    alpha: Sequence[float] | None = None,
-    max_new_tokens: Positive = 30,
-    batch_size: Positive = 64,
-    where: Literal["all", "new"] = "all",
-    steer_tokens: Positive | None = SWEEP_STEER_TOKENS,
-    seed: int = 0,
+    layer: Sequence[int] | None,
+    alpha: Sequence[float] | None,
+    max_new_tokens: Positive,
+    batch_size: Positive,
+    where: Literal["all", "new"],
+    steer_tokens: Positive | None,
+    seed: int,
     no_prompt_baseline: bool = False,
-    emotion: Names | None = None,
-    n_layers: Positive = 4,
-    n_alphas: Positive = 5,
-    n_prompts: Positive | None = None,
-    n_verify: Positive = 4,
+    emotion: Names | None,
+    n_layers: Positive,
+    n_alphas: Positive,
+    n_prompts: Positive | None,
+    n_verify: Positive,
 ) -> None: ...
 
 
+def _causal(
+    *,
+    baseline: str,
+    budget: Literal["default", "fast"],
+    n_boot: Positive,
+    level: float,
+    batch_size: Positive,
+    no_plots: bool = False,
+) -> None:
+    """The options ``patch`` and ``ablate`` share, first in both tables (as the commands'
+    ``_add_causal_args``)."""
+
+
+def _options_after(first: Callable[..., None]) -> Callable[[Callable], Callable]:
+    """Declares a table whose options are ``first``'s, then its own."""
+
+    def declare(fn: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(fn)
+        params = [*inspect.signature(first).parameters.values(), *own.parameters.values()]
+        fn.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        fn.__annotations__ = {**first.__annotations__, **fn.__annotations__}
+        return fn
+
+    return declare
+
+
+@_options_after(_causal)
 def _patch(
     *,
-    baseline: str = "neutral",
-    budget: Literal["default", "fast"] = "default",
-    n_boot: Positive = 1000,
-    level: float = 0.95,
-    batch_size: Positive = 32,
-    no_plots: bool = False,
-    emotion: Names | None = None,
-    n_pairs: Positive | None = None,
-    min_pairs: Positive = 5,
-    n_positions: Positive | None = None,
-    layers: Layers | None = None,
-    n_layers: Positive | None = None,
-    seed: int = 0,
+    emotion: Names | None,
+    n_pairs: Positive | None,
+    min_pairs: Positive,
+    n_positions: Positive | None,
+    layers: Layers | None,
+    n_layers: Positive | None,
+    seed: int,
 ) -> None: ...
 
 
+@_options_after(_causal)
 def _ablate(
     *,
-    baseline: str = "neutral",
-    budget: Literal["default", "fast"] = "default",
-    n_boot: Positive = 1000,
-    level: float = 0.95,
-    batch_size: Positive = 16,
-    no_plots: bool = False,
-    targets: Names | None = None,
-    from_layer: int | None = None,
-    mode: Literal["fixed", "per_layer"] = "fixed",
-    n_random: Positive | None = None,
-    probe_layer: int | None = None,
-    methods: Names = ("logreg", "ncm"),
-    position: str = "mean",
-    n_train: Positive | None = None,
-    n_eval: Positive | None = None,
-    seed: int = 0,
+    targets: Names | None,
+    from_layer: int | None,
+    mode: Literal["fixed", "per_layer"],
+    n_random: Positive | None,
+    probe_layer: int | None,
+    methods: Names,
+    position: str,
+    n_train: Positive | None,
+    n_eval: Positive | None,
+    seed: int,
 ) -> None: ...
 
 
 def _heads(
     *,
-    emotion: Names | None = None,
-    baseline: str | None = None,
-    layer: int | None = None,
-    budget: Literal["default", "fast"] = "default",
-    top_k: Sequence[Positive] | None = None,
-    n_random: Positive | None = None,
-    n_ablate: Positive | None = None,
-    n_per_class: Positive | None = None,
-    n_boot: Positive = 1000,
-    top_neurons: Positive = 20,
-    top_prompts: Positive = 5,
-    batch_size: Positive = 16,
-    seed: int = 0,
+    emotion: Names | None,
+    baseline: str | None,
+    layer: int | None,
+    budget: Literal["default", "fast"],
+    top_k: Sequence[Positive] | None,
+    n_random: Positive | None,
+    n_ablate: Positive | None,
+    n_per_class: Positive | None,
+    n_boot: Positive,
+    top_neurons: Positive,
+    top_prompts: Positive,
+    batch_size: Positive,
+    seed: int,
     no_ablation: bool = False,
     no_plots: bool = False,
 ) -> None: ...
@@ -191,6 +207,18 @@ OPTIONS: dict[str, Callable[..., Any]] = {
     "heads": _heads,
 }
 
+#: config table -> (module, name) of the library function whose defaults its options take
+LIBRARY = {
+    "extract": ("emocircuits.capture", "extract"),
+    "geometry": ("emocircuits.geometry.stage", "analyze_geometry"),
+    "vectors": ("emocircuits.geometry.vectors", "directions"),
+    "compare": ("emocircuits.compare.comparison", "compare_models"),
+    "steer-sweep": ("emocircuits.interventions.sweep", "steer_sweep"),
+    "patch": ("emocircuits.interventions.patch_stage", "patch"),
+    "ablate": ("emocircuits.interventions.ablate_stage", "ablate"),
+    "heads": ("emocircuits.interventions.heads", "heads"),
+}
+
 #: config table -> (module, name) of its named budgets (``budget = "fast"``)
 BUDGETS = {
     "patch": ("emocircuits.interventions.budgets", "PATCH_BUDGETS"),
@@ -199,16 +227,24 @@ BUDGETS = {
 }
 
 
+def _imported(module: str, name: str) -> Any:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 def options(table: str) -> dict[str, inspect.Parameter]:
-    """The settable keyword options of a config table's function (name -> parameter)."""
-    sig = inspect.signature(OPTIONS[table])
-    return {
-        n: p
-        for n, p in sig.parameters.items()
-        if p.default is not inspect.Parameter.empty
-        and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        and n not in RUNNER_SET
-    }
+    """The settable keyword options of a config table's function (name -> parameter), the
+    defaults it leaves out taken from the library function's."""
+    library = inspect.signature(_imported(*LIBRARY[table])).parameters
+    out = {}
+    for n, p in inspect.signature(OPTIONS[table]).parameters.items():
+        if p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or n in RUNNER_SET:
+            continue
+        if p.default is inspect.Parameter.empty:
+            p = p.replace(default=library[n].default)
+        out[n] = p
+    return out
 
 
 def budget_table(table: str) -> dict[str, dict[str, Any]] | None:
@@ -217,12 +253,7 @@ def budget_table(table: str) -> dict[str, dict[str, Any]] | None:
     >>> sorted(budget_table("patch")), budget_table("geometry")
     (['default', 'fast'], None)
     """
-    if table not in BUDGETS:
-        return None
-    import importlib
-
-    module, name = BUDGETS[table]
-    return getattr(importlib.import_module(module), name)
+    return _imported(*BUDGETS[table]) if table in BUDGETS else None
 
 
 # -------------------------------------------------------------------------------- adapters

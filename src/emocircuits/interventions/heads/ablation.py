@@ -13,24 +13,9 @@ import torch
 from emocircuits.capture.capture import token_lengths
 from emocircuits.capture.hooks import hooked
 from emocircuits.errors import DataError
-from emocircuits.interventions.forward import (
-    length_groups,
-    resume,
-    take_rows,
-    trace,
-    unembed,
-)
-from emocircuits.interventions.heads.common import (
-    METRICS,
-    _check_position,
-    _prepare,
-)
-from emocircuits.interventions.readout import (
-    Readout,
-    logit_diff,
-    readout_columns,
-    readout_texts,
-)
+from emocircuits.interventions.forward import length_groups, resume, take_rows, trace, unembed
+from emocircuits.interventions.heads.common import METRICS, _check_position, _prepare
+from emocircuits.interventions.readout import Readout, logit_diff, readout_columns, readout_texts
 
 if TYPE_CHECKING:
     from emocircuits.models.loading import LoadedModel

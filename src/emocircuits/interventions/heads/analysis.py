@@ -10,16 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emocircuits.errors import DataError
-from emocircuits.interventions.heads.attribution import (
-    write_weights,
-)
-from emocircuits.interventions.heads.capture import (
-    capture_heads,
-)
-from emocircuits.interventions.heads.common import (
-    CUE_POSITION,
-    FORMAT,
-)
+from emocircuits.interventions.heads.attribution import write_weights
+from emocircuits.interventions.heads.capture import capture_heads
+from emocircuits.interventions.heads.common import CUE_POSITION, FORMAT
 from emocircuits.interventions.heads.result import HeadsResult
 from emocircuits.interventions.heads.tables import (
     _ablation_table,
@@ -31,11 +24,7 @@ from emocircuits.interventions.heads.tables import (
     check_request,
     choose_layer,
 )
-from emocircuits.interventions.readout import (
-    Readout,
-    readout,
-    readout_texts,
-)
+from emocircuits.interventions.readout import Readout, readout, readout_texts
 
 if TYPE_CHECKING:
     from emocircuits.data.dataset import Dataset

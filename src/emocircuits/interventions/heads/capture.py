@@ -13,21 +13,14 @@ from emocircuits.capture.capture import plan_batches, token_lengths
 from emocircuits.capture.hooks import Hook, first_tensor, hooked
 from emocircuits.capture.positions import Selection
 from emocircuits.errors import DataError
-from emocircuits.interventions.forward import (
-    unembed,
-)
+from emocircuits.interventions.forward import unembed
 from emocircuits.interventions.heads.common import (
     CUE_POSITION,
     _check_position,
     _normaliser,
     _prepare,
 )
-from emocircuits.interventions.readout import (
-    Readout,
-    logit_diff,
-    readout_columns,
-    readout_texts,
-)
+from emocircuits.interventions.readout import Readout, logit_diff, readout_columns, readout_texts
 
 if TYPE_CHECKING:
     from emocircuits.models.loading import LoadedModel

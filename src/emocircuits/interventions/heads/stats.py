@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,9 +14,7 @@ from emocircuits.geometry.stats import (
     class_means,
     percentile_ci,
 )
-
-if TYPE_CHECKING:
-    pass
+from emocircuits.interventions.effects import empirical_p
 
 
 # --------------------------------------------------------------------------- statistics
@@ -104,7 +101,8 @@ def ablation_stat(
     """``base``, ``top`` ``[n]`` per-prompt values unablated and with the top-k heads
     ablated; ``random`` ``[draws, n]`` with random heads. The top-k interval resamples the
     prompts' paired drops; the random band is the percentile range over draws; ``p`` is
-    one-sided: ``(1 + #draws with drop >= top drop) / (1 + draws)``.
+    one-sided: ``(1 + #draws with drop >= top drop) / (1 + draws)``
+    (:func:`~emocircuits.interventions.effects.empirical_p`).
 
     >>> s = ablation_stat(np.ones(3), np.zeros(3), np.ones((4, 3)))
     >>> s.top_drop, s.random_mean, s.p
@@ -117,7 +115,7 @@ def ablation_stat(
     top_drop = float(drops.mean())
     if rd.size:
         rlo, rhi = percentile_ci(rd, level)
-        p = (1 + int((rd >= top_drop - 1e-12).sum())) / (1 + rd.size)
+        p = empirical_p(top_drop, rd, tol=1e-12)
         rmean = float(rd.mean())
     else:
         rlo = rhi = rmean = p = float("nan")

@@ -8,10 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emocircuits.errors import DataError
-from emocircuits.interventions.heads.ablation import (
-    Condition,
-    run_conditions,
-)
+from emocircuits.interventions.heads.ablation import Condition, run_conditions
 from emocircuits.interventions.heads.attribution import (
     WriteWeights,
     bias_contributions,
@@ -19,22 +16,10 @@ from emocircuits.interventions.heads.attribution import (
     neuron_contributions,
     neuron_weights,
 )
-from emocircuits.interventions.heads.capture import (
-    HeadCapture,
-)
-from emocircuits.interventions.heads.common import (
-    METRICS,
-    _check_position,
-    head_name,
-)
-from emocircuits.interventions.heads.stats import (
-    ablation_stat,
-    contrast,
-    separation,
-)
-from emocircuits.interventions.readout import (
-    Readout,
-)
+from emocircuits.interventions.heads.capture import HeadCapture
+from emocircuits.interventions.heads.common import METRICS, _check_position, head_name
+from emocircuits.interventions.heads.stats import ablation_stat, contrast, separation
+from emocircuits.interventions.readout import Readout
 
 if TYPE_CHECKING:
     from emocircuits.data.dataset import Dataset
@@ -46,12 +31,14 @@ def check_request(
     dataset: Dataset,
     vectors: EmotionVectors,
     *,
-    emotions: Sequence[str] | None = None,
-    baseline: str = "neutral",
-    layer: int | None = None,
-    top_k: Sequence[int] = (1, 2, 4, 8),
+    emotions: Sequence[str] | None,
+    baseline: str,
+    layer: int | None,
+    top_k: Sequence[int],
 ) -> list[str]:
-    """Validate everything that does not need the model; return the emotions to analyse."""
+    """Validate everything that does not need the model; return the emotions to analyse.
+    The options are :func:`~emocircuits.interventions.heads.analysis.analyze_heads`'s
+    (their defaults are defined there)."""
     if vectors.site != "resid":
         raise DataError(
             f"the vectors were built at site {vectors.site!r}; heads write into the residual "
