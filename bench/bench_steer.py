@@ -20,7 +20,7 @@ from _machine import cpu_model
 
 import emocircuits as ec
 from emocircuits.interventions import Steer, typical_norms
-from emocircuits.interventions.run import generate
+from emocircuits.interventions.generation import generate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import emocircuits as ec
 from emocircuits.data.dataset import neutral_prompts
 from emocircuits.geometry.vectors import EmotionVectors
 from emocircuits.interventions import typical_norms
-from emocircuits.interventions.run import generate
+from emocircuits.interventions.generation import generate
 from emocircuits.interventions.sweep import calibrate_alphas, default_layers, sweep
 
 

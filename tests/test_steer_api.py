@@ -13,7 +13,8 @@ import emocircuits as ec
 from emocircuits.capture.hooks import count_hooks
 from emocircuits.commands._common import lib_default
 from emocircuits.geometry import compute_vectors
-from emocircuits.interventions.run import SteerResult, generate_text, steer
+from emocircuits.interventions.generation import generate_text
+from emocircuits.interventions.run import SteerResult, steer
 from emocircuits.interventions.steering import steering, steering_scales
 from emocircuits.interventions.sweep import SweepResult, steer_sweep
 

@@ -13,7 +13,8 @@ import pytest
 import emocircuits as ec
 from emocircuits.geometry import compute_vectors
 from emocircuits.interventions import typical_norms
-from emocircuits.interventions.run import steer_prompts, summarize
+from emocircuits.interventions.run import steer_prompts
+from emocircuits.interventions.summary import summarize
 
 pytestmark = pytest.mark.real
 

@@ -14,7 +14,9 @@ import emocircuits as ec
 from emocircuits.data.dataset import load_prompts
 from emocircuits.geometry import compute_vectors
 from emocircuits.interventions import Steer, typical_norms
-from emocircuits.interventions.run import generate, perplexity, steer_prompts, summarize
+from emocircuits.interventions.generation import generate, perplexity
+from emocircuits.interventions.run import steer_prompts
+from emocircuits.interventions.summary import summarize
 
 from helpers import one_error_line, run
 

@@ -14,23 +14,15 @@ import emocircuits as ec
 from emocircuits.geometry import compute_vectors
 from emocircuits.geometry.vectors import EmotionVectors
 from emocircuits.interventions import Steer, steering, typical_norms
-from emocircuits.interventions.run import (
-    SteerCondition,
-    generate,
-    next_token_kl,
-    perplexity,
-    run_conditions,
-)
+from emocircuits.interventions.generation import generate, next_token_kl, perplexity
+from emocircuits.interventions.run import SteerCondition, run_conditions
 from emocircuits.interventions.scorers import nrc_counts
-from emocircuits.interventions.sweep import (
-    KL_RANGE,
-    KL_RANGE_WINDOW,
-    calibrate_alphas,
+from emocircuits.interventions.settings import (
     load_recommendation,
-    recommend,
     save_recommendations,
     settings_path,
 )
+from emocircuits.interventions.sweep import KL_RANGE, KL_RANGE_WINDOW, calibrate_alphas, recommend
 
 from helpers import one_error_line, run
 

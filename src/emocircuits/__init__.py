@@ -37,9 +37,10 @@ from emocircuits.geometry.stage import GeometryResult, analyze_geometry
 from emocircuits.geometry.summary import LayerSummary, layer_summary
 from emocircuits.geometry.vectors import EmotionVectors, directions
 from emocircuits.interventions.ablate_stage import AblationResult, ablate
+from emocircuits.interventions.generation import generate_text
 from emocircuits.interventions.heads import HeadsResult, heads
 from emocircuits.interventions.patch_stage import PatchResult, patch
-from emocircuits.interventions.run import SteerResult, generate_text, steer
+from emocircuits.interventions.run import SteerResult, steer
 from emocircuits.interventions.steering import steering, steering_scales
 from emocircuits.interventions.sweep import Recommendation, SweepResult, steer_sweep
 from emocircuits.models import LoadedModel, architecture, load_model

@@ -1,4 +1,5 @@
-"""Tidy tables (lists of flat dicts) as CSV files: what every stage's result folder holds.
+"""Tidy tables (lists of flat dicts) as CSV files: what every stage's result folder holds;
+rows of nested values (steering continuations) as JSONL, and JSON files read with a clear error.
 
 >>> csv_bytes([{"layer": 0, "cos": 0.5}]).decode().splitlines()
 ['layer,cos', '0,0.5']
@@ -9,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +64,27 @@ def read_table(folder: str | Path, name: str) -> list[dict[str, Any]]:
                     row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
             rows.append(row)
     return rows
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """One JSON object a line, atomically (the folder is made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(
+        path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows :func:`write_jsonl` wrote (blank lines skipped); a bad line names itself."""
+    try:
+        return [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+    except json.JSONDecodeError as e:
+        raise DataError(f"not JSONL ({e.msg})", where=f"{path}:{e.lineno}") from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or a :class:`DataError` naming the file."""
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except json.JSONDecodeError:
+        raise DataError("not a JSON file", where=str(path)) from None

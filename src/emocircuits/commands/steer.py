@@ -12,14 +12,10 @@ from emocircuits.interventions.run import steer
 
 def run(args: argparse.Namespace) -> int:
     from emocircuits.geometry.vectors import EmotionVectors
-    from emocircuits.interventions.run import (
-        check_request,
-        direction_note,
-        require_setting,
-        resolve_prompts,
-        steer_table,
-    )
+    from emocircuits.interventions.inputs import check_request, direction_note, resolve_prompts
+    from emocircuits.interventions.settings import require_setting
     from emocircuits.interventions.steering import describe_push
+    from emocircuits.interventions.summary import steer_table
     from emocircuits.models import load_model
 
     # bad input fails before the model loads

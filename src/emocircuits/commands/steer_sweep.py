@@ -11,12 +11,8 @@ from emocircuits.interventions.sweep import steer_sweep
 
 def run(args: argparse.Namespace) -> int:
     from emocircuits.geometry.vectors import EmotionVectors
-    from emocircuits.interventions.run import (
-        check_request,
-        direction_note,
-        resolve_prompts,
-        steer_table,
-    )
+    from emocircuits.interventions.inputs import check_request, direction_note, resolve_prompts
+    from emocircuits.interventions.summary import steer_table
     from emocircuits.interventions.sweep import calibration_line, default_sweep_dir
     from emocircuits.models import load_model
 

@@ -4,10 +4,13 @@
   with ``generate`` and its KV cache, per-row for batched conditions);
 - :mod:`~.scorers`: model-independent text scores (VADER, NRC lexicon, marker words,
   distinct-n, repetition);
-- :mod:`~.run`: steering runs (none / direction / random / prompt / transfer), perplexity
-  and KL fluency costs, summaries with bootstrap intervals;
-- :mod:`~.sweep`: dose-response over layers x alphas, alpha calibration, recommended
-  settings saved next to the vectors;
+- :mod:`~.generation`: batched greedy generation (per-row steering), perplexity and KL
+  fluency costs;
+- :mod:`~.run`: steering runs (none / direction / random / prompt / transfer) and
+  ``steer``; :mod:`~.summary`: per-setting summaries with bootstrap intervals;
+  :mod:`~.inputs`: the prompts and vectors a run is given, checked;
+- :mod:`~.sweep`: dose-response over layers x alphas, alpha calibration, the recommended
+  setting; :mod:`~.settings`: the recommended settings file next to the vectors;
 - :mod:`~.readout`: the logit-difference metric for patching, ablation and heads;
 - :mod:`~.patching`, :mod:`~.ablation`, :mod:`~.heads`: activation and directional
   patching, direction ablation against random directions, heads' and neurons' direct

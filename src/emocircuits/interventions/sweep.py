@@ -24,9 +24,9 @@ specificity limits (:data:`LIMITS`):
 
 If no setting passes, the one with the smallest perplexity ratio among those with a positive
 effect is returned with ``meets_limits = False``, and the reason. Settings are saved next to
-the vectors (:func:`settings_path`: ``v.safetensors`` -> ``v.steer.json``), keyed by the
-model's revision and dtype, and ``emocircuits steer`` uses them when no ``--layer`` /
-``--alpha`` is given.
+the vectors (:mod:`~emocircuits.interventions.settings`: ``v.safetensors`` ->
+``v.steer.json``), keyed by the model's revision and dtype, and ``emocircuits steer`` uses
+them when no ``--layer`` / ``--alpha`` is given.
 
 >>> default_layers(30)
 [9, 12, 15, 18]
@@ -34,7 +34,6 @@ model's revision and dtype, and ``emocircuits steer`` uses them when no ``--laye
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,28 +43,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from emocircuits.errors import DataError
-from emocircuits.interventions.run import (
-    SteerCondition,
-    _as_list,
+from emocircuits.interventions.generation import has_chat_template, next_token_kl
+from emocircuits.interventions.inputs import (
+    as_list,
     check_request,
     check_vectors,
-    conditions,
-    has_chat_template,
-    headline,
-    load_recommendation,  # noqa: F401  (re-exported: the settings file's reader)
-    model_key,
-    next_token_kl,
-    random_conditions,
-    read_jsonl,
     resolve_prompts,
     resolve_vectors,
+)
+from emocircuits.interventions.run import (
+    SteerCondition,
+    conditions,
+    random_conditions,
     run_conditions,
-    settings_path,
-    summarize,
-    write_jsonl,
 )
 from emocircuits.interventions.scorers import MARKERS
+from emocircuits.interventions.settings import save_recommendations
 from emocircuits.interventions.steering import describe_push
+from emocircuits.interventions.summary import headline, summarize
 from emocircuits.results import Result
 
 if TYPE_CHECKING:
@@ -376,33 +371,6 @@ def sweep(
     return SweepResult(rows, summary, recs, settings)
 
 
-def save_recommendations(
-    vectors_path: str | os.PathLike[str],
-    provenance: dict[str, Any],
-    recs: dict[str, Recommendation],
-    evidence: dict[str, Any],
-) -> Path:
-    """Merge ``recs`` into the vectors' settings file (other models' entries are kept)."""
-    from emocircuits.capture.store import atomic_write_json
-
-    path = settings_path(vectors_path)
-    data: dict[str, Any] = {"format": "emocircuits.steer-settings", "version": 1, "models": {}}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text("utf-8"))
-            data["models"] = dict(old.get("models", {}))
-        except (json.JSONDecodeError, AttributeError):
-            raise DataError("not a steer-settings JSON file", where=str(path)) from None
-    key = model_key(provenance)
-    entry = data["models"].get(key, {"model": provenance, "emotions": {}})
-    entry["model"] = provenance
-    for e, r in recs.items():
-        entry["emotions"][e] = {**asdict(r), "evidence": evidence}
-    data["models"][key] = entry
-    atomic_write_json(path, data)
-    return path
-
-
 def neutral_kl_texts() -> list[str]:
     """The neutral text the KL costs are measured on: the ``baseline`` preset's first 16
     neutral sentences."""
@@ -480,7 +448,7 @@ class SweepResult(Result):
         dose-response-EMOTION.png/.svg; ``settings["sweep"]`` becomes ``path``."""
         from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
         from emocircuits.plots import save_figure
-        from emocircuits.tables import csv_bytes
+        from emocircuits.tables import csv_bytes, write_jsonl
 
         out = Path(path)
         self.settings = {"sweep": str(out), **{k: v for k, v in self.settings.items()
@@ -501,14 +469,13 @@ class SweepResult(Result):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SweepResult:
         """Read a folder written by :meth:`save` (or ``emocircuits steer-sweep --out``)."""
+        from emocircuits.tables import read_json, read_jsonl
+
         out = Path(path)
         for name in ("sweep.json", "rows.jsonl"):
             if not (out / name).is_file():
                 raise DataError(f"no {name} in {out} (not a steer-sweep folder)")
-        try:
-            meta = json.loads((out / "sweep.json").read_text("utf-8"))
-        except json.JSONDecodeError:
-            raise DataError("not a JSON file", where=str(out / "sweep.json")) from None
+        meta = read_json(out / "sweep.json")
         if meta.get("format") != "emocircuits.steer-sweep":
             raise DataError("not a steer-sweep result", where=str(out / "sweep.json"))
         recs = {e: Recommendation(**r) for e, r in meta["recommended"].items()}
@@ -578,7 +545,7 @@ def steer_sweep(
     prompt_list, prompt_desc = resolve_prompts(prompts)
     vecs, vfile = resolve_vectors(vectors)
     name = vfile or "the vectors"
-    emotions, layers = _as_list(emotion), _as_list(layer)
+    emotions, layers = as_list(emotion), as_list(layer)
     check_request(vecs, emotions, layers, name)
     emotions = emotions or [e for e in vecs.emotions if e != "neutral"]
     layers = layers or [x for x in default_layers(lm.arch.n_layers, n_layers) if x in vecs.layers]
@@ -587,7 +554,7 @@ def steer_sweep(
         raise DataError(f"none of the default layers is in {name}; give --layer")
     scales = steering_scales(lm) if scales is None else np.asarray(scales)
     kl_texts = neutral_kl_texts()
-    alphas, calibration = _as_list(alpha), None
+    alphas, calibration = as_list(alpha), None
     if not alphas:
         mid = layers[len(layers) // 2]
         alphas, calibration = calibrate_alphas(lm, vecs, emotions, layer=mid, scales=scales,

@@ -1,0 +1,200 @@
+"""Decoding: token ids in, greedy continuations out, and what the text costs in fluency.
+
+- :func:`generate`: batched greedy continuations (left padding, rows sorted by length),
+  with the same steering for every prompt or each prompt's own (``per_row``);
+- :func:`generate_text`: the same, text in and text out, under whatever steering is active;
+- :func:`perplexity`: of a continuation after its prompt, under the model as it is;
+- :func:`next_token_kl`: KL(unsteered || steered) of next-token distributions on text the
+  model did not write;
+- :func:`chat_ids`: a message as one user turn of the tokenizer's chat template.
+
+Everything here is model mechanics: what to steer with, and why, lives in
+:mod:`~emocircuits.interventions.run` and :mod:`~emocircuits.interventions.sweep`.
+
+>>> ids = generate(lm, ["The meeting moved to Thursday."], max_new_tokens=20)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from emocircuits.errors import DataError
+from emocircuits.interventions.steering import Steer, steering
+
+if TYPE_CHECKING:
+    from emocircuits.models.loading import LoadedModel
+
+
+def has_chat_template(lm: LoadedModel) -> bool:
+    """Whether the tokenizer has a chat template (a chat model)."""
+    return bool(getattr(lm.tokenizer, "chat_template", None))
+
+
+def chat_ids(lm: LoadedModel, message: str) -> list[int]:
+    """Token ids of ``message`` as one user turn of the tokenizer's chat template, the
+    assistant's turn opened (what the model continues)."""
+    ids = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def _token_ids(lm: LoadedModel, prompt: str | list[int]) -> list[int]:
+    """A text's token ids, or the ids as given."""
+    return lm.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
+
+
+def _left_pad(batch: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
+    import torch
+
+    n = max(len(x) for x in batch)
+    ids = torch.full((len(batch), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, n - len(x) :] = torch.tensor(x)
+        mask[i, n - len(x) :] = 1
+    return ids, mask
+
+
+def _pad_id(lm: LoadedModel) -> int:
+    tok = lm.tokenizer
+    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[str] | Sequence[list[int]],
+    *,
+    steers: Sequence[Steer] = (),
+    per_row: Sequence[Sequence[Steer]] | None = None,
+    where: str = "all",
+    steer_tokens: int | None = None,
+    max_new_tokens: int = 30,
+    batch_size: int = 8,
+) -> list[list[int]]:
+    """Greedy continuations (new token ids, up to the end-of-text token) of ``prompts``
+    (texts or token ids), with the same ``steers`` for all or each prompt's own
+    (``per_row``). Prompts are batched by length (left padding); order is kept."""
+    import torch
+
+    ids = [_token_ids(lm, p) for p in prompts]
+    if per_row is not None and len(per_row) != len(ids):
+        raise DataError(f"{len(per_row)} steer lists for {len(ids)} prompts")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[list[int]] = [[] for _ in ids]
+    eos, pad = lm.tokenizer.eos_token_id, _pad_id(lm)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            x, mask = _left_pad([ids[i] for i in chunk], pad)
+            rows = None if per_row is None else [per_row[i] for i in chunk]
+            with steering(lm, steers, where=where, per_row=rows, steer_tokens=steer_tokens):
+                new = lm.model.generate(
+                    input_ids=x,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                )[:, x.shape[1] :]
+            for i, row in zip(chunk, new.tolist(), strict=True):
+                out[i] = row[: row.index(eos)] if eos in row else row
+    return out
+
+
+def perplexity(
+    lm: LoadedModel,
+    prompts: Sequence[str] | Sequence[list[int]],
+    continuations: Sequence[list[int]],
+    *,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Perplexity of each continuation (token ids) after its prompt (text or ids) under the
+    model as it is (call outside any steering): ``exp`` of the mean next-token loss over the
+    new tokens; NaN for an empty continuation. Batched with left padding and explicit
+    positions (equal to scoring one at a time: tested)."""
+    import torch
+
+    seqs = [(_token_ids(lm, p), list(c)) for p, c in zip(prompts, continuations, strict=True)]
+    out = np.full(len(seqs), np.nan)
+    todo = sorted((i for i, (_, c) in enumerate(seqs) if c), key=lambda i: sum(map(len, seqs[i])))
+    pad = _pad_id(lm)
+    with torch.no_grad():
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            # left padding: every continuation ends at the last position, so the LM head
+            # and the softmax run only over the last max(len(c)) + 1 positions
+            x, mask = _left_pad([seqs[i][0] + seqs[i][1] for i in chunk], pad)
+            keep = max(len(seqs[i][1]) for i in chunk) + 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = lm.model(input_ids=x, attention_mask=mask, position_ids=pos,
+                              logits_to_keep=keep).logits  # fmt: skip
+            for j, i in enumerate(chunk):
+                c = seqs[i][1]
+                pred = torch.log_softmax(logits[j, keep - 1 - len(c) : keep - 1].float(), -1)
+                nll = -pred.gather(1, torch.tensor(c)[:, None]).mean()
+                out[i] = float(torch.exp(nll))
+    return out
+
+
+def next_token_kl(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    steer_sets: Sequence[Sequence[Steer]],
+    *,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """``[len(steer_sets)]`` mean KL(unsteered || steered) of the next-token distributions
+    over every position of ``texts`` (neutral text: the fluency cost of each steer set on
+    text it did not write). All positions are steered."""
+    import torch
+
+    ids = [lm.tokenizer(t)["input_ids"] for t in texts]
+    n = max(map(len, ids))
+    pad = _pad_id(lm)
+    x = torch.full((len(ids), n), pad, dtype=torch.long)
+    mask = torch.zeros_like(x)
+    for j, t in enumerate(ids):
+        x[j, : len(t)] = torch.tensor(t)
+        mask[j, : len(t)] = 1
+    keep = mask.bool()
+    with torch.no_grad():
+        base = torch.log_softmax(lm.model(input_ids=x, attention_mask=mask).logits.float(), -1)
+        base = base[keep]  # [tokens, vocab]
+        p_base = base.exp()
+        out = np.zeros(len(steer_sets))
+        per = max(1, batch_size // len(ids))  # steer sets per forward pass
+        for start in range(0, len(steer_sets), per):
+            sets = steer_sets[start : start + per]
+            rows = [list(s) for s in sets for _ in ids]
+            with steering(lm, per_row=rows):
+                logits = lm.model(
+                    input_ids=x.repeat(len(sets), 1), attention_mask=mask.repeat(len(sets), 1)
+                ).logits.float()
+            logq = torch.log_softmax(logits, -1).view(len(sets), len(ids), n, -1)
+            for k in range(len(sets)):
+                kl = (p_base * (base - logq[k][keep])).sum(-1)
+                out[start + k] = float(kl.mean())
+    return out
+
+
+def generate_text(
+    lm: LoadedModel,
+    prompts: str | Sequence[str],
+    *,
+    max_new_tokens: int = 30,
+    batch_size: int = 8,
+) -> str | list[str]:
+    """Greedy continuation (new text only) of one prompt, or of each of a list; any steering
+    that is active (:func:`~emocircuits.interventions.steering.steering`) applies.
+
+    >>> with ec.steering(lm, vecs, "gratitude", layer=15, alpha=0.2):  # doctest: +SKIP
+    ...     print(generate_text(lm, "The meeting moved to Thursday.", max_new_tokens=20))
+    """
+    one = isinstance(prompts, str)
+    ids = generate(lm, [prompts] if one else list(prompts), max_new_tokens=max_new_tokens,
+                   batch_size=batch_size)  # fmt: skip
+    texts = [lm.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+    return texts[0] if one else texts
