@@ -257,16 +257,13 @@ def _comparable(folder: Path) -> dict[str, object]:
     """Every file of a study folder, with the folder's own path replaced and the timing
     fields (:data:`TIMING`: in study.json, stage.json, summary.json, manifest.json) and the
     lines that print a duration (log.txt) left out; report.html and the lock are left out
-    (the report has its own test in test_report). A safetensors file is compared as its
-    parsed header and its bytes after it: the safetensors writer puts the metadata keys in
-    any order (so a capture shard's sha256 in manifest.json varies too, and is left out)."""
+    (the report has its own test in test_report). Safetensors files are compared byte for
+    byte, and so are the shard checksums in manifest.json."""
     out: dict[str, object] = {}
 
     def strip(obj):
         if isinstance(obj, dict):
-            shard = str(obj.get("file", "")).endswith(".safetensors")
-            return {k: strip(v) for k, v in obj.items()
-                    if k not in TIMING and not (shard and k == "sha256")}  # fmt: skip
+            return {k: strip(v) for k, v in obj.items() if k not in TIMING}
         if isinstance(obj, list):
             return [strip(v) for v in obj]
         return obj
@@ -278,11 +275,6 @@ def _comparable(folder: Path) -> dict[str, object]:
         data = p.read_bytes().replace(str(folder).encode(), b"OUT")
         if p.suffix == ".json":
             out[rel] = strip(json.loads(data))
-        elif p.suffix == ".safetensors":  # the header's metadata comes in any order
-            raw = p.read_bytes()
-            n = int.from_bytes(raw[:8], "little")
-            head = raw[8 : 8 + n].decode().replace(str(folder), "OUT")
-            out[rel] = (json.loads(head), raw[8 + n :])
         elif p.name == "log.txt":
             out[rel] = [ln for ln in data.decode().splitlines() if not re.search(r"\d s$", ln)]
         else:
