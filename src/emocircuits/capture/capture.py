@@ -77,6 +77,15 @@ class CapturedBatch:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def on_device(sel: Selection, device: torch.device) -> Selection:
+    """``sel`` with its tensors on ``device`` (itself when they are there already)."""
+    ts = [t for t in (sel.index, sel.weights, sel.mask) if t is not None]
+    if all(t.device == device for t in ts):
+        return sel
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return Selection(move(sel.index), move(sel.weights), move(sel.mask), sel.fallback, sel.span)
+
+
 class _StopForward(Exception):
     """Raised by a hook after the last block anything needs: the rest is not computed."""
 
@@ -88,11 +97,16 @@ class Recorder:
         self.arch, self.spec = arch, spec
         self.layers = spec.resolved_layers(arch)
         self.selections: dict[str, Selection] = {}
+        self.placed: dict[tuple[str, torch.device], Selection] = {}  # selections per device
         self.buffers: dict[str, list[torch.Tensor | None]] = {}
 
     def _record(self, site: str, slot: int, h: torch.Tensor) -> None:
         for pos, sel in self.selections.items():
-            self.buffers[f"{site}/{pos}"][slot] = sel.reduce(h).float()
+            # blocks may live on different devices: read where h is, keep on the CPU
+            key = (pos, h.device)
+            if key not in self.placed:
+                self.placed[key] = on_device(sel, h.device)
+            self.buffers[f"{site}/{pos}"][slot] = self.placed[key].reduce(h).float().cpu()
 
     def _reader(self, site: str, slot: int):
         def fn(h):
@@ -122,6 +136,7 @@ class Recorder:
 
     def begin(self, batch: TokenBatch) -> None:
         self.selections = {p: get_rule(p)(batch) for p in self.spec.positions}
+        self.placed = {}
         self.buffers = {
             f"{s}/{p}": [None] * len(ls) for s, ls in self.layers.items() for p in self.selections
         }
@@ -202,7 +217,7 @@ def run_batch(
         lm, texts, spans, padding_side=spec.padding_side, max_length=spec.max_length
     )
     recorder.begin(batch)
-    device = lm.arch.base_model.device
+    device = lm.input_device
     try:
         with torch.inference_mode():
             lm.arch.base_model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False)

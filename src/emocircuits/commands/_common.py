@@ -59,6 +59,49 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_placement_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """Where and how a command's model is loaded: ``--device``, ``--device-map``,
+    ``--max-memory``, ``--offload-folder``, ``--dtype``, ``--quantization`` (one group;
+    defaults read from :func:`~emocircuits.models.load_model`; ``defaults=False``: None,
+    for ``run``, whose config supplies them). :func:`model_placement` reads them back."""
+    from emocircuits.models.loading import (
+        DEVICE_MAP_STRATEGIES,
+        DTYPE_CHOICES,
+        QUANTIZATIONS,
+        load_model,
+    )
+
+    def d(name: str) -> Any:
+        return lib_default(load_model, name) if defaults else None
+
+    g = p.add_argument_group("model placement (GPUs, large models)")
+    g.add_argument("--device", default=d("device"),
+                   help="cpu, cuda, cuda:N, mps, or auto: CUDA, then MPS, else CPU "
+                   "(default %(default)s)")  # fmt: skip
+    g.add_argument("--device-map", default=d("device_map"), metavar="MAP",
+                   help=f"spread the model over devices: {', '.join(DEVICE_MAP_STRATEGIES)}, "
+                   "or a JSON file of module name -> device (0, cuda:1, cpu, disk)")  # fmt: skip
+    g.add_argument("--max-memory", default=d("max_memory"), metavar="SIZES",
+                   help="memory per device for a --device-map strategy, e.g. "
+                   "0=20GiB,cpu=60GiB (alone: implies --device-map auto)")  # fmt: skip
+    g.add_argument("--offload-folder", default=d("offload_folder"), metavar="DIR",
+                   help="where weights mapped to 'disk' are kept")  # fmt: skip
+    g.add_argument("--dtype", default=d("dtype"), choices=DTYPE_CHOICES,
+                   help="compute dtype; auto: bfloat16 on a CUDA GPU that has it, else "
+                   "float32 (default %(default)s); activations are stored as float32")  # fmt: skip
+    g.add_argument("--quantization", default=d("quantization"), choices=QUANTIZATIONS,
+                   help="load 4-bit or 8-bit weights with bitsandbytes (CUDA; pip install "
+                   "'emocircuits[quant]')")  # fmt: skip
+
+
+def model_placement(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`~emocircuits.models.load_model` that
+    :func:`add_model_placement_args` added, as parsed."""
+    from emocircuits.models.loading import PLACEMENT
+
+    return {k: getattr(args, k) for k in PLACEMENT}
+
+
 def add_reading_args(
     p: argparse.ArgumentParser,
     fn: Callable[..., Any],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from emocircuits.commands._common import _csv, add_counts, lib_default
+from emocircuits.commands._common import _csv, add_counts, lib_default, model_placement
 from emocircuits.commands.patch import _add_causal_args
 from emocircuits.interventions.ablate_stage import ablate
 
@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
         n_random=args.n_random, probe_layer=args.probe_layer, methods=args.methods,
         position=args.position, n_train=args.n_train, n_eval=args.n_eval,
         n_boot=args.n_boot, level=args.level, batch_size=args.batch_size, seed=args.seed,
-        dtype=args.dtype, trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+        trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+        **model_placement(args),
     )  # fmt: skip
     out = result.save(args.out, plots=not args.no_plots)
     paths, summary, head = result.figure_paths, result.summary, result.summary["headline"]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emocircuits.commands._common import _add_model_arg, _csv, _layers, add_counts, lib_default
+from emocircuits.commands._common import (
+    _add_model_arg,
+    _csv,
+    _layers,
+    add_counts,
+    add_model_placement_args,
+    lib_default,
+    model_placement,
+)
 
 
 # ------------------------------------------------------------------------------- extract
@@ -24,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
         )
     lm = load_model(
         args.model,
-        dtype=args.dtype,
-        device=args.device,
+        **model_placement(args),
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         progress=not args.quiet,
@@ -98,13 +105,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=lib_default(extract, "layers"),
         help="layers to keep, e.g. '0,10-20,-1' (default all)",
     )
-    x.add_argument(
-        "--dtype",
-        default=lib_default(load_model, "dtype"),
-        choices=("float32", "bfloat16", "float16"),
-        help="compute dtype (bfloat16 is 2.5-3x faster on CPUs with AMX); "
-        "activations are stored as float32",
-    )
     add_counts(x, extract, {"--batch-size": None, "--shard-size": "rows per shard file"})
     x.add_argument(
         "--padding-side",
@@ -121,7 +121,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "%(default)s)",
         },
     )
-    x.add_argument("--device", default=lib_default(load_model, "device"))
     x.add_argument(
         "--revision",
         default=lib_default(load_model, "revision"),
@@ -138,4 +137,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="replace an existing folder made with other settings",
     )
     x.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_placement_args(x)
     x.set_defaults(func=run)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emocircuits.commands._common import _add_model_arg, _positive, add_counts, lib_default
+from emocircuits.commands._common import (
+    _add_model_arg,
+    _positive,
+    add_counts,
+    add_model_placement_args,
+    lib_default,
+    model_placement,
+)
 from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions.heads import heads
 
@@ -19,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
         layer=args.layer, budget=args.budget, top_k=args.top_k, n_random=args.n_random,
         n_ablate=args.n_ablate, n_per_class=args.n_per_class, n_boot=args.n_boot,
         top_neurons=args.top_neurons, top_prompts=args.top_prompts,
-        batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-        ablation=not args.no_ablation, trust_remote_code=args.trust_remote_code,
-        progress=not args.quiet,
+        batch_size=args.batch_size, seed=args.seed, ablation=not args.no_ablation,
+        trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+        **model_placement(args),
     )  # fmt: skip
     folder = res.save(out, plots=not args.no_plots)
     paths = res.figure_paths
@@ -114,12 +121,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         },
     )
     hd.add_argument("--seed", type=int, default=lib_default(heads, "seed"))
-    hd.add_argument(
-        "--dtype", default=lib_default(heads, "dtype"), choices=("float32", "bfloat16", "float16")
-    )
     hd.add_argument("--no-ablation", action="store_true", help="direct contributions only")
     hd.add_argument("--no-plots", action="store_true", help="tables only")
     hd.add_argument("--out", required=True, help="output folder")
     hd.add_argument("--trust-remote-code", action="store_true")
     hd.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_placement_args(hd)
     hd.set_defaults(func=run)

@@ -10,7 +10,9 @@ from emocircuits.commands._common import (
     _layers,
     add_counts,
     add_level_arg,
+    add_model_placement_args,
     lib_default,
+    model_placement,
 )
 from emocircuits.interventions.causal import DEFAULT_DATA
 from emocircuits.interventions.patch_stage import patch
@@ -30,9 +32,6 @@ def _add_causal_args(p: argparse.ArgumentParser, fn: Callable) -> None:
         default=lib_default(fn, "budget"),
         help="named settings for the options not given (fast: for a whole-study run)",
     )
-    p.add_argument(
-        "--dtype", default=lib_default(fn, "dtype"), choices=("float32", "bfloat16", "float16")
-    )
     add_counts(p, fn, {"--n-boot": "bootstrap resamples"})
     add_level_arg(p, fn)
     add_counts(p, fn, {"--batch-size": None})
@@ -40,6 +39,7 @@ def _add_causal_args(p: argparse.ArgumentParser, fn: Callable) -> None:
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_placement_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         budget=args.budget, n_pairs=args.n_pairs, min_pairs=args.min_pairs,
         n_positions=args.n_positions, layers=args.layers, n_layers=args.n_layers,
         n_boot=args.n_boot, level=args.level, batch_size=args.batch_size, seed=args.seed,
-        dtype=args.dtype, trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+        trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+        **model_placement(args),
     )  # fmt: skip
     out = res.save(args.out, plots=not args.no_plots)
     paths, summary, head = res.figure_paths, res.summary, res.summary["headline"]

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from emocircuits.commands._common import add_model_placement_args, model_placement
 from emocircuits.errors import EmocircuitsError
 
 
@@ -34,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     over = _set_overrides(args.set or [])
     study = over.setdefault("study", {})
-    for k in ("models", "data", "out", "dtype"):
+    for k in ("models", "data", "out"):
         if getattr(args, k):
             study[k] = getattr(args, k)
+    study.update({k: v for k, v in model_placement(args).items() if v is not None})
     if args.only:
         study["analyses"] = list(args.only)
     if args.no_mlflow:
@@ -81,7 +83,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     ru.add_argument("--models", nargs="+", help="models (built-in names, folders, .gguf, hub ids)")
     ru.add_argument("--data", nargs="+", help="datasets (preset names or JSONL files)")
     ru.add_argument("--out", help=f"output folder (default {STUDY_DEFAULTS['out']})")
-    ru.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     ru.add_argument("--only", nargs="+", choices=ANALYSES, help="run only these analyses")
     ru.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
                     help="set one option, e.g. geometry.n_boot=200 (repeatable)")  # fmt: skip
@@ -89,4 +90,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     ru.add_argument("--print-config", action="store_true",
                     help="print the effective configuration (TOML) and exit")  # fmt: skip
     ru.add_argument("--quiet", action="store_true", help="no live progress display")
+    add_model_placement_args(ru, defaults=False)  # default: the config's [study] values
     ru.set_defaults(func=run)

@@ -6,7 +6,14 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from emocircuits.commands._common import _add_model_arg, _steer_tokens, add_counts, lib_default
+from emocircuits.commands._common import (
+    _add_model_arg,
+    _steer_tokens,
+    add_counts,
+    add_model_placement_args,
+    lib_default,
+    model_placement,
+)
 from emocircuits.interventions.run import steer
 
 
@@ -29,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(note)
     check_request(vecs, [args.emotion], args.layer or (), args.vectors)
-    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+                    **model_placement(args))  # fmt: skip
     res = steer(
         lm, args.prompts, args.vectors, args.emotion, layer=args.layer, alpha=args.alpha,
         transfer=args.transfer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -87,6 +95,7 @@ def add_steer_args(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
     p.add_argument("--no-prompt-baseline", action="store_true", help="skip the prompting baseline")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_placement_args(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from emocircuits.commands._common import add_counts, lib_default
+from emocircuits.commands._common import add_counts, lib_default, model_placement
 from emocircuits.commands.steer import add_steer_args
 from emocircuits.interventions.sweep import steer_sweep
 
@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(note)
     check_request(vecs, args.emotion or (), args.layer or (), args.vectors)
-    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    lm = load_model(args.model, trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+                    **model_placement(args))  # fmt: skip
     res = steer_sweep(
         lm, args.prompts, args.vectors, emotion=args.emotion, layer=args.layer,
         alpha=args.alpha, n_layers=args.n_layers, n_alphas=args.n_alphas,

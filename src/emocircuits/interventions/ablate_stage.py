@@ -89,14 +89,20 @@ def ablate(
     level: float = 0.95,
     batch_size: int = 16,
     seed: int = 0,
-    dtype: str = "float32",
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
+    quantization: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = False,
 ) -> AblationResult:
     """Project emotion directions out of the residual stream from ``from_layer`` on and
     measure what is lost against random subspaces
     (:mod:`~emocircuits.interventions.ablation`), as ``emocircuits ablate`` runs it.
-    ``lm``: a loaded model or a name to load (in ``dtype``, after every input check);
+    ``lm``: a loaded model or a name to load (with ``dtype`` and the placement keywords
+    of :func:`~emocircuits.models.load_model`, after every input check);
     ``data``: a Dataset, preset or JSONL (None: ``extended``); ``vecs``: vectors or their
     file (resid); ``targets``: emotions and/or ``all``; ``targets``, ``n_random``,
     ``n_train``, ``n_eval``: None takes the value of ``budget``
@@ -119,7 +125,9 @@ def ablate(
             raise EmocircuitsError(f"cannot ablate {t!r}: no direction with a readout "
                                    f"(have {', '.join(emotions)})")  # fmt: skip
     tr, ev = split_rows(ds.labels, b["n_train"], b["n_eval"], seed=seed)
-    lm = as_model(lm, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress)
+    lm = as_model(lm, trust_remote_code=trust_remote_code, progress=progress, dtype=dtype,
+                  device=device, device_map=device_map, max_memory=max_memory,
+                  offload_folder=offload_folder, quantization=quantization)  # fmt: skip
     readouts = {e: readout(lm.tokenizer, e) for e in emotions}
 
     def pick(rows: Sequence[int]) -> tuple[list[str], list[str]]:

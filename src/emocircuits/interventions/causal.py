@@ -50,15 +50,16 @@ def as_vectors(vecs: EmotionVectors | str | Path) -> tuple[EmotionVectors, str |
 
 
 def as_model(
-    lm: LoadedModel | str, *, dtype: str, trust_remote_code: bool, progress: bool
+    lm: LoadedModel | str, *, trust_remote_code: bool, progress: bool, **placement: Any
 ) -> LoadedModel:
-    """``lm`` itself, or the model of that name loaded in ``dtype``."""
+    """``lm`` itself, or the model of that name loaded with ``placement`` (``dtype``,
+    ``device``, ``device_map``, ... of :func:`~emocircuits.models.load_model`)."""
     if not isinstance(lm, str | Path):
         return lm
     from emocircuits.models import load_model
 
-    return load_model(str(lm), dtype=dtype, trust_remote_code=trust_remote_code,
-                      progress=progress)  # fmt: skip
+    return load_model(str(lm), trust_remote_code=trust_remote_code, progress=progress,
+                      **placement)  # fmt: skip
 
 
 def dtype_name(lm: LoadedModel) -> str:

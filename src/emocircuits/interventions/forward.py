@@ -35,6 +35,7 @@ from transformers.cache_utils import Cache, DynamicCache
 
 from emocircuits.capture.hooks import Hook, first_tensor, hooked
 from emocircuits.capture.positions import Selection
+from emocircuits.models.architectures import materialised
 
 if TYPE_CHECKING:
     from emocircuits.models.architectures import Architecture
@@ -105,7 +106,7 @@ def trace(
 
     hooks: list[Hook] = [(arch.blocks[i], "pre", pre(i)) for i in range(stop)]
     hooks += [arch.place("resid", layer).read(read(layer)) for layer in range(stop + 1)]
-    device = arch.base_model.device
+    device = lm.input_device
     cache = DynamicCache(config=lm.model.config) if use_cache else None
     with hooked(hooks), torch.inference_mode(), contextlib.suppress(_Stop):
         arch.base_model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=use_cache,
@@ -189,7 +190,7 @@ def resume(
             new = order[start[order] == i]
             if len(new):
                 hn = enter(i, new) if enter is not None else tr.resid[i][src_t[new]]
-                h = hn if h is None else torch.cat([h, hn.to(h.dtype)])
+                h = hn if h is None else torch.cat([h, hn.to(h.device, h.dtype)])
                 active = np.concatenate([active, new])
             if i == stop:
                 break
@@ -213,15 +214,18 @@ def unembed(
 ) -> torch.Tensor:
     """Next-token logits ``[..., len(ids)]`` of the vocabulary entries ``ids`` from the
     last block's output ``h [..., W]`` (``normed``: the final norm is already applied):
-    the final norm, the matching unembedding rows (and bias), Gemma 2's logit soft cap."""
-    emb = lm.model.get_output_embeddings()
+    the final norm, the matching unembedding rows (and bias), Gemma 2's logit soft cap.
+    Computed where the unembedding lives (its weights loaded through accelerate's hook
+    when offloaded)."""
     with torch.inference_mode():
         x = h if normed else lm.arch.final_norm(h)
-        idx = torch.as_tensor(list(ids), dtype=torch.long, device=emb.weight.device)
-        out = x.to(emb.weight.dtype) @ emb.weight.index_select(0, idx).T
-        bias = getattr(emb, "bias", None)
-        if bias is not None:
-            out = out + bias.index_select(0, idx)
+        with materialised(lm.model.get_output_embeddings()) as emb:
+            w = emb.weight
+            idx = torch.as_tensor(list(ids), dtype=torch.long, device=w.device)
+            out = x.to(w.device, w.dtype) @ w.index_select(0, idx).T
+            bias = getattr(emb, "bias", None)
+            if bias is not None:
+                out = out + bias.index_select(0, idx)
         cap = getattr(lm.model.config, "final_logit_softcapping", None)
         if cap:
             out = torch.tanh(out / cap) * cap

@@ -93,8 +93,8 @@ def generate(
             rows = None if per_row is None else [per_row[i] for i in chunk]
             with steering(lm, steers, where=where, per_row=rows, steer_tokens=steer_tokens):
                 new = lm.model.generate(
-                    input_ids=x,
-                    attention_mask=mask,
+                    input_ids=x.to(lm.input_device),
+                    attention_mask=mask.to(lm.input_device),
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=pad,
@@ -129,12 +129,13 @@ def perplexity(
             x, mask = _left_pad([seqs[i][0] + seqs[i][1] for i in chunk], pad)
             keep = max(len(seqs[i][1]) for i in chunk) + 1
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            x, mask, pos = (t.to(lm.input_device) for t in (x, mask, pos))
             logits = lm.model(input_ids=x, attention_mask=mask, position_ids=pos,
                               logits_to_keep=keep).logits  # fmt: skip
             for j, i in enumerate(chunk):
                 c = seqs[i][1]
                 pred = torch.log_softmax(logits[j, keep - 1 - len(c) : keep - 1].float(), -1)
-                nll = -pred.gather(1, torch.tensor(c)[:, None]).mean()
+                nll = -pred.gather(1, torch.tensor(c, device=pred.device)[:, None]).mean()
                 out[i] = float(torch.exp(nll))
     return out
 
@@ -159,6 +160,7 @@ def next_token_kl(
     for j, t in enumerate(ids):
         x[j, : len(t)] = torch.tensor(t)
         mask[j, : len(t)] = 1
+    x, mask = x.to(lm.input_device), mask.to(lm.input_device)
     keep = mask.bool()
     with torch.no_grad():
         base = torch.log_softmax(lm.model(input_ids=x, attention_mask=mask).logits.float(), -1)

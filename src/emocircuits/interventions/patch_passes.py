@@ -91,7 +91,7 @@ class PatchRunner:
     def __init__(self, lm: LoadedModel, readouts: Mapping[str, Readout]) -> None:
         self.lm, self.readouts = lm, readouts
         self.cols = readout_columns(readouts.values())
-        self.device = lm.arch.base_model.device
+        self.device = lm.input_device
         self.passes = 0
 
     def trace(self, batch: PairBatch, neutral: bool) -> Trace:
@@ -197,7 +197,8 @@ def rows_patch(
 
     def edit(h: torch.Tensor) -> torch.Tensor:
         h = h.clone()
-        h[idx] = fn(h[idx])
+        i = idx.to(h.device)
+        h[i] = fn(h[i])
         return h
 
     return edit
@@ -226,7 +227,7 @@ def enter_patched(
             cols = slice(0, body) if name == "body" else slice(None)
             src = tr_e.resid[i][j : j + 1, cols]
             hs.append(_patch_fn(src, cols, d)(tr_n.resid[i][j : j + 1]))
-        return torch.cat(hs)
+        return torch.cat([x.to(hs[0].device) for x in hs])
 
     return enter
 

@@ -79,15 +79,21 @@ def patch(
     level: float = 0.95,
     batch_size: int = 32,
     seed: int = 0,
-    dtype: str = "float32",
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
+    quantization: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = False,
 ) -> PatchResult:
     """Activation and directional patching of matched emotion/neutral pairs at every
     layer and position (:mod:`~emocircuits.interventions.patching`), as ``emocircuits
-    patch`` runs it. ``lm``: a loaded model or a name to load (in ``dtype``, after every
-    input check); ``data``: a Dataset, preset or JSONL (None: ``extended``); ``vecs``:
-    vectors or their file (resid); ``emotion``: emotions to patch (None: every one with a
+    patch`` runs it. ``lm``: a loaded model or a name to load (with ``dtype`` and the
+    placement keywords of :func:`~emocircuits.models.load_model`, after every input
+    check); ``data``: a Dataset, preset or JSONL (None: ``extended``); ``vecs``: vectors
+    or their file (resid); ``emotion``: emotions to patch (None: every one with a
     readout and prompts); ``layers``: resid layers (negative counts from the end; None:
     all); ``n_pairs``, ``n_positions``, ``n_layers``: None takes the value of ``budget``
     (:data:`~emocircuits.interventions.budgets.PATCH_BUDGETS`).
@@ -106,7 +112,9 @@ def patch(
     )
     inputs = causal_inputs(data, vecs, baseline=baseline, emotion=emotion)
     ds, emotions = inputs.dataset, inputs.emotions
-    lm = as_model(lm, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress)
+    lm = as_model(lm, trust_remote_code=trust_remote_code, progress=progress, dtype=dtype,
+                  device=device, device_map=device_map, max_memory=max_memory,
+                  offload_folder=offload_folder, quantization=quantization)  # fmt: skip
     if layers:
         layers = sorted({lm.arch.normalize_layer(x, "resid") for x in layers})
     readouts = {e: readout(lm.tokenizer, e) for e in emotions}

@@ -169,7 +169,8 @@ def _steering(
         state["step"] = state["step"] + 1 if state["decoding"] else 0
 
     def add(delta: torch.Tensor):
-        delta = delta.to(lm.dtype)  # once, not per call
+        delta = delta.to(lm.dtype)
+        placed: dict[torch.device, torch.Tensor] = {}  # moved to a device once, not per call
 
         def apply(h: torch.Tensor) -> torch.Tensor:
             if where == "new" and not state["decoding"]:
@@ -180,7 +181,10 @@ def _steering(
                 raise CaptureError(
                     f"per-row steering for {delta.shape[0]} rows, but the batch has {h.shape[0]}"
                 )
-            return h + delta.to(h.dtype)
+            d = placed.get(h.device)
+            if d is None:  # the block's device (blocks may live on different devices)
+                d = placed[h.device] = delta.to(h.device)
+            return h + d.to(h.dtype)
 
         return apply
 

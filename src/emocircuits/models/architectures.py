@@ -16,7 +16,8 @@ own ``output_hidden_states``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -123,6 +124,67 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return reduce(getattr, path.split("."), root)
 
 
+def _hooks(module: nn.Module) -> list[Any]:
+    """accelerate's hooks on ``module`` (``_hf_hook``, a ``SequentialHook`` unpacked)."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", None) or [hook])
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: the execution device of accelerate's hook when a device
+    map placed it (its parameters may sit on ``meta``, offloaded to CPU or disk, until the
+    hook loads them for its forward), else the device of its first parameter or buffer.
+
+    >>> module_device(torch.nn.Linear(2, 2))
+    device(type='cpu')
+    """
+    for h in _hooks(module):
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    for t in (*module.parameters(), *module.buffers()):
+        if t.device.type != "meta":
+            return t.device
+    return torch.device("cpu")
+
+
+def is_offloaded(module: nn.Module) -> bool:
+    """Whether accelerate keeps ``module``'s own weights offloaded (on ``meta`` between
+    forward passes)."""
+    return any(getattr(h, "offload", False) for h in _hooks(module))
+
+
+@contextmanager
+def materialised(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``module``'s own parameters are real tensors on its execution
+    device, also when accelerate offloads them to CPU or disk (its
+    ``align_module_device`` loads them as the module's forward would, and puts them back
+    on exit). Tensors read inside stay valid after the block.
+
+    >>> with materialised(lm.model.get_output_embeddings()) as emb:  # doctest: +SKIP
+    ...     rows = emb.weight[[3, 7]].clone()
+    """
+    if not is_offloaded(module):
+        yield module
+        return
+    from accelerate.utils import align_module_device
+
+    with align_module_device(module):
+        yield module
+
+
+def _check_float(module: nn.Module, what: str) -> None:
+    w = module.weight
+    if not w.dtype.is_floating_point:
+        raise ModelError(
+            f"the {what} weights of this model are quantised ({type(w).__name__}, "
+            f"{str(w.dtype).removeprefix('torch.')}): analyses that read weights directly "
+            "(heads, extract --heads) need a model loaded without quantization"
+        )
+
+
 @dataclass(frozen=True)
 class Place:
     """Where site ``site`` of layer ``layer`` lives: the input (``kind="pre"``, a forward
@@ -214,23 +276,26 @@ class Architecture:
     def mlp_proj(self, layer: int) -> nn.Module:
         return _get(self.blocks[layer], self.spec.mlp_proj)
 
-    def _weight(self, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w = m.weight.detach()
-        return (w.T if self.spec.conv1d else w), (
-            None if getattr(m, "bias", None) is None else m.bias.detach()
-        )
+    def _weight(self, m: nn.Module, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W, bias)`` of a projection, read on its execution device (loaded through
+        accelerate's hook when offloaded; a quantised weight is refused)."""
+        with materialised(m):
+            _check_float(m, what)
+            w = m.weight.detach()
+            b = None if getattr(m, "bias", None) is None else m.bias.detach()
+        return (w.T if self.spec.conv1d else w), b
 
     def o_proj_weight(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Output projection as ``(W [width, n_heads*head_dim], bias or None)``, so that the
         attention output is ``z @ W.T + b`` and head h contributes
         ``z[..., h*head_dim:(h+1)*head_dim] @ W[:, h*head_dim:(h+1)*head_dim].T``."""
-        return self._weight(self.o_proj(layer))
+        return self._weight(self.o_proj(layer), "attention output projection")
 
     def mlp_proj_weight(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """MLP output (down) projection as ``(W [width, n_neurons], bias or None)``: the
         MLP output is ``a @ W.T + b`` for neuron activations ``a`` (the projection's input),
         and neuron j writes ``a[..., j] * W[:, j]``."""
-        return self._weight(self.mlp_proj(layer))
+        return self._weight(self.mlp_proj(layer), "MLP output projection")
 
     def post_norm(self, layer: int, site: str) -> nn.Module | None:
         """Gemma 2/3: the RMSNorm applied to the attention (``site="attn"``) or MLP
@@ -248,9 +313,9 @@ class Architecture:
         norm = self.post_norm(layer, site)
         if norm is None:
             return None
-        p = next(norm.parameters())
-        with torch.no_grad():
-            return norm(torch.ones(self.width, dtype=p.dtype, device=p.device)).float()
+        p = next(norm.parameters())  # its dtype is right also on "meta" (offloaded)
+        with torch.no_grad():  # the call loads offloaded weights through accelerate's hook
+            return norm(torch.ones(self.width, dtype=p.dtype, device=module_device(norm))).float()
 
     def n_site_layers(self, site: str) -> int:
         if site not in SITES:
@@ -305,9 +370,12 @@ def architecture(model: nn.Module) -> Architecture:
     base = getattr(model, "base_model", model)
     blocks = list(_get(base, spec.blocks))
     tmp = Architecture(spec, config.model_type, base, blocks, len(blocks), 0, 0, 0, False)
-    w, _ = tmp.o_proj_weight(0)
+    o = tmp.o_proj(0)
     n_heads = int(getattr(config, "num_attention_heads", None) or config.num_heads)
-    width, inner = w.shape
+    if hasattr(o, "in_features"):  # nn.Linear, also quantised (its weight is packed)
+        width, inner = o.out_features, o.in_features
+    else:  # GPT-2's Conv1D: [in, out]; shapes are known also on "meta" (offloaded)
+        inner, width = o.weight.shape
     tmp.width, tmp.n_heads, tmp.head_dim = int(width), n_heads, int(inner) // n_heads
     tmp.parallel = spec.parallel(config)
     return tmp

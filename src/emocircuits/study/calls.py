@@ -33,7 +33,9 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 RUNNER_SET = frozenset(
     ("model", "data", "out", "output", "activations", "vectors", "compare", "names",
      "vectors_dir", "models", "output_table", "quiet", "overwrite", "trust_remote_code",
-     "revision", "dtype", "help", "progress", "other", "lm", "acts")
+     "revision", "help", "progress", "other", "lm", "acts",
+     # where the model lives: [study] settings, the same for every stage
+     "dtype", "device", "device_map", "max_memory", "offload_folder", "quantization")
 )  # fmt: skip
 
 
@@ -54,7 +56,6 @@ def _extract(
     padding_side: Literal["left", "right"] | None,
     max_length: Positive | None,
     min_per_class: Positive,
-    device: str = "cpu",
 ) -> None: ...
 
 
@@ -258,29 +259,48 @@ def budget_table(table: str) -> dict[str, dict[str, Any]] | None:
 
 # -------------------------------------------------------------------------------- adapters
 # One per stage: load the inputs, call the library, save the result into ``out``. ``run``
-# holds the study-wide loading settings: dtype, revision, trust_remote_code. The option
+# holds the study-wide loading settings: revision, trust_remote_code and the placement
+# (dtype, device, device_map, max_memory, offload_folder, quantization). The option
 # names of the tables are the commands' (``no_plots``); each adapter passes them on as the
-# library's keywords (``save(plots=not no_plots)``).
+# library's keywords (``save(plots=not no_plots)``). Adapters that load a model return
+# where it was placed (for stage.json).
+def placement(run: dict[str, Any]) -> dict[str, Any]:
+    """The placement keywords of :func:`~emocircuits.models.load_model` from the study
+    settings (TOML has no null: ``""`` is None; dtype and device default to ``auto``).
+
+    >>> placement({"dtype": "float32", "device": "", "device_map": ""})["device"]
+    'auto'
+    """
+    from emocircuits.models.loading import PLACEMENT
+
+    auto = ("dtype", "device")
+    return {k: run.get(k) or ("auto" if k in auto else None) for k in PLACEMENT}
+
+
 def _filled(table: str, opts: dict[str, Any]) -> dict[str, Any]:
     """A stage's options with the defaults of the options it leaves out."""
     return {**{n: p.default for n, p in options(table).items()}, **opts}
 
 
-def capture(model: str, data: str, out: Path, opts: dict[str, Any], run: dict[str, Any]) -> None:
+def capture(
+    model: str, data: str, out: Path, opts: dict[str, Any], run: dict[str, Any]
+) -> dict[str, Any]:
     """``extract(lm, data, out, **opts)``: the capture folder (resumes a partial one)."""
     from emocircuits.capture import capture_positions, extract
     from emocircuits.data import load_dataset
     from emocircuits.models import load_model
+    from emocircuits.models.loading import placement_record
 
     o = _filled("extract", opts)
     ds = load_dataset(data, min_per_class=o["min_per_class"])
     sites = tuple(o["sites"]) + (("heads",) if o["heads"] and "heads" not in o["sites"] else ())
-    lm = load_model(model, dtype=run["dtype"], device=o["device"],
-                    revision=run["revision"] or None,
-                    trust_remote_code=run["trust_remote_code"], progress=False)  # fmt: skip
+    lm = load_model(model, revision=run["revision"] or None,
+                    trust_remote_code=run["trust_remote_code"], progress=False,
+                    **placement(run))  # fmt: skip
     extract(lm, ds, out, sites=sites, positions=capture_positions(ds, tuple(o["positions"])),
             layers=o["layers"], batch_size=o["batch_size"], padding_side=o["padding_side"],
             max_length=o["max_length"], shard_size=o["shard_size"], progress=False)  # fmt: skip
+    return placement_record(lm.provenance)
 
 
 def geometry(acts: Path, out: Path, opts: dict[str, Any], other: Path | None = None) -> None:
@@ -319,22 +339,30 @@ def compare(acts: list[Path], names: list[str], out: Path, opts: dict[str, Any])
         res.plot(folder / "figures")
 
 
-def steer(model: str, vecs: Path, out: Path, opts: dict[str, Any], run: dict[str, Any]) -> None:
-    """``steer_sweep(lm, prompts, vecs, **opts).save(out)`` (float32: as the command), and
-    the recommended settings next to the vectors file."""
+def steer(
+    model: str, vecs: Path, out: Path, opts: dict[str, Any], run: dict[str, Any]
+) -> dict[str, Any]:
+    """``steer_sweep(lm, prompts, vecs, **opts).save(out)``, and the recommended settings
+    next to the vectors file."""
     from emocircuits.interventions.sweep import steer_sweep
     from emocircuits.models import load_model
+    from emocircuits.models.loading import placement_record
 
     o = _filled("steer-sweep", opts)
     prompts = o.pop("prompts")
     o["prompt_baseline"] = not o.pop("no_prompt_baseline")
-    lm = load_model(model, trust_remote_code=run["trust_remote_code"], progress=False)
+    lm = load_model(model, revision=run["revision"] or None,
+                    trust_remote_code=run["trust_remote_code"], progress=False,
+                    **placement(run))  # fmt: skip
     res = steer_sweep(lm, prompts, str(vecs), progress=False, **o)
     res.save(out)
     res.save_recommendations(str(vecs))
+    return placement_record(lm.provenance)
 
 
-def causal(stage: str, model: str, data: str, vecs: Path, out: Path, opts: dict, run: dict) -> None:
+def causal(
+    stage: str, model: str, data: str, vecs: Path, out: Path, opts: dict, run: dict
+) -> dict[str, Any]:
     """``patch`` / ``ablate`` / ``heads``: ``fn(lm, data, vecs, **opts).save(out)``."""
     from emocircuits.interventions.ablate_stage import ablate
     from emocircuits.interventions.heads import heads
@@ -345,6 +373,9 @@ def causal(stage: str, model: str, data: str, vecs: Path, out: Path, opts: dict,
     if "no_ablation" in o:
         o["ablation"] = not o.pop("no_ablation")
     fn = {"patch": patch, "ablate": ablate, "heads": heads}[stage]
-    res = fn(model, data, str(vecs), dtype=run["dtype"],
-             trust_remote_code=run["trust_remote_code"], progress=False, **o)  # fmt: skip
+    from emocircuits.models.loading import placement_record
+
+    res = fn(model, data, str(vecs), trust_remote_code=run["trust_remote_code"],
+             progress=False, **placement(run), **o)  # fmt: skip
     res.save(out, plots=not no_plots)
+    return placement_record(res.summary.get("model") or {})

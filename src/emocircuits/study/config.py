@@ -49,7 +49,14 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "models": ["smollm2-135m", "gemma3-270m"],
     "data": ["extended", "baseline"],
     "out": "runs/study",
-    "dtype": "float32",
+    # where the models live, for every stage (load_model's keywords; "" = none): see
+    # `emocircuits extract --help`
+    "dtype": "auto",
+    "device": "auto",
+    "device_map": "",
+    "max_memory": "",
+    "offload_folder": "",
+    "quantization": "",
     "revision": "",
     "trust_remote_code": False,
     "analyses": list(ANALYSES),
@@ -67,6 +74,10 @@ STUDY_STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "ablate": {"budget": "fast"},
     "heads": {"budget": "fast"},
 }
+
+# the [study] keys that say where the models run (load_model's PLACEMENT; not imported
+# from there, which would import torch for reading a config)
+PLACEMENT_KEYS = ("dtype", "device", "device_map", "max_memory", "offload_folder", "quantization")
 
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
 
@@ -140,6 +151,8 @@ class StudyConfig:
 
 
 def _toml(v: Any) -> str:
+    if isinstance(v, dict):  # an inline table (a device map, max_memory)
+        return "{" + ", ".join(f"{_toml(str(k))} = {_toml(x)}" for k, x in v.items()) + "}"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -200,7 +213,9 @@ def load_config(
                 else:
                     if k not in options(table):
                         why = (
-                            "is set by the study runner"
+                            "is a [study] setting (where the models run: every stage)"
+                            if k in PLACEMENT_KEYS
+                            else "is set by the study runner"
                             if k in RUNNER_SET
                             else f"is not an option of `emocircuits {table}`"
                         )
@@ -232,6 +247,8 @@ def load_config(
 
 
 def _check_study(key: str, value: Any, where: str) -> Any:
+    if key in PLACEMENT_KEYS:
+        return _check_placement(key, value, where)
     want = type(STUDY_DEFAULTS[key])
     if want is list:
         if isinstance(value, str):
@@ -249,6 +266,28 @@ def _check_study(key: str, value: Any, where: str) -> Any:
         return list(value)
     if not isinstance(value, want):
         raise ConfigError(f"{where}: study {key} must be a {want.__name__}, got {value!r}")
-    if key == "dtype" and value not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"{where}: unknown dtype {value!r} (float32, bfloat16, float16)")
+    return value
+
+
+def _check_placement(key: str, value: Any, where: str) -> Any:
+    """A placement setting's form (names exist and sizes parse; whether a device is there
+    is checked when the study is planned, on the machine that runs it)."""
+    from emocircuits.errors import ModelError
+    from emocircuits.models.loading import DTYPE_CHOICES, QUANTIZATIONS, parse_max_memory
+
+    dict_ok = key in ("device_map", "max_memory")
+    if not isinstance(value, str) and not (dict_ok and isinstance(value, dict)):
+        kind = "a string or a table" if dict_ok else "a string"
+        raise ConfigError(f"{where}: study {key} must be {kind}, got {value!r}")
+    if key == "dtype" and value not in DTYPE_CHOICES:
+        raise ConfigError(f"{where}: unknown dtype {value!r} ({', '.join(DTYPE_CHOICES)})")
+    if key == "quantization" and value not in ("", *QUANTIZATIONS):
+        raise ConfigError(
+            f'{where}: unknown quantization {value!r} ({", ".join(QUANTIZATIONS)}, or "")'
+        )
+    if key == "max_memory":
+        try:
+            parse_max_memory(value)
+        except ModelError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return value

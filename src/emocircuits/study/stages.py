@@ -106,14 +106,31 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def compute_placement(cfg: StudyConfig) -> tuple[str, str]:
+    """``(device type, dtype)`` the study's arithmetic runs in (``cpu``, ``cuda``, ``mps``;
+    ``float32``, ...): what decides its numbers, hence part of the stage hashes. Where the
+    weights are kept (device map, memory limits, offload) does not change them: offloaded
+    modules are computed on the main device. A device that is not there fails here,
+    before any stage runs."""
+    from emocircuits.models.loading import compute_device, resolve_dtype
+
+    s = cfg.study
+    dev = compute_device(s["device"] or "auto", s["device_map"] or None)
+    dtype = resolve_dtype(s["dtype"] or "auto", dev)
+    return dev.type, str(dtype).removeprefix("torch.")
+
+
 def plan_study(cfg: StudyConfig) -> list[Stage]:
     """The stages of a study in the order they run (each after its inputs)."""
     from emocircuits._version import __version__
 
     models = {m: model_identity(m, cfg.study["revision"]) for m in cfg.models}
     datas = {d: data_identity(d) for d in dict.fromkeys([*cfg.data, cfg.study["causal_data"]])}
-    run = {"dtype": cfg.study["dtype"], "trust_remote_code": cfg.study["trust_remote_code"],
+    device, dtype = compute_placement(cfg)
+    run = {"dtype": dtype, "trust_remote_code": cfg.study["trust_remote_code"],
            "revision": cfg.study["revision"]}  # fmt: skip
+    if device != "cpu":  # CPU studies keep the hashes they had before devices were settings
+        run["device"] = device
     plan: list[Stage] = []
 
     def add(name: str, label: str, model: str | None, data: str | None, inputs: list[Stage],
@@ -135,7 +152,7 @@ def plan_study(cfg: StudyConfig) -> list[Stage]:
         mn = short_name(m)
         for d in need:
             cap[m, d] = add("capture", f"{mn}.{short_name(d)}", m, d, [],
-                            cfg.stage_options("capture"))  # fmt: skip
+                            {**cfg.stage_options("capture"), "device": device})  # fmt: skip
         for d in need:
             others = [cap[m, o] for o in need if o != d][:1]  # stability across datasets
             if cfg.on("geometry") or d == cfg.study["causal_data"]:
@@ -163,7 +180,9 @@ FUNCTIONS = {"capture": "extract", "geometry": "analyze_geometry", "vectors": "d
 def run_calls(cfg: StudyConfig, st: Stage, out: Path) -> list[dict[str, Any]]:
     """Run ``st`` into ``out`` through its library calls (:mod:`emocircuits.study.calls`);
     returns what was called, with which options (for ``stage.json``)."""
-    run = {k: cfg.study[k] for k in ("dtype", "revision", "trust_remote_code")}
+    from emocircuits.models.loading import PLACEMENT
+
+    run = {k: cfg.study[k] for k in ("revision", "trust_remote_code", *PLACEMENT)}
     done: list[dict[str, Any]] = []
 
     def record(stage: str) -> dict[str, Any]:
@@ -172,7 +191,8 @@ def run_calls(cfg: StudyConfig, st: Stage, out: Path) -> list[dict[str, Any]]:
         return opts
 
     if st.name == "capture":
-        calls.capture(str(st.model), str(st.data), out, record("capture"), run)
+        placed = calls.capture(str(st.model), str(st.data), out, record("capture"), run)
+        done[-1]["placement"] = placed
     elif st.name == "geometry":
         cap = st.inputs[0].dir
         if cfg.on("geometry"):
@@ -184,11 +204,13 @@ def run_calls(cfg: StudyConfig, st: Stage, out: Path) -> list[dict[str, Any]]:
         calls.compare([i.dir for i in st.inputs], names, out, record("compare"))
     elif st.name == "steer":  # a copy: the recommendations are saved next to the vectors
         shutil.copyfile(st.inputs[0].dir / VECTORS, out / VECTORS)
-        calls.steer(str(st.model), out / VECTORS, out, record("steer"), run)
-    else:  # patch, ablate and heads load the model themselves; steer is float32
+        placed = calls.steer(str(st.model), out / VECTORS, out, record("steer"), run)
+        done[-1]["placement"] = placed
+    else:  # patch, ablate and heads load the model themselves
         vectors = st.inputs[0].dir / VECTORS
-        calls.causal(COMMANDS[st.name], str(st.model), str(st.data), vectors, out,
-                     record(st.name), run)  # fmt: skip
+        placed = calls.causal(COMMANDS[st.name], str(st.model), str(st.data), vectors, out,
+                              record(st.name), run)  # fmt: skip
+        done[-1]["placement"] = placed
     return done
 
 
@@ -244,17 +266,21 @@ def manifest(st: Stage, done: list[dict[str, Any]], seconds: float, outputs: lis
         "identity": st.identity,
         "inputs": {i.key: {"hash": i.hash, "dir": str(i.dir)} for i in st.inputs},
         "calls": done,
-        "provenance": _provenance(st),
+        "provenance": _provenance(st, done),
         "seconds": seconds,
         "outputs": outputs,
     }
 
 
-def _provenance(st: Stage) -> dict[str, Any]:
+def _provenance(st: Stage, done: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Model (id, revision, dtype), site, token rule, method and data hash of the stage's
-    numbers, read from what its command or its inputs saved."""
+    numbers, read from what its command or its inputs saved; ``placement``: where this
+    stage's model ran (resolved device and dtype, modules per device, offload)."""
     part = st.partial
     out: dict[str, Any] = {"data_sha256": (st.identity.get("data") or {}).get("sha256")}
+    placed = [c["placement"] for c in done or () if c.get("placement")]
+    if placed:
+        out["placement"] = placed[0]
     caps = [st.partial] if st.name == "capture" else [i.dir for i in st.inputs]
     for d in caps:  # the activations' own manifest names model, revision, dtype, token rules
         while d is not None and not (d / "manifest.json").is_file():
@@ -263,7 +289,8 @@ def _provenance(st: Stage) -> dict[str, Any]:
             d = nxt[0] if nxt else None
         if d is not None:
             m = json.loads((d / "manifest.json").read_text())
-            out.setdefault("model", m.get("model"))
+            model = {k: v for k, v in (m.get("model") or {}).items() if k != "device_map"}
+            out.setdefault("model", model)  # the per-module map stays in the manifest
             keep = ("dtype", "architecture", "n_layers", "width", "sites", "positions", "capture")
             out.setdefault("capture", {k: m.get(k) for k in keep if k in m})
     vec = part / VECTORS if (part / VECTORS).is_file() else None

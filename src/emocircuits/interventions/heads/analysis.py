@@ -190,14 +190,20 @@ def heads(
     top_prompts: int = 5,
     batch_size: int = 16,
     seed: int = 0,
-    dtype: str = "float32",
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
+    quantization: str | None = None,
     ablation: bool = True,
     trust_remote_code: bool = False,
     progress: bool = False,
 ) -> HeadsResult:
     """Heads and neurons that write each emotion's direction, and the top-k head ablation
     (the package docstring), as ``emocircuits heads`` computes them. ``lm``: a loaded model
-    or a name to load (in ``dtype``, after every input check); ``data``: a Dataset, preset
+    or a name to load (with ``dtype`` and the placement keywords of
+    :func:`~emocircuits.models.load_model`, after every input check); ``data``: a Dataset, preset
     or JSONL (None: the data the vectors came from); ``vecs``: vectors or their file;
     ``baseline``: None for the vectors' own; ``top_k``, ``n_random``, ``n_ablate``,
     ``n_per_class``: None takes the value of ``budget``
@@ -221,7 +227,9 @@ def heads(
     baseline = baseline or vectors.baseline
     emotions = check_request(ds, vectors, emotions=emotion, baseline=baseline, layer=layer,
                              top_k=b["top_k"])  # fmt: skip
-    lm = as_model(lm, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress)
+    lm = as_model(lm, trust_remote_code=trust_remote_code, progress=progress, dtype=dtype,
+                  device=device, device_map=device_map, max_memory=max_memory,
+                  offload_folder=offload_folder, quantization=quantization)  # fmt: skip
     res = analyze_heads(
         lm, ds, vectors, emotions=emotions, baseline=baseline, layer=layer, top_k=b["top_k"],
         n_random=b["n_random"], n_ablate=b["n_ablate"], n_per_class=b["n_per_class"],

@@ -166,7 +166,7 @@ def capture_heads(
             if norm is not None:
                 hooks.append((norm, "forward", on_post_norm(site, i)))
     batches = plan_batches(token_lengths(lm, texts), batch_size)
-    device = arch.base_model.device
+    device = lm.input_device
     cols = readout_columns(readouts.values())
     with hooked(hooks), torch.inference_mode():
         for rows in tqdm(batches, desc="heads: capture", unit="batch", disable=not progress):

@@ -80,5 +80,5 @@ def _normaliser(y: torch.Tensor, o: torch.Tensor, gain: torch.Tensor) -> torch.T
     """``[b, s]`` per-position factor ``r`` with ``y = gain * o * r`` (an RMSNorm's output
     ``y`` of ``o``), measured from the run; 0 where ``o`` is 0."""
     num = y.float().norm(dim=-1)
-    den = (o.float() * gain).norm(dim=-1)
+    den = (o.float().to(y.device) * gain.to(y.device)).norm(dim=-1)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
