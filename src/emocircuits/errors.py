@@ -34,3 +34,8 @@ class CaptureError(EmocircuitsError):
 
 class ReportError(EmocircuitsError):
     """A folder cannot be reported on (not a study folder, unreadable study.json)."""
+
+
+class MemoryLimitError(EmocircuitsError):
+    """Out of memory even at the smallest batch (one row): the model or the texts do not
+    fit where the model was placed."""

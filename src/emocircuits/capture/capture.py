@@ -22,6 +22,7 @@ from emocircuits.capture.positions import Selection, TokenBatch, get_rule
 from emocircuits.capture.store import is_token_key
 from emocircuits.errors import CaptureError
 from emocircuits.models.architectures import SITES, Architecture
+from emocircuits.models.batching import Batches, row_bytes
 from emocircuits.models.loading import LoadedModel
 
 DEFAULT_SITES = ("resid", "attn", "mlp")
@@ -36,7 +37,7 @@ class CaptureSpec:
     sites: tuple[str, ...] = DEFAULT_SITES
     positions: tuple[str, ...] = DEFAULT_POSITIONS
     layers: tuple[int, ...] | None = None
-    batch_size: int = 16
+    batch_size: int | str = 16  # or "auto": sized from free memory (:func:`batch_rows`)
     padding_side: str | None = None  # None: the tokenizer's own
     max_length: int | None = None
 
@@ -60,8 +61,10 @@ class CaptureSpec:
             raise CaptureError("no position rules requested")
         for p in self.positions:
             get_rule(p)
-        if self.batch_size < 1:
-            raise CaptureError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.batch_size != "auto" and (
+            not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise CaptureError(f"batch size must be >= 1 or 'auto', got {self.batch_size!r}")
         if self.padding_side not in (None, "left", "right"):
             raise CaptureError(f"padding side must be 'left' or 'right', not {self.padding_side}")
         self.resolved_layers(arch)
@@ -204,6 +207,28 @@ def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def batch_rows(
+    lm: LoadedModel, spec: CaptureSpec, lengths: np.ndarray, batches: Batches | None = None
+) -> int:
+    """The batch size of ``spec`` in rows: its number, or for ``"auto"`` what the free
+    memory allows for the longest text (:func:`~emocircuits.models.batching.row_bytes`; the
+    ``all`` rule keeps every token of every captured layer until the batch ends); never
+    more than a back-off of ``batches`` left.
+
+    >>> batch_rows(lm, CaptureSpec(batch_size=8), np.array([5, 9]))  # doctest: +SKIP
+    8
+    """
+    batches = batches or Batches(spec.batch_size, "capture")
+    if spec.batch_size != "auto":
+        return batches.size("capture")
+    tokens = int(max(lengths, default=1))
+    tokens = min(tokens, spec.max_length) if spec.max_length else tokens
+    n_kept = sum(len(v) for v in spec.resolved_layers(lm.arch).values())
+    kept = 2 * n_kept if "all" in spec.positions else 0
+    per_row = row_bytes(lm, tokens, logits=0, kept=kept)
+    return batches.size("capture", lm, per_row, len(lengths))
+
+
 def run_batch(
     lm: LoadedModel,
     recorder: Recorder,
@@ -252,7 +277,8 @@ def iter_capture(
     spec.check(lm.arch)
     spans = spans if spans is not None else [None] * len(texts)
     if batches is None:
-        batches = plan_batches(token_lengths(lm, texts), spec.batch_size)
+        lengths = token_lengths(lm, texts)
+        batches = plan_batches(lengths, batch_rows(lm, spec, lengths))
     recorder = Recorder(lm.arch, spec)
     with hooked(recorder.hooks()):
         for rows in batches:

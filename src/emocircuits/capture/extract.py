@@ -22,10 +22,13 @@ from emocircuits.capture.capture import (
     DEFAULT_SITES,
     CapturedBatch,
     CaptureSpec,
-    iter_capture,
+    Recorder,
+    batch_rows,
     plan_batches,
+    run_batch,
     token_lengths,
 )
+from emocircuits.capture.hooks import hooked
 from emocircuits.capture.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -39,6 +42,7 @@ from emocircuits.capture.store import (
 )
 from emocircuits.data.dataset import Dataset
 from emocircuits.errors import CaptureError
+from emocircuits.models.batching import Batches, BatchSize, check_batch_size
 from emocircuits.models.loading import LoadedModel
 
 
@@ -110,7 +114,7 @@ def extract(
     sites: Sequence[str] = DEFAULT_SITES,
     positions: Sequence[str] = DEFAULT_POSITIONS,
     layers: Sequence[int] | None = None,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     padding_side: str | None = None,
     max_length: int | None = None,
     min_per_class: int = 2,
@@ -127,6 +131,11 @@ def extract(
     when ``data`` is loaded here. The default position rules that need an emotion word are
     dropped for data without one (:func:`capture_positions`).
 
+    ``batch_size``: rows per forward pass, or ``"auto"`` (from the free memory of the
+    model's device); a batch that runs out of memory is halved and run again, finished
+    rows are kept, and the size settled on is printed (``progress``) and recorded in the
+    manifest (``capture.batch_size_used``).
+
     On disk, re-running with the same arguments resumes an interrupted run (or returns the
     finished folder at once); different settings on an existing folder are an error unless
     ``overwrite``.
@@ -141,7 +150,7 @@ def extract(
             sites=tuple(sites),
             positions=capture_positions(dataset, positions),
             layers=None if layers is None else tuple(layers),
-            batch_size=batch_size,
+            batch_size=check_batch_size(batch_size),
             padding_side=padding_side,
             max_length=max_length,
         )
@@ -183,15 +192,17 @@ def extract(
     atomic_write_json(plan_path, plan)
 
     t0 = time.perf_counter()
-    groups = _groups(lm, dataset, spec, shard_size)
+    batches = Batches(spec.batch_size, "extract")
+    groups = _groups(lm, dataset, spec, shard_size, batches)
     todo = [k for k in range(len(groups)) if not (out / shard_name(k)).is_file()]
     done_rows = sum(len(b) for k, g in enumerate(groups) if k not in todo for b in g)
     # closing(): the hooks go when this loop ends, also when writing a shard fails
-    with closing(_iter_shards(lm, dataset, spec, groups, todo, done_rows, progress)) as it:
+    with closing(_iter_shards(lm, dataset, spec, groups, todo, done_rows, progress, batches)) as it:
         for k, arrays in it:
             save_shard(out / shard_name(k), arrays, k)
             del arrays  # one shard in memory at a time: memory stays flat
             _release_freed_memory()
+    batches.report(progress)
     if "heads" in spec.sites:
         save_weights(out / "weights.safetensors", _weights(lm, spec))
     entries, shapes = [], {}
@@ -202,7 +213,7 @@ def extract(
             for key in f.keys():  # noqa: SIM118
                 _add_shape(shapes, key, f.get_slice(key).get_shape())
         entries.append({"file": path.name, "n_rows": int(n), "sha256": file_sha256(path)})
-    manifest = _manifest(lm, dataset, spec, plan, entries, shapes)
+    manifest = _manifest(lm, dataset, spec, plan, entries, shapes, batches)
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out / "manifest.json", manifest)
     return ActivationStore(out)
@@ -218,16 +229,19 @@ def _extract_in_memory(
 ) -> ActivationStore:
     """The same shards as on disk, kept in memory (``sha256`` is filled in by ``save``)."""
     t0 = time.perf_counter()
-    groups = _groups(lm, dataset, spec, shard_size)
-    with closing(_iter_shards(lm, dataset, spec, groups, range(len(groups)), 0, progress)) as it:
+    batches = Batches(spec.batch_size, "extract")
+    groups = _groups(lm, dataset, spec, shard_size, batches)
+    todo = range(len(groups))
+    with closing(_iter_shards(lm, dataset, spec, groups, todo, 0, progress, batches)) as it:
         shards = [arrays for _, arrays in it]
+    batches.report(progress)
     weights = _weights(lm, spec) if "heads" in spec.sites else None
     entries, shapes = [], {}
     for k, arrays in enumerate(shards):
         for key in sorted(arrays):
             _add_shape(shapes, key, list(arrays[key].shape))
         entries.append({"file": shard_name(k), "n_rows": len(arrays["rows"]), "sha256": None})
-    manifest = _manifest(lm, dataset, spec, plan, entries, shapes)
+    manifest = _manifest(lm, dataset, spec, plan, entries, shapes, batches)
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
     return ActivationStore.from_shards(shards, manifest, weights=weights, plan=plan)
 
@@ -238,12 +252,20 @@ def _add_shape(shapes: dict[str, list[int]], key: str, shape: Sequence[int]) -> 
 
 
 def _groups(
-    lm: LoadedModel, dataset: Dataset, spec: CaptureSpec, shard_size: int
+    lm: LoadedModel, dataset: Dataset, spec: CaptureSpec, shard_size: int, batches: Batches
 ) -> list[list[np.ndarray]]:
-    """The batches of each shard (length-sorted batches; whole batches per shard)."""
-    batches = plan_batches(token_lengths(lm, dataset.texts), spec.batch_size)
-    per_shard = max(1, shard_size // spec.batch_size)
-    return [batches[i : i + per_shard] for i in range(0, len(batches), per_shard)]
+    """The batches of each shard: rows sorted by token length, cut into shards of whole
+    batches of the size asked for (``"auto"``: ``shard_size`` rows), so that which rows a
+    shard holds does not depend on the memory free today (a resumed run finds the same
+    shards); each shard cut into batches of the size to run now."""
+    lengths = token_lengths(lm, dataset.texts)
+    if spec.batch_size == "auto":
+        per_shard = shard_size
+    else:
+        per_shard = max(1, shard_size // int(spec.batch_size)) * int(spec.batch_size)
+    size = batch_rows(lm, spec, lengths, batches)
+    shards = plan_batches(lengths, per_shard)
+    return [[s[i : i + size] for i in range(0, len(s), size)] for s in shards]
 
 
 def _iter_shards(
@@ -254,8 +276,10 @@ def _iter_shards(
     todo: Sequence[int],
     done_rows: int,
     progress: bool,
+    batches: Batches,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """``(k, arrays)`` of each shard in ``todo``; hooks are removed when this ends."""
+    """``(k, arrays)`` of each shard in ``todo``; hooks are removed when this ends. A
+    batch that runs out of memory is halved (``batches``); its shard is still whole."""
     bar = tqdm(
         total=len(dataset),
         initial=done_rows,
@@ -265,20 +289,23 @@ def _iter_shards(
         file=sys.stderr,
     )
     spans = [e.emotion_span for e in dataset.examples]
-    if todo:
-        flat = [b for k in todo for b in groups[k]]
-        it = iter_capture(lm, dataset.texts, spec, spans=spans, batches=flat)
-        try:
-            for k in todo:
-                shard = _ShardBuffer(sum(len(b) for b in groups[k]))
-                for _ in groups[k]:
-                    part = next(it)
-                    shard.add(part)
-                    bar.update(len(part.rows))
-                yield k, shard.arrays()
-        finally:
-            it.close()
-    bar.close()
+    texts = dataset.texts
+    recorder = Recorder(lm.arch, spec)
+
+    def one(rows: np.ndarray) -> CapturedBatch:
+        return run_batch(lm, recorder, [texts[i] for i in rows], [spans[i] for i in rows], rows)
+
+    try:
+        if todo:
+            with hooked(recorder.hooks()):
+                for k in todo:
+                    shard = _ShardBuffer(sum(len(b) for b in groups[k]))
+                    for _, part in batches.run("capture", groups[k], one):
+                        shard.add(part)
+                        bar.update(len(part.rows))
+                    yield k, shard.arrays()
+    finally:
+        bar.close()
 
 
 class _ShardBuffer:
@@ -334,6 +361,7 @@ def _manifest(
     plan: dict[str, Any],
     shards: list[dict[str, Any]],
     shapes: dict[str, list[int]],
+    batches: Batches,
 ) -> dict[str, Any]:
     arch = lm.arch
     return {
@@ -360,6 +388,7 @@ def _manifest(
         "layers": spec.resolved_layers(arch),
         "capture": {
             "batch_size": spec.batch_size,
+            "batch_size_used": batches.used.get("capture"),
             "padding_side": spec.padding_side or lm.tokenizer.padding_side,
             "max_length": spec.max_length,
             "position_ids": "from attention mask (cumsum - 1)",

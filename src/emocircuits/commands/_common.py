@@ -38,6 +38,11 @@ def _positive(value: str) -> int:
     return n
 
 
+def _batch_size(value: str) -> int | str:
+    """``auto`` (sized from free memory) or a whole number >= 1."""
+    return "auto" if value.strip().lower() == "auto" else _positive(value)
+
+
 def _steer_tokens(value: str) -> int | None:
     """``all`` (None: push while every new token is written) or a whole number >= 1."""
     return None if value == "all" else _positive(value)
@@ -144,10 +149,19 @@ def add_counts(
     p: argparse.ArgumentParser, fn: Callable[..., Any], helps: Mapping[str, str | None]
 ) -> None:
     """Whole-number options (>= 1), one per flag of ``helps`` (flag -> its help): ``--n-perm``
-    is keyword ``n_perm`` of library function ``fn``, whose default it takes."""
+    is keyword ``n_perm`` of library function ``fn``, whose default it takes.
+    ``--batch-size`` also takes ``auto``."""
     for flag, text in helps.items():
         default = lib_default(fn, flag.removeprefix("--").replace("-", "_"))
-        p.add_argument(flag, type=_positive, default=default, help=text)
+        if flag == "--batch-size":
+            text = text or (
+                "rows per forward pass, or auto (sized from free memory); halved when a "
+                "batch runs out of memory (default %(default)s)"
+            )
+        p.add_argument(
+            flag, type=_batch_size if flag == "--batch-size" else _positive, default=default,
+            help=text,
+        )  # fmt: skip
 
 
 def add_level_arg(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions.causal import TablesResult, as_model, causal_inputs, causal_summary
+from emocircuits.models.batching import BatchSize
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,7 +88,7 @@ def ablate(
     n_eval: int | None = None,
     n_boot: int = 1000,
     level: float = 0.95,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     seed: int = 0,
     dtype: str = "auto",
     device: str = "auto",

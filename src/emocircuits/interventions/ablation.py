@@ -80,6 +80,7 @@ from emocircuits.interventions.readout import (
     readout_columns,
     readout_texts,
 )
+from emocircuits.models.batching import Batches, BatchSize
 
 if TYPE_CHECKING:
     from emocircuits.capture.positions import Selection
@@ -443,7 +444,7 @@ def run_ablation(
     position: str = "mean",
     baseline: str = "neutral",
     folds: int = 5,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     rows_per_pass: int = 64,
     seed: int = 0,
     progress: bool = False,
@@ -499,6 +500,8 @@ def run_ablation(
                 raise DataError(f"the {name} prompts have no {e!r} prompt")
     layers = list(range(from_layer, last + 1))
     all_layers = list(range(last + 1))
+    batches = Batches(batch_size, "ablate")  # "auto": one size for every pass, no back-off
+    batch_size = batches.fixed("rows", lm, tr_texts + ev_texts, kept=last + 1, extra_tokens=8)
 
     conds: list[tuple[Condition, dict[int, np.ndarray]]] = [(Condition("none", "none", "", 0), {})]
     for t in targets:
@@ -584,12 +587,13 @@ def run_ablation(
                 bar.update(1)
     finally:
         bar.close()
+    batches.report(progress)
     chance = max(float((lab == c).mean()) for c in set(ev_labels))
     settings = {
         "from_layer": from_layer, "probe_layer": probe_layer, "mode": mode,
         "targets": targets, "n_random": n_random, "methods": list(methods),
         "position": position, "baseline": baseline, "folds": folds, "seed": seed,
-        "batch_size": batch_size, "rows_per_pass": rows_per_pass,
+        **batches.provenance, "rows_per_pass": rows_per_pass,
         "n_train": len(tr_texts), "n_held_out": len(ev_texts),
         "ablated_layers": [layers[0], layers[-1]],
     }  # fmt: skip

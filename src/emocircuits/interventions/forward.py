@@ -36,6 +36,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from emocircuits.capture.hooks import Hook, first_tensor, hooked
 from emocircuits.capture.positions import Selection
 from emocircuits.models.architectures import materialised
+from emocircuits.models.compat import cache_kwarg
 
 if TYPE_CHECKING:
     from emocircuits.models.architectures import Architecture
@@ -110,7 +111,7 @@ def trace(
     cache = DynamicCache(config=lm.model.config) if use_cache else None
     with hooked(hooks), torch.inference_mode(), contextlib.suppress(_Stop):
         arch.base_model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=use_cache,
-                        past_key_values=cache)  # fmt: skip
+                        **{cache_kwarg(arch.base_model): cache})  # fmt: skip
     if any(r is None for r in resid):
         raise RuntimeError("the trace hooks did not run")  # a bug, not input
     batch = int(resid[0].shape[0])

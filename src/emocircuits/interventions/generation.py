@@ -23,6 +23,7 @@ import numpy as np
 
 from emocircuits.errors import DataError
 from emocircuits.interventions.steering import Steer, steering
+from emocircuits.models.batching import Batches, BatchSize, row_bytes
 
 if TYPE_CHECKING:
     from emocircuits.models.loading import LoadedModel
@@ -64,6 +65,17 @@ def _pad_id(lm: LoadedModel) -> int:
     return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
+def generation_bytes(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Estimated memory of one row of :func:`generate` (for ``batch_size="auto"``): the
+    prompt's forward pass and a key-value cache of the prompt and the new tokens."""
+    n = prompt_tokens + max_new_tokens
+    return row_bytes(lm, n, cache_tokens=n, logits=2)
+
+
+def _slices(order: Sequence[int], size: int) -> list[np.ndarray]:
+    return [np.asarray(order[i : i + size], dtype=np.int64) for i in range(0, len(order), size)]
+
+
 def generate(
     lm: LoadedModel,
     prompts: Sequence[str] | Sequence[list[int]],
@@ -73,11 +85,14 @@ def generate(
     where: str = "all",
     steer_tokens: int | None = None,
     max_new_tokens: int = 30,
-    batch_size: int = 8,
+    batch_size: BatchSize | Batches = 8,
 ) -> list[list[int]]:
     """Greedy continuations (new token ids, up to the end-of-text token) of ``prompts``
     (texts or token ids), with the same ``steers`` for all or each prompt's own
-    (``per_row``). Prompts are batched by length (left padding); order is kept."""
+    (``per_row``). Prompts are batched by length (left padding); order is kept.
+    ``batch_size``: a number, ``"auto"``, or the caller's
+    :class:`~emocircuits.models.batching.Batches`; a batch that runs out of memory is
+    halved and run again."""
     import torch
 
     ids = [_token_ids(lm, p) for p in prompts]
@@ -86,21 +101,29 @@ def generate(
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[list[int]] = [[] for _ in ids]
     eos, pad = lm.tokenizer.eos_token_id, _pad_id(lm)
+    b = Batches.of(batch_size, "generate")
+    longest = max(map(len, ids), default=1)
+    size = b.size("generate", lm, generation_bytes(lm, longest, max_new_tokens), len(ids))
+
+    def one(chunk: np.ndarray) -> list[list[int]]:
+        x, mask = _left_pad([ids[i] for i in chunk], pad)
+        rows = None if per_row is None else [per_row[i] for i in chunk]
+        with steering(lm, steers, where=where, per_row=rows, steer_tokens=steer_tokens):
+            new = lm.model.generate(
+                input_ids=x.to(lm.input_device),
+                attention_mask=mask.to(lm.input_device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )[:, x.shape[1] :]
+        return new.tolist()
+
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            x, mask = _left_pad([ids[i] for i in chunk], pad)
-            rows = None if per_row is None else [per_row[i] for i in chunk]
-            with steering(lm, steers, where=where, per_row=rows, steer_tokens=steer_tokens):
-                new = lm.model.generate(
-                    input_ids=x.to(lm.input_device),
-                    attention_mask=mask.to(lm.input_device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
-                )[:, x.shape[1] :]
-            for i, row in zip(chunk, new.tolist(), strict=True):
+        for chunk, new in b.run("generate", _slices(order, size), one):
+            for i, row in zip(chunk.tolist(), new, strict=True):
                 out[i] = row[: row.index(eos)] if eos in row else row
+    if b is not batch_size:
+        b.report()
     return out
 
 
@@ -109,34 +132,46 @@ def perplexity(
     prompts: Sequence[str] | Sequence[list[int]],
     continuations: Sequence[list[int]],
     *,
-    batch_size: int = 32,
+    batch_size: BatchSize | Batches = 32,
 ) -> np.ndarray:
     """Perplexity of each continuation (token ids) after its prompt (text or ids) under the
     model as it is (call outside any steering): ``exp`` of the mean next-token loss over the
     new tokens; NaN for an empty continuation. Batched with left padding and explicit
-    positions (equal to scoring one at a time: tested)."""
+    positions (equal to scoring one at a time: tested); ``batch_size`` as in
+    :func:`generate`."""
     import torch
 
     seqs = [(_token_ids(lm, p), list(c)) for p, c in zip(prompts, continuations, strict=True)]
     out = np.full(len(seqs), np.nan)
     todo = sorted((i for i, (_, c) in enumerate(seqs) if c), key=lambda i: sum(map(len, seqs[i])))
     pad = _pad_id(lm)
+    b = Batches.of(batch_size, "perplexity")
+    longest = max((sum(map(len, seqs[i])) for i in todo), default=1)
+    keep_most = max((len(seqs[i][1]) for i in todo), default=0) + 1
+    size = b.size("perplexity", lm, row_bytes(lm, longest, logits=keep_most), len(todo))
+
+    def one(chunk: np.ndarray) -> list[float]:
+        # left padding: every continuation ends at the last position, so the LM head
+        # and the softmax run only over the last max(len(c)) + 1 positions
+        x, mask = _left_pad([seqs[i][0] + seqs[i][1] for i in chunk], pad)
+        keep = max(len(seqs[i][1]) for i in chunk) + 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        x, mask, pos = (t.to(lm.input_device) for t in (x, mask, pos))
+        logits = lm.model(input_ids=x, attention_mask=mask, position_ids=pos,
+                          logits_to_keep=keep).logits  # fmt: skip
+        values = []
+        for j, i in enumerate(chunk):
+            c = seqs[i][1]
+            pred = torch.log_softmax(logits[j, keep - 1 - len(c) : keep - 1].float(), -1)
+            nll = -pred.gather(1, torch.tensor(c, device=pred.device)[:, None]).mean()
+            values.append(float(torch.exp(nll)))
+        return values
+
     with torch.no_grad():
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            # left padding: every continuation ends at the last position, so the LM head
-            # and the softmax run only over the last max(len(c)) + 1 positions
-            x, mask = _left_pad([seqs[i][0] + seqs[i][1] for i in chunk], pad)
-            keep = max(len(seqs[i][1]) for i in chunk) + 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            x, mask, pos = (t.to(lm.input_device) for t in (x, mask, pos))
-            logits = lm.model(input_ids=x, attention_mask=mask, position_ids=pos,
-                              logits_to_keep=keep).logits  # fmt: skip
-            for j, i in enumerate(chunk):
-                c = seqs[i][1]
-                pred = torch.log_softmax(logits[j, keep - 1 - len(c) : keep - 1].float(), -1)
-                nll = -pred.gather(1, torch.tensor(c, device=pred.device)[:, None]).mean()
-                out[i] = float(torch.exp(nll))
+        for chunk, values in b.run("perplexity", _slices(todo, size), one):
+            out[chunk] = values
+    if b is not batch_size:
+        b.report()
     return out
 
 
@@ -145,11 +180,12 @@ def next_token_kl(
     texts: Sequence[str],
     steer_sets: Sequence[Sequence[Steer]],
     *,
-    batch_size: int = 32,
+    batch_size: BatchSize | Batches = 32,
 ) -> np.ndarray:
     """``[len(steer_sets)]`` mean KL(unsteered || steered) of the next-token distributions
     over every position of ``texts`` (neutral text: the fluency cost of each steer set on
-    text it did not write). All positions are steered."""
+    text it did not write). All positions are steered. ``batch_size`` (as in
+    :func:`generate`) counts rows: ``batch_size // len(texts)`` steer sets run together."""
     import torch
 
     ids = [lm.tokenizer(t)["input_ids"] for t in texts]
@@ -167,18 +203,27 @@ def next_token_kl(
         base = base[keep]  # [tokens, vocab]
         p_base = base.exp()
         out = np.zeros(len(steer_sets))
-        per = max(1, batch_size // len(ids))  # steer sets per forward pass
-        for start in range(0, len(steer_sets), per):
-            sets = steer_sets[start : start + per]
+        b = Batches.of(batch_size, "next_token_kl")
+        # steer sets per forward pass (one set is a batch of len(texts) rows)
+        per = b.size("kl_steer_sets", lm, row_bytes(lm, n, logits=n) * len(ids),
+                     len(steer_sets), per=len(ids))  # fmt: skip
+
+        def one(chunk: np.ndarray) -> list[float]:
+            sets = [steer_sets[k] for k in chunk]
             rows = [list(s) for s in sets for _ in ids]
             with steering(lm, per_row=rows):
                 logits = lm.model(
                     input_ids=x.repeat(len(sets), 1), attention_mask=mask.repeat(len(sets), 1)
                 ).logits.float()
             logq = torch.log_softmax(logits, -1).view(len(sets), len(ids), n, -1)
-            for k in range(len(sets)):
-                kl = (p_base * (base - logq[k][keep])).sum(-1)
-                out[start + k] = float(kl.mean())
+            return [
+                float((p_base * (base - logq[k][keep])).sum(-1).mean()) for k in range(len(sets))
+            ]
+
+        for chunk, values in b.run("kl_steer_sets", _slices(range(len(steer_sets)), per), one):
+            out[chunk] = values
+    if b is not batch_size:
+        b.report()
     return out
 
 
@@ -187,7 +232,7 @@ def generate_text(
     prompts: str | Sequence[str],
     *,
     max_new_tokens: int = 30,
-    batch_size: int = 8,
+    batch_size: BatchSize | Batches = 8,
 ) -> str | list[str]:
     """Greedy continuation (new text only) of one prompt, or of each of a list; any steering
     that is active (:func:`~emocircuits.interventions.steering.steering`) applies.

@@ -17,6 +17,7 @@ import numpy as np
 from emocircuits.capture.hooks import hooked
 from emocircuits.interventions.forward import Trace, resid_edit_hooks, trace, unembed
 from emocircuits.interventions.readout import Readout, logit_diff, readout_columns
+from emocircuits.models.compat import cache_kwarg, output_cache
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +127,7 @@ class PatchRunner:
                 use_cache=True,
             )
         self.passes += 1
-        return out.past_key_values
+        return output_cache(out)
 
     def cached(
         self,
@@ -146,7 +147,7 @@ class PatchRunner:
         idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         kw: dict[str, Any] = {"use_cache": past is not None}
         if past is not None:
-            kw["past_key_values"] = _select(past, idx, mix)
+            kw[cache_kwarg(self.lm.arch.base_model)] = _select(past, idx, mix)
         with torch.inference_mode(), hooked(resid_edit_hooks(self.lm.arch, edits)):
             out = self.lm.arch.base_model(
                 input_ids=batch.ids_n[idx, start:].to(self.device),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from emocircuits.interventions.causal import TablesResult, as_model, causal_inputs, causal_summary
+from emocircuits.models.batching import BatchSize
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,7 +78,7 @@ def patch(
     n_layers: int | None = None,
     n_boot: int = 1000,
     level: float = 0.95,
-    batch_size: int = 32,
+    batch_size: BatchSize = 32,
     seed: int = 0,
     dtype: str = "auto",
     device: str = "auto",

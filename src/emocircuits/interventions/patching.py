@@ -96,6 +96,7 @@ from emocircuits.interventions.patch_pairs import Pair, match_pairs
 from emocircuits.interventions.patch_passes import PairBatch, PatchRunner, enter_patched, rows_patch
 from emocircuits.interventions.patch_results import BODY, PatchRun
 from emocircuits.interventions.readout import Readout, readout_texts
+from emocircuits.models.batching import Batches, BatchSize, row_bytes
 
 if TYPE_CHECKING:
     from emocircuits.geometry.vectors import EmotionVectors
@@ -142,7 +143,7 @@ def run_patching(
     n_positions: int = 6,
     layers: Sequence[int] | None = None,
     n_layers: int | None = None,
-    batch_size: int = 32,
+    batch_size: BatchSize | Batches = 32,
     rows_per_pass: int = 64,
     seed: int = 0,
     progress: bool = False,
@@ -200,83 +201,91 @@ def run_patching(
 
     pad = lm.tokenizer.pad_token_id
     pad = pad if pad is not None else (lm.tokenizer.eos_token_id or 0)
-    groups = length_groups([q.n_tokens for q in pairs], batch_size)  # little padding
-    batches = [PairBatch.make(pairs, g.tolist(), token_ids, pad) for g in groups]
+    # a batch of pairs: its rows of every array below are written whole (a batch that
+    # runs out of memory is halved and run again: ``batches.run``)
+    batches = Batches.of(batch_size, "patch")
+    longest = max((q.n_tokens for q in pairs), default=1)
+    per_pair = row_bytes(lm, longest, cache_tokens=longest * (n_positions + 3), kept=2 * (L + 1))
+    size = batches.size("pairs", lm, per_pair, len(pairs))
+    groups = length_groups([q.n_tokens for q in pairs], size)  # little padding
     runner = PatchRunner(lm, readouts)
-    per_chunk = max(1, 4 * rows_per_pass // max(1, batch_size))  # layers per cached pass
-    bar = tqdm(total=len(batches) * n_l, desc="patch", unit="layer", disable=not progress)
+    per_chunk = max(1, 4 * rows_per_pass // size)  # layers per cached pass
+    bar = tqdm(total=len(pairs) * n_l, desc="patch", unit="pair-layer", disable=not progress)
+
+    def one(rows: np.ndarray) -> None:
+        b = PairBatch.make(pairs, rows.tolist(), token_ids, pad)
+        g, s, t = b.rows, b.width, b.lengths
+        n_b = len(g)
+        emos = [pairs[i].emotion for i in g]
+        tr_e, tr_n = runner.trace(b, neutral=False), runner.trace(b, neutral=True)
+        ld_e[g] = runner.ld(runner.final(tr_e.resid[L][:, -1]), emos)
+        ld_n[g] = runner.ld(runner.final(tr_n.resid[L][:, -1]), emos)
+        v = torch.stack([dirs[e] for e in emos], 1)  # [n_layers, n_b, W]
+        body = s - n_positions  # columns :body patched together
+        # 1. single columns -k (full and directional) and the full body patch: KV-cached
+        # passes over the last columns, rows = pairs x a chunk of layers
+        caches = {k: runner.prefix(b, s - k, tr_n) for k in range(1, min(n_positions, s - 1) + 1)}
+        emo_body = runner.prefix(b, body, tr_e, neutral=False) if body >= 1 else None
+        for c0 in range(0, n_l, per_chunk):
+            chunk = list(range(c0, min(n_l, c0 + per_chunk)))
+            rows = np.tile(np.arange(n_b), len(chunk))  # layer-major
+            which = np.repeat(np.arange(len(chunk)), n_b)
+            for c, col in enumerate(columns):
+                if col == BODY:
+                    if emo_body is None:
+                        continue
+                    use = np.array([[i >= resid[chunk[w]] for i in range(L)] for w in which])
+                    # body columns read the emotion run's keys and values from the
+                    # patched layer on; the last columns are the neutral run's
+                    lg = runner.cached(b, rows, body, caches[n_positions], {},
+                                       mix=(emo_body, use))  # fmt: skip
+                    ld = runner.ld(lg, [emos[r] for r in rows]).reshape(len(chunk), n_b)
+                    full[np.ix_(chunk, [c], g)] = np.where(t - n_positions >= 1, ld,
+                                                           np.nan)[:, None]  # fmt: skip
+                    continue
+                k = -int(col)
+                if k > s:
+                    continue
+                start, past = (s - k, caches[k]) if k in caches else (0, None)
+                for out, direction in ((full, None), (directional, v)):
+                    edits = {}
+                    for w, li in enumerate(chunk):
+                        sel = np.flatnonzero(which == w)
+                        source = tr_e.resid[resid[li]][:, s - k : s - k + 1]
+                        d = None if direction is None else direction[li]
+                        edits[layers[li]] = rows_patch(sel, source, slice(0, 1), d)
+                    lg = runner.cached(b, rows, start, past, edits)
+                    ld = runner.ld(lg, [emos[r] for r in rows]).reshape(len(chunk), n_b)
+                    out[np.ix_(chunk, [c], g)] = np.where(t >= k, ld, np.nan)[:, None]
+        # 2. directional body, directional and random at every position: each row
+        # resumes the neutral run from its patched layer with the edit on entry
+        kinds = [("all", v), ("random", None)] + ([("body", v)] if body >= 1 else [])
+        jobs = [(li, kind, j) for li in range(n_l) for kind in range(len(kinds))
+                for j in range(n_b)]  # fmt: skip
+        jobs.sort(key=lambda x: (resid[x[0]], x[1], x[2]))
+        for s0 in range(0, len(jobs), rows_per_pass):
+            part = jobs[s0 : s0 + rows_per_pass]
+            enter = enter_patched(tr_e, tr_n, part, kinds, body, rnd)
+            h = resume(lm, tr_n, [j for _, _, j in part], [resid[li] for li, _, _ in part],
+                       enter=enter)  # fmt: skip
+            runner.passes += 1
+            lg = runner.final(h[:, -1])
+            ld = runner.ld(lg, [emos[j] for _, _, j in part])
+            for q, (li, kind, j) in enumerate(part):
+                name = kinds[kind][0]
+                if name == "all":
+                    dir_all[li, g[j]] = ld[q]
+                elif name == "random":
+                    rnd_all[li, g[j]] = ld[q]
+                elif t[j] - n_positions >= 1:
+                    directional[li, 0, g[j]] = ld[q]
+
     try:
-        for b in batches:
-            g, s, t = b.rows, b.width, b.lengths
-            n_b = len(g)
-            emos = [pairs[i].emotion for i in g]
-            tr_e, tr_n = runner.trace(b, neutral=False), runner.trace(b, neutral=True)
-            ld_e[g] = runner.ld(runner.final(tr_e.resid[L][:, -1]), emos)
-            ld_n[g] = runner.ld(runner.final(tr_n.resid[L][:, -1]), emos)
-            v = torch.stack([dirs[e] for e in emos], 1)  # [n_layers, n_b, W]
-            body = s - n_positions  # columns :body patched together
-            # 1. single columns -k (full and directional) and the full body patch: KV-cached
-            # passes over the last columns, rows = pairs x a chunk of layers
-            caches = {
-                k: runner.prefix(b, s - k, tr_n) for k in range(1, min(n_positions, s - 1) + 1)
-            }
-            emo_body = runner.prefix(b, body, tr_e, neutral=False) if body >= 1 else None
-            for c0 in range(0, n_l, per_chunk):
-                chunk = list(range(c0, min(n_l, c0 + per_chunk)))
-                rows = np.tile(np.arange(n_b), len(chunk))  # layer-major
-                which = np.repeat(np.arange(len(chunk)), n_b)
-                for c, col in enumerate(columns):
-                    if col == BODY:
-                        if emo_body is None:
-                            continue
-                        use = np.array([[i >= resid[chunk[w]] for i in range(L)] for w in which])
-                        # body columns read the emotion run's keys and values from the
-                        # patched layer on; the last columns are the neutral run's
-                        lg = runner.cached(b, rows, body, caches[n_positions], {},
-                                           mix=(emo_body, use))  # fmt: skip
-                        ld = runner.ld(lg, [emos[r] for r in rows]).reshape(len(chunk), n_b)
-                        full[np.ix_(chunk, [c], g)] = np.where(t - n_positions >= 1, ld,
-                                                               np.nan)[:, None]  # fmt: skip
-                        continue
-                    k = -int(col)
-                    if k > s:
-                        continue
-                    start, past = (s - k, caches[k]) if k in caches else (0, None)
-                    for out, direction in ((full, None), (directional, v)):
-                        edits = {}
-                        for w, li in enumerate(chunk):
-                            sel = np.flatnonzero(which == w)
-                            source = tr_e.resid[resid[li]][:, s - k : s - k + 1]
-                            d = None if direction is None else direction[li]
-                            edits[layers[li]] = rows_patch(sel, source, slice(0, 1), d)
-                        lg = runner.cached(b, rows, start, past, edits)
-                        ld = runner.ld(lg, [emos[r] for r in rows]).reshape(len(chunk), n_b)
-                        out[np.ix_(chunk, [c], g)] = np.where(t >= k, ld, np.nan)[:, None]
-            # 2. directional body, directional and random at every position: each row
-            # resumes the neutral run from its patched layer with the edit on entry
-            kinds = [("all", v), ("random", None)] + ([("body", v)] if body >= 1 else [])
-            jobs = [(li, kind, j) for li in range(n_l) for kind in range(len(kinds))
-                    for j in range(n_b)]  # fmt: skip
-            jobs.sort(key=lambda x: (resid[x[0]], x[1], x[2]))
-            for s0 in range(0, len(jobs), rows_per_pass):
-                part = jobs[s0 : s0 + rows_per_pass]
-                enter = enter_patched(tr_e, tr_n, part, kinds, body, rnd)
-                h = resume(lm, tr_n, [j for _, _, j in part], [resid[li] for li, _, _ in part],
-                           enter=enter)  # fmt: skip
-                runner.passes += 1
-                lg = runner.final(h[:, -1])
-                ld = runner.ld(lg, [emos[j] for _, _, j in part])
-                for q, (li, kind, j) in enumerate(part):
-                    name = kinds[kind][0]
-                    if name == "all":
-                        dir_all[li, g[j]] = ld[q]
-                    elif name == "random":
-                        rnd_all[li, g[j]] = ld[q]
-                    elif t[j] - n_positions >= 1:
-                        directional[li, 0, g[j]] = ld[q]
-            bar.update(n_l)
+        for rows, _ in batches.run("pairs", groups, one):
+            bar.update(len(rows) * n_l)
     finally:
         bar.close()
+    batches.report(progress)
     settings = {
         "emotions": emotions,
         "baseline": baseline,
@@ -284,7 +293,7 @@ def run_patching(
         "min_pairs": min_pairs,
         "n_positions": n_positions,
         "n_layers": n_layers,
-        "batch_size": batch_size,
+        **batches.provenance,
         "rows_per_pass": rows_per_pass,
         "seed": seed,
         "forward_passes": runner.passes,

@@ -38,6 +38,7 @@ from emocircuits.errors import DataError
 from emocircuits.interventions.generation import (
     chat_ids,
     generate,
+    generation_bytes,
     has_chat_template,
     perplexity,
 )
@@ -52,6 +53,7 @@ from emocircuits.interventions.scorers import repetition, score_texts
 from emocircuits.interventions.settings import load_recommendation, setting_of
 from emocircuits.interventions.steering import Steer, describe_push
 from emocircuits.interventions.summary import headline, steer_table, summarize
+from emocircuits.models.batching import Batches, BatchSize
 from emocircuits.results import Result
 
 if TYPE_CHECKING:
@@ -159,16 +161,21 @@ def run_conditions(
     conds: Sequence[SteerCondition],
     *,
     max_new_tokens: int = 30,
-    batch_size: int = 32,
+    batch_size: BatchSize | Batches = 32,
     where: str = "all",
     steer_tokens: int | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (condition, prompt): the continuation and its scores. ``where`` and
     ``steer_tokens`` as in :func:`~emocircuits.interventions.steering.steering`. ``progress`` is
-    called with the number of rows finished after each batch of generations."""
+    called with the number of rows finished after each batch of generations.
+    ``batch_size``: a number, ``"auto"`` or the caller's
+    :class:`~emocircuits.models.batching.Batches` (halved on out-of-memory)."""
     jobs = [(c, i, encode(lm, p, c)) for c in conds for i, p in enumerate(prompts)]
-    chunk = max(batch_size, 1) * 4  # generate in slices so that progress can be reported
+    batch_size = Batches.of(batch_size, "steer")
+    longest = max((len(j[2]) for j in jobs), default=1)
+    size = batch_size.size("generate", lm, generation_bytes(lm, longest, max_new_tokens), len(jobs))
+    chunk = 4 * size  # generate in slices so that progress can be reported
     ids: list[list[int]] = []
     order = sorted(range(len(jobs)), key=lambda k: len(jobs[k][2]))
     done: dict[int, list[int]] = {}
@@ -223,7 +230,7 @@ def steer_prompts(
     alphas: Sequence[float],
     scales: np.ndarray,
     max_new_tokens: int,
-    batch_size: int,
+    batch_size: BatchSize | Batches,
     n_random: int,
     where: str = "all",
     steer_tokens: int | None = None,
@@ -314,7 +321,7 @@ def steer(
     setting: Any = None,
     transfer: EmotionVectors | str | os.PathLike[str] | None = None,
     max_new_tokens: int = 30,
-    batch_size: int = 64,
+    batch_size: BatchSize = 64,
     where: str = "all",
     steer_tokens: int | None = None,
     seed: int = 0,
@@ -326,7 +333,9 @@ def steer(
     """Continue ``prompts`` (None: the shipped neutral ``tune`` prompts; a .txt/.jsonl path;
     a list of strings) with ``emotion``'s direction added, next to the controls (unsteered,
     ``n_random`` random directions, the prompting baseline on chat models, ``transfer``
-    directions), and score the text (what ``emocircuits steer`` does).
+    directions), and score the text (what ``emocircuits steer`` does). ``batch_size``: rows
+    per generation pass, or ``"auto"`` (from free memory); halved on out-of-memory, the
+    size settled on printed (``progress``) and recorded in ``meta["settings"]``.
 
     The push at each ``layer`` x ``alpha`` is ``alpha * s_l * v`` (``s_l``: ``scales``, by
     default :func:`~emocircuits.interventions.steering.steering_scales`). Without ``layer``
@@ -368,13 +377,15 @@ def steer(
     chat = has_chat_template(lm) and prompt_baseline
     per = 1 + n_random + (tvecs is not None)
     n = len(prompt_list) * (1 + chat + len(layers) * len(alphas) * per)
+    batches = Batches(batch_size, "steer")
     with tqdm(total=n, desc="steer", unit="text", disable=not progress) as bar:
         rows = steer_prompts(
             lm, prompt_list, vecs, emotion, layers=layers, alphas=alphas, scales=scales,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, where=where,
+            max_new_tokens=max_new_tokens, batch_size=batches, where=where,
             steer_tokens=steer_tokens, seed=seed, prompt=None if prompt_baseline else False,
             transfer=tvecs, n_random=n_random, progress=bar.update,
         )  # fmt: skip
+    batches.report(progress)
     meta = {
         "format": "emocircuits.steer",
         "version": 1,
@@ -387,6 +398,7 @@ def steer(
                      "steer_tokens": steer_tokens, "source": source,
                      "max_new_tokens": max_new_tokens, "seed": seed,
                      "n_random": n_random, "decoding": "greedy", "dtype": str(lm.dtype),
-                     "prompts": prompt_desc, "n_prompts": len(prompt_list)},
+                     "prompts": prompt_desc, "n_prompts": len(prompt_list),
+                     **batches.provenance},
     }  # fmt: skip
     return SteerResult(rows, summarize(rows), meta)

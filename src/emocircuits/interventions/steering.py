@@ -40,6 +40,7 @@ import numpy as np
 
 from emocircuits.capture.hooks import hooked
 from emocircuits.errors import CaptureError, DataError
+from emocircuits.models.compat import cache_from_kwargs
 
 if TYPE_CHECKING:
     from emocircuits.geometry.vectors import EmotionVectors
@@ -164,7 +165,7 @@ def _steering(
     state = {"decoding": False, "step": 0}
 
     def model_pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("past_key_values")
+        cache = cache_from_kwargs(kwargs)
         state["decoding"] = cache is not None and _cached_length(cache) > 0
         state["step"] = state["step"] + 1 if state["decoding"] else 0
 

@@ -61,6 +61,7 @@ from emocircuits.interventions.scorers import MARKERS
 from emocircuits.interventions.settings import save_recommendations
 from emocircuits.interventions.steering import describe_push
 from emocircuits.interventions.summary import headline, summarize
+from emocircuits.models.batching import Batches, BatchSize
 from emocircuits.results import Result
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ def sweep(
     layers: Sequence[int],
     alphas: Sequence[float],
     scales: np.ndarray,
-    batch_size: int,
+    batch_size: BatchSize | Batches,
     kl_texts: Sequence[str] = (),
     max_new_tokens: int = 30,
     where: str = "all",
@@ -302,6 +303,7 @@ def sweep(
     """
     for e in emotions:
         check_vectors(lm, vectors, e, layers)
+    batch_size = Batches.of(batch_size, "steer-sweep")  # one back-off for every pass below
     use_prompt = has_chat_template(lm) if prompt is None else prompt
     conds: list[SteerCondition] = []
     for k, e in enumerate(emotions):
@@ -367,7 +369,8 @@ def sweep(
                 "seed": seed,
                 "n_prompts": len(prompts), "prompting_baseline": use_prompt,
                 "kl_texts": len(kl_texts), "decoding": "greedy", "n_verify": n_verify,
-                "random_checked": sorted(map(list, checked))}  # fmt: skip
+                "random_checked": sorted(map(list, checked)),
+                **batch_size.provenance}  # fmt: skip
     return SweepResult(rows, summary, recs, settings)
 
 
@@ -518,7 +521,7 @@ def steer_sweep(
     n_prompts: int | None = None,
     n_verify: int = 4,
     max_new_tokens: int = 30,
-    batch_size: int = 64,
+    batch_size: BatchSize = 64,
     where: str = "all",
     steer_tokens: int | None = SWEEP_STEER_TOKENS,
     seed: int = 0,
@@ -533,7 +536,9 @@ def steer_sweep(
     30-60% of the depth (:func:`default_layers`). ``alpha``: default ``n_alphas`` strengths
     chosen from the data (:func:`calibrate_alphas` at the middle layer; recorded in
     ``settings["alpha_calibration"]``). Scales as in
-    :func:`~emocircuits.interventions.steering.steering_scales`.
+    :func:`~emocircuits.interventions.steering.steering_scales`. ``batch_size``: rows per
+    pass, or ``"auto"`` (from free memory); halved on out-of-memory, the size settled on
+    printed (``progress``) and recorded in ``settings``.
 
     >>> res = steer_sweep(lm, None, "v.safetensors", emotion="gratitude")  # doctest: +SKIP
     >>> res.save("runs/sweep"); res.save_recommendations()  # doctest: +SKIP
@@ -563,16 +568,18 @@ def steer_sweep(
     chat = has_chat_template(lm) and prompt_baseline
     n = len(prompt_list) * (1 + len(layers) * len(alphas) * (len(emotions) + 1)
                             + chat * len(emotions))  # fmt: skip
+    batches = Batches(batch_size, "steer-sweep")
     with tqdm(total=n, desc="steer-sweep", unit="text", disable=not progress) as bar:
         res = sweep(
             lm, prompt_list, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
-            kl_texts=kl_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            kl_texts=kl_texts, max_new_tokens=max_new_tokens, batch_size=batches,
             where=where, steer_tokens=steer_tokens, seed=seed,
             prompt=None if prompt_baseline else False, n_verify=n_verify,
             progress=bar.update,
         )  # fmt: skip
         bar.total = bar.n  # the random-control checks add a number of rows known only now
         bar.refresh()
+    batches.report(progress)
     res.settings = {"sweep": None, **res.settings, "alpha_calibration": calibration,
                     "prompts": prompt_desc}  # fmt: skip
     res.meta = {"model": lm.provenance, "vectors": {"file": vfile, **vecs.meta()}}

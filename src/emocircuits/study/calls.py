@@ -25,6 +25,8 @@ from emocircuits.geometry.subspaces import KINDS
 
 #: an int option that must be >= 1 (the config refuses 0 and negatives before any model work)
 Positive = Annotated[int, ">= 1"]
+#: a batch size: a whole number >= 1, or "auto" (sized from free memory)
+BatchSize = Positive | Literal["auto"]
 Layers = Sequence[int]  # a list, or a string such as "0,10-20,-1"
 Names = Sequence[str]  # a list, or a comma-separated string
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -51,7 +53,7 @@ def _extract(
     heads: bool = False,
     positions: Names,
     layers: Layers | None,
-    batch_size: Positive,
+    batch_size: BatchSize,
     shard_size: Positive,
     padding_side: Literal["left", "right"] | None,
     max_length: Positive | None,
@@ -108,7 +110,7 @@ def _steer_sweep(
     layer: Sequence[int] | None,
     alpha: Sequence[float] | None,
     max_new_tokens: Positive,
-    batch_size: Positive,
+    batch_size: BatchSize,
     where: Literal["all", "new"],
     steer_tokens: Positive | None,
     seed: int,
@@ -127,7 +129,7 @@ def _causal(
     budget: Literal["default", "fast"],
     n_boot: Positive,
     level: float,
-    batch_size: Positive,
+    batch_size: BatchSize,
     no_plots: bool = False,
 ) -> None:
     """The options ``patch`` and ``ablate`` share, first in both tables (as the commands'
@@ -189,7 +191,7 @@ def _heads(
     n_boot: Positive,
     top_neurons: Positive,
     top_prompts: Positive,
-    batch_size: Positive,
+    batch_size: BatchSize,
     seed: int,
     no_ablation: bool = False,
     no_plots: bool = False,

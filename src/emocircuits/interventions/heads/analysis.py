@@ -25,6 +25,7 @@ from emocircuits.interventions.heads.tables import (
     choose_layer,
 )
 from emocircuits.interventions.readout import Readout, readout, readout_texts
+from emocircuits.models.batching import Batches, BatchSize
 
 if TYPE_CHECKING:
     from emocircuits.data.dataset import Dataset
@@ -48,7 +49,7 @@ def analyze_heads(
     level: float = 0.95,
     top_neurons: int = 20,
     top_prompts: int = 5,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     seed: int = 0,
     ablation: bool = True,
     progress: bool = False,
@@ -84,6 +85,8 @@ def analyze_heads(
             readouts[e] = None  # no feeling words: the projection only
     position = vectors.position
     boot = {"n_boot": n_boot, "level": level, "seed": seed}
+    batches = Batches(batch_size, "heads")  # "auto": one size for every pass, no back-off
+    batch_size = batches.fixed("rows", lm, prompts, kept=arch.n_layers + 1, extra_tokens=8)
     cap = capture_heads(
         lm, prompts, position=position, spans=spans, baseline_rows=labels == baseline,
         readouts={e: r for e, r in readouts.items() if r is not None},
@@ -108,6 +111,7 @@ def analyze_heads(
             position=position, names=names, layer=R, ks=ks, n_random=n_random,
             n_ablate=n_ablate, seed=seed, boot=boot, batch_size=batch_size, progress=progress,
         )  # fmt: skip
+    batches.report(progress)
     seconds["ablation"] = time.perf_counter() - t0 - sum(seconds.values())
     seconds["total"] = time.perf_counter() - t0
     tables = {
@@ -140,7 +144,7 @@ def analyze_heads(
         "level": level,
         "top_neurons": top_neurons,
         "top_prompts": top_prompts,
-        "batch_size": batch_size,
+        **batches.provenance,
         "seed": seed,
         "ablation": abl_meta or None,
     }
@@ -188,7 +192,7 @@ def heads(
     n_boot: int = 1000,
     top_neurons: int = 20,
     top_prompts: int = 5,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     seed: int = 0,
     dtype: str = "auto",
     device: str = "auto",
