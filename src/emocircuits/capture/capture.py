@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from emocircuits.capture.chat import ChatFormat, chat_format, check_chat
 from emocircuits.capture.hooks import Hook, hooked
 from emocircuits.capture.positions import Selection, TokenBatch, get_rule
 from emocircuits.capture.store import is_token_key
@@ -40,6 +41,8 @@ class CaptureSpec:
     batch_size: int | str = 16  # or "auto": sized from free memory (:func:`batch_rows`)
     padding_side: str | None = None  # None: the tokenizer's own
     max_length: int | None = None
+    chat: str | None = None  # None (raw text), "user" or "assistant": capture.chat
+    system: str | None = None  # a system prompt (with chat)
 
     def resolved_layers(self, arch: Architecture) -> dict[str, list[int]]:
         """Sorted, de-duplicated layer indices per site (negative numbers normalised)."""
@@ -67,6 +70,7 @@ class CaptureSpec:
             raise CaptureError(f"batch size must be >= 1 or 'auto', got {self.batch_size!r}")
         if self.padding_side not in (None, "left", "right"):
             raise CaptureError(f"padding side must be 'left' or 'right', not {self.padding_side}")
+        check_chat(self.chat, self.system)
         self.resolved_layers(arch)
 
 
@@ -160,15 +164,24 @@ def tokenize(
     *,
     padding_side: str | None = None,
     max_length: int | None = None,
+    chat: ChatFormat | None = None,
 ) -> tuple[TokenBatch, dict[str, torch.Tensor]]:
-    """Tokenise a batch with offsets; return the rule inputs and the model inputs."""
+    """Tokenise a batch with offsets; return the rule inputs and the model inputs. With
+    ``chat`` the texts go through the chat template (spans shifted into it) and the batch
+    marks the texts' own tokens (``TokenBatch.text``)."""
     tok = lm.tokenizer
     side = tok.padding_side
+    if chat is not None:
+        shift = len(chat.prefix)
+        spans = [None if s is None else (s[0] + shift, s[1] + shift) for s in spans]
+        bounds = torch.tensor([chat.span(t) for t in texts]).reshape(len(texts), 1, 2)
+        texts = [chat.wrap(t) for t in texts]
     try:
         if padding_side:
             tok.padding_side = padding_side
         enc = tok(
             list(texts),
+            add_special_tokens=chat is None,  # a template writes its own BOS
             padding=True,
             truncation=max_length is not None,
             max_length=max_length,
@@ -190,14 +203,21 @@ def tokenize(
         offsets=enc["offset_mapping"],
         spans=list(spans),
     )
+    if chat is not None:  # tokens that overlap the text's characters
+        s, e = enc["offset_mapping"].unbind(-1)
+        batch.text = mask.bool() & (e > s) & (s < bounds[..., 1]) & (e > bounds[..., 0])
     # Position ids from the mask, so left padding gives the same positions as right padding.
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     inputs = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": position_ids}
     return batch, inputs
 
 
-def token_lengths(lm: LoadedModel, texts: Sequence[str]) -> np.ndarray:
-    enc = lm.tokenizer(list(texts), padding=False)
+def token_lengths(
+    lm: LoadedModel, texts: Sequence[str], chat: ChatFormat | None = None
+) -> np.ndarray:
+    if chat is not None:
+        texts = [chat.wrap(t) for t in texts]
+    enc = lm.tokenizer(list(texts), padding=False, add_special_tokens=chat is None)
     return np.array([len(ids) for ids in enc["input_ids"]])
 
 
@@ -235,11 +255,12 @@ def run_batch(
     texts: Sequence[str],
     spans: Sequence[tuple[int, int] | None],
     rows: np.ndarray,
+    chat: ChatFormat | None = None,
 ) -> CapturedBatch:
     """Tokenise, run the base model once (hooks attached by the caller), collect."""
     spec = recorder.spec
     batch, inputs = tokenize(
-        lm, texts, spans, padding_side=spec.padding_side, max_length=spec.max_length
+        lm, texts, spans, padding_side=spec.padding_side, max_length=spec.max_length, chat=chat
     )
     recorder.begin(batch)
     device = lm.input_device
@@ -275,14 +296,16 @@ def iter_capture(
     """Yield captured batches (length-sorted); hooks are removed when the iterator ends or
     is closed, also after an exception."""
     spec.check(lm.arch)
+    chat = chat_format(lm, spec.chat, spec.system)
     spans = spans if spans is not None else [None] * len(texts)
     if batches is None:
-        lengths = token_lengths(lm, texts)
+        lengths = token_lengths(lm, texts, chat)
         batches = plan_batches(lengths, batch_rows(lm, spec, lengths))
     recorder = Recorder(lm.arch, spec)
     with hooked(recorder.hooks()):
         for rows in batches:
-            yield run_batch(lm, recorder, [texts[i] for i in rows], [spans[i] for i in rows], rows)
+            yield run_batch(lm, recorder, [texts[i] for i in rows], [spans[i] for i in rows],
+                            rows, chat)  # fmt: skip
 
 
 def capture(

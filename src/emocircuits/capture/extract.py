@@ -28,6 +28,7 @@ from emocircuits.capture.capture import (
     run_batch,
     token_lengths,
 )
+from emocircuits.capture.chat import chat_format
 from emocircuits.capture.hooks import hooked
 from emocircuits.capture.store import (
     FORMAT,
@@ -63,6 +64,12 @@ def _plan(lm: LoadedModel, ds: Dataset, spec: CaptureSpec, shard_size: int) -> d
         "spec": asdict(spec),
         "shard_size": shard_size,
     }
+    if spec.chat is None:  # raw text: the plan of a folder written before chat existed
+        del plan["spec"]["chat"], plan["spec"]["system"]
+    else:  # the template decides the tokens
+        chat = chat_format(lm, spec.chat, spec.system)
+        assert chat is not None
+        plan["chat"] = chat.provenance()
     return json.loads(json.dumps(plan))  # the form it has when read back from plan.json
 
 
@@ -117,6 +124,8 @@ def extract(
     batch_size: BatchSize = 16,
     padding_side: str | None = None,
     max_length: int | None = None,
+    chat: str | None = None,
+    system: str | None = None,
     min_per_class: int = 2,
     shard_size: int = 256,
     overwrite: bool = False,
@@ -127,7 +136,11 @@ def extract(
     With ``out=None`` the activations stay in memory (no files); with ``out`` they stream
     shard by shard into that folder. Either way the result is an :class:`ActivationStore`,
     and ``store.save(folder)`` of an in-memory one writes the folder ``out=folder`` would.
-    ``spec``, when given, replaces ``sites`` ... ``max_length``. ``min_per_class`` applies
+    ``chat``: ``None`` (raw text), ``"user"`` (each text is the user's message) or
+    ``"assistant"`` (each text is the assistant's reply), with an optional ``system``
+    prompt (:mod:`~emocircuits.capture.chat`); the position rules then read the text's own
+    tokens (:mod:`~emocircuits.capture.positions`).
+    ``spec``, when given, replaces ``sites`` ... ``system``. ``min_per_class`` applies
     when ``data`` is loaded here. The default position rules that need an emotion word are
     dropped for data without one (:func:`capture_positions`).
 
@@ -153,8 +166,11 @@ def extract(
             batch_size=check_batch_size(batch_size),
             padding_side=padding_side,
             max_length=max_length,
+            chat=chat,
+            system=system,
         )
     spec.check(lm.arch)
+    chat_format(lm, spec.chat, spec.system)  # no template: refused before any file is made
     if shard_size < 1:
         raise CaptureError(f"shard size must be >= 1, got {shard_size}")
     positions_need_words = any(p.startswith("emotion_word") for p in spec.positions)
@@ -258,7 +274,8 @@ def _groups(
     batches of the size asked for (``"auto"``: ``shard_size`` rows), so that which rows a
     shard holds does not depend on the memory free today (a resumed run finds the same
     shards); each shard cut into batches of the size to run now."""
-    lengths = token_lengths(lm, dataset.texts)
+    chat = chat_format(lm, spec.chat, spec.system)
+    lengths = token_lengths(lm, dataset.texts, chat)
     if spec.batch_size == "auto":
         per_shard = shard_size
     else:
@@ -291,9 +308,12 @@ def _iter_shards(
     spans = [e.emotion_span for e in dataset.examples]
     texts = dataset.texts
     recorder = Recorder(lm.arch, spec)
+    chat = chat_format(lm, spec.chat, spec.system)
 
     def one(rows: np.ndarray) -> CapturedBatch:
-        return run_batch(lm, recorder, [texts[i] for i in rows], [spans[i] for i in rows], rows)
+        return run_batch(
+            lm, recorder, [texts[i] for i in rows], [spans[i] for i in rows], rows, chat
+        )
 
     try:
         if todo:
@@ -393,7 +413,10 @@ def _manifest(
             "max_length": spec.max_length,
             "position_ids": "from attention mask (cumsum - 1)",
             "emotion_word_fallback": "last",
-            "mean_excludes": "padding, special tokens, first content token",
+            "mean_excludes": "padding, special tokens, first content token"
+            if spec.chat is None
+            else "padding, special tokens, the chat template's tokens",
+            "chat": plan.get("chat"),
         },
         "n_rows": len(ds),
         "ids": ds.ids,

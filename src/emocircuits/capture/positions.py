@@ -6,6 +6,15 @@ A rule turns a tokenised batch into a :class:`Selection`: one index per row (``l
 left and right padding alike. Add a rule by writing a function ``(TokenBatch) ->
 Selection`` and registering it in ``RULES``.
 
+With a chat template (``chat="user"`` / ``"assistant"``, :mod:`~emocircuits.capture.chat`)
+the rules read **the text's own tokens**, never the template's scaffolding (role headers,
+system prompt, end-of-turn): ``last`` is the text's last token, ``mean`` averages the text's
+tokens, ``emotion_word`` finds the word inside the text. So a rule means the same in every
+chat mode, and directions from raw and templated captures can be compared. ``end`` is the
+last token of the whole input: with ``chat="user"`` the end of the assistant header, where
+the model is about to answer; on raw text (and with ``chat="assistant"``, whose reply is
+left open) it is the same token as ``last``. ``all`` keeps every token, template included.
+
 >>> sorted(RULES)[:3]
 ['all', 'emotion_word', 'emotion_word_first']
 """
@@ -30,11 +39,14 @@ class TokenBatch:
     special: torch.Tensor  # bool: special tokens (BOS, pad, ...)
     offsets: torch.Tensor  # character offsets of each token in its text
     spans: list[tuple[int, int] | None]  # emotion-word character span per row
+    text: torch.Tensor | None = None  # bool: the text's own tokens (chat template); None: raw
 
     @property
     def content(self) -> torch.Tensor:
-        """Real text tokens: attended to and not special."""
-        return self.attention_mask.bool() & ~self.special
+        """Real text tokens: attended to and not special (with a chat template: and the
+        text's own, not the template's)."""
+        out = self.attention_mask.bool() & ~self.special
+        return out if self.text is None else out & self.text.bool()
 
 
 @dataclass
@@ -75,22 +87,38 @@ def _first_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def last(batch: TokenBatch) -> Selection:
-    """The last non-padding token (whatever the tokenizer's padding side)."""
+    """The last non-padding token (whatever the tokenizer's padding side); with a chat
+    template, the text's last token."""
+    mask = batch.attention_mask.bool()
+    if batch.text is not None:
+        mask = mask & batch.text.bool()
+        _require_tokens(mask)
+    idx = _last_index(mask)
+    return Selection(index=idx, span=torch.stack([idx, idx], 1))
+
+
+def end(batch: TokenBatch) -> Selection:
+    """The last token of the whole input, chat template included (on raw text: ``last``)."""
     idx = _last_index(batch.attention_mask.bool())
     return Selection(index=idx, span=torch.stack([idx, idx], 1))
 
 
+def _require_tokens(mask: torch.Tensor) -> None:
+    if (mask.sum(1) == 0).any():
+        bad = int((mask.sum(1) == 0).nonzero()[0, 0])
+        raise CaptureError(f"row {bad} of a batch has no content tokens (empty text?)")
+
+
 def mean(batch: TokenBatch) -> Selection:
-    """Mean over content tokens, excluding special tokens and the first (attention-sink)
-    token; a one-token text keeps its only token."""
+    """Mean over content tokens, excluding special tokens and, on raw text, the first
+    (attention-sink) token; a one-token text keeps its only token. With a chat template the
+    text does not start the sequence (its first token is no sink): all its tokens count."""
     content = batch.content.clone()
     rows = torch.arange(content.shape[0])
     first = _first_index(content)
-    many = content.sum(1) > 1
+    many = (content.sum(1) > 1) & (batch.text is None)
     content[rows[many], first[many]] = False
-    if (content.sum(1) == 0).any():
-        bad = int((content.sum(1) == 0).nonzero()[0, 0])
-        raise CaptureError(f"row {bad} of a batch has no content tokens (empty text?)")
+    _require_tokens(content)
     w = content.float()
     return Selection(
         weights=w / w.sum(1, keepdim=True),
@@ -140,6 +168,7 @@ def all_tokens(batch: TokenBatch) -> Selection:
 
 RULES: dict[str, Callable[[TokenBatch], Selection]] = {
     "last": last,
+    "end": end,
     "mean": mean,
     "emotion_word_first": partial(emotion_word, how="first"),
     "emotion_word_last": partial(emotion_word, how="last"),

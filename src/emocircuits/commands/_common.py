@@ -174,6 +174,25 @@ def add_level_arg(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
     )
 
 
+def add_chat_args(p: argparse.ArgumentParser, fn: Callable[..., Any], what: str) -> None:
+    """``--chat`` and ``--system``: put each text through the model's chat template
+    (defaults read from library function ``fn``; ``what`` says what the texts are)."""
+    p.add_argument(
+        "--chat",
+        choices=("user", "assistant"),
+        default=lib_default(fn, "chat"),
+        help=f"put each {what} through the model's chat template as the user's message "
+        "(the assistant's turn opened after it) or as the assistant's reply (left open); "
+        "default: raw text. For instruct models: see the README, 'Instruct models'",
+    )
+    p.add_argument(
+        "--system",
+        default=lib_default(fn, "system"),
+        help="a system prompt (with --chat; folded into the user turn by templates that "
+        "have no system role)",
+    )
+
+
 def lib_default(fn: Any, name: str) -> Any:
     """The default of keyword ``name`` of library function ``fn``: the one place a default
     is defined (the command's ``--help`` and the study config read it from there).

@@ -9,6 +9,7 @@ from emocircuits.commands._common import (
     _add_model_arg,
     _csv,
     _layers,
+    add_chat_args,
     add_counts,
     add_model_placement_args,
     lib_default,
@@ -19,10 +20,12 @@ from emocircuits.commands._common import (
 # ------------------------------------------------------------------------------- extract
 def run(args: argparse.Namespace) -> int:
     from emocircuits.capture import capture_positions, extract
+    from emocircuits.capture.chat import check_chat
     from emocircuits.data import load_dataset
     from emocircuits.models import load_model
 
-    ds = load_dataset(args.data, min_per_class=args.min_per_class)  # fail before loading
+    check_chat(args.chat, args.system)  # fail before loading
+    ds = load_dataset(args.data, min_per_class=args.min_per_class)
     sites = args.sites + (("heads",) if args.heads and "heads" not in args.sites else ())
     positions = capture_positions(ds, args.positions)
     if positions != tuple(args.positions):
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         padding_side=args.padding_side,
         max_length=args.max_length,
+        chat=args.chat,
+        system=args.system,
         shard_size=args.shard_size,
         overwrite=args.overwrite,
         progress=not args.quiet,
@@ -76,8 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "safetensors shards + manifest.json (docs/FORMAT.md). An interrupted run resumes "
         "when re-run with the same arguments.",
         epilog="position rules:\n"
-        "  last                last non-padding token\n"
-        "  mean                mean over content tokens (no specials, no first token)\n"
+        "  last                last non-padding token (with --chat: the text's last)\n"
+        "  end                 last token of the whole input (with --chat user: the\n"
+        "                      assistant header, where the model is about to answer)\n"
+        "  mean                mean over content tokens (no specials, no first token;\n"
+        "                      with --chat: the text's own tokens, template excluded)\n"
         "  emotion_word        last sub-token of the row's emotion_word (= _last);\n"
         "                      rows without one (neutral) fall back to 'last'\n"
         "  emotion_word_first  / emotion_word_mean: first / mean of its sub-tokens\n"
@@ -121,6 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "%(default)s)",
         },
     )
+    add_chat_args(x, extract, "text")
     x.add_argument(
         "--revision",
         default=lib_default(load_model, "revision"),

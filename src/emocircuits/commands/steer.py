@@ -9,6 +9,7 @@ from typing import Any
 from emocircuits.commands._common import (
     _add_model_arg,
     _steer_tokens,
+    add_chat_args,
     add_counts,
     add_model_placement_args,
     lib_default,
@@ -18,6 +19,7 @@ from emocircuits.interventions.run import steer
 
 
 def run(args: argparse.Namespace) -> int:
+    from emocircuits.capture.chat import check_chat
     from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.interventions.inputs import check_request, direction_note, resolve_prompts
     from emocircuits.interventions.settings import require_setting
@@ -26,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from emocircuits.models import load_model
 
     # bad input fails before the model loads
+    check_chat(args.chat, args.system)
     if args.prompts:
         resolve_prompts(args.prompts)
     if args.transfer:
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         transfer=args.transfer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         where=args.where, steer_tokens=args.steer_tokens, seed=args.seed,
         n_random=args.n_random, prompt_baseline=not args.no_prompt_baseline,
-        progress=not args.quiet,
+        chat=args.chat, system=args.system, progress=not args.quiet,
     )  # fmt: skip
     st = res.meta["settings"]
     if st["source"].startswith("recommended"):
@@ -93,6 +96,7 @@ def add_steer_args(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
         help="random-direction control (default %(default)s)",
     )
     p.add_argument("--no-prompt-baseline", action="store_true", help="skip the prompting baseline")
+    add_chat_args(p, fn, "prompt")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_placement_args(p)

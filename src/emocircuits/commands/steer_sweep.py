@@ -10,6 +10,7 @@ from emocircuits.interventions.sweep import steer_sweep
 
 
 def run(args: argparse.Namespace) -> int:
+    from emocircuits.capture.chat import check_chat
     from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.interventions.inputs import check_request, direction_note, resolve_prompts
     from emocircuits.interventions.summary import steer_table
@@ -17,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from emocircuits.models import load_model
 
     # bad input fails before the model loads
+    check_chat(args.chat, args.system)
     if args.prompts:
         resolve_prompts(args.prompts)
     vecs = EmotionVectors.load(args.vectors)
@@ -31,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha, n_layers=args.n_layers, n_alphas=args.n_alphas,
         n_prompts=args.n_prompts, n_verify=args.n_verify, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, where=args.where, steer_tokens=args.steer_tokens,
-        seed=args.seed, prompt_baseline=not args.no_prompt_baseline, progress=not args.quiet,
+        seed=args.seed, prompt_baseline=not args.no_prompt_baseline, chat=args.chat,
+        system=args.system, progress=not args.quiet,
     )  # fmt: skip
     line = calibration_line(res)
     if line:

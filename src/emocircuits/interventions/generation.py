@@ -6,7 +6,16 @@
 - :func:`perplexity`: of a continuation after its prompt, under the model as it is;
 - :func:`next_token_kl`: KL(unsteered || steered) of next-token distributions on text the
   model did not write;
-- :func:`chat_ids`: a message as one user turn of the tokenizer's chat template.
+- :func:`prompt_ids`: what the model continues: a text, or the text put through the chat
+  template (``chat="user"``: the text is the user's message and the continuation is the
+  assistant's reply; ``chat="assistant"``: the text is the start of the assistant's reply
+  and the continuation goes on with it; :mod:`~emocircuits.capture.chat`).
+
+Batches are left-padded by hand (whatever the tokenizer's own padding side: SmolLM2's is
+right, which would put padding between a prompt and its continuation) with positions from
+the attention mask. A continuation ends at the first end token: the tokenizer's EOS or any
+of the model's generation-config end tokens (an instruct model's end of turn), and only the
+new tokens are returned, decoded and scored.
 
 Everything here is model mechanics: what to steer with, and why, lives in
 :mod:`~emocircuits.interventions.run` and :mod:`~emocircuits.interventions.sweep`.
@@ -21,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from emocircuits.capture.chat import ChatFormat, chat_format
 from emocircuits.errors import DataError
 from emocircuits.interventions.steering import Steer, steering
 from emocircuits.models.batching import Batches, BatchSize, row_bytes
@@ -34,18 +44,43 @@ def has_chat_template(lm: LoadedModel) -> bool:
     return bool(getattr(lm.tokenizer, "chat_template", None))
 
 
-def chat_ids(lm: LoadedModel, message: str) -> list[int]:
-    """Token ids of ``message`` as one user turn of the tokenizer's chat template, the
-    assistant's turn opened (what the model continues)."""
-    ids = lm.tokenizer.apply_chat_template(
-        [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True
-    )
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+def prompt_ids(
+    lm: LoadedModel,
+    prompts: Sequence[str] | Sequence[list[int]],
+    chat: str | ChatFormat | None = None,
+    system: str | None = None,
+) -> list[list[int]]:
+    """Token ids the model continues, per prompt: a text as raw text (``chat=None``) or
+    through the chat template (``"user"``, ``"assistant"`` or a
+    :class:`~emocircuits.capture.chat.ChatFormat`, with ``system``); token ids as given.
+
+    >>> prompt_ids(lm, ["The bus is late."], chat="user")  # doctest: +SKIP
+    [[1, 9690, 198, ...]]
+    """
+    fmt = chat if isinstance(chat, ChatFormat) else chat_format(lm, chat, system)
+    out = []
+    for p in prompts:
+        if not isinstance(p, str):
+            out.append(list(p))
+        elif fmt is None:
+            out.append(list(lm.tokenizer(p)["input_ids"]))
+        else:
+            out.append(fmt.encode(lm.tokenizer, p)[0])
+    return out
 
 
 def _token_ids(lm: LoadedModel, prompt: str | list[int]) -> list[int]:
     """A text's token ids, or the ids as given."""
-    return lm.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
+    return prompt_ids(lm, [prompt])[0]  # type: ignore[list-item]
+
+
+def stop_ids(lm: LoadedModel) -> list[int]:
+    """The tokens that end a continuation: the tokenizer's EOS and the generation config's
+    end tokens (an instruct model's end of turn)."""
+    ids = [lm.tokenizer.eos_token_id]
+    config = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    ids += config if isinstance(config, list | tuple) else [config]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def _left_pad(batch: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
@@ -86,21 +121,26 @@ def generate(
     steer_tokens: int | None = None,
     max_new_tokens: int = 30,
     batch_size: BatchSize | Batches = 8,
+    chat: str | None = None,
+    system: str | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations (new token ids, up to the end-of-text token) of ``prompts``
-    (texts or token ids), with the same ``steers`` for all or each prompt's own
-    (``per_row``). Prompts are batched by length (left padding); order is kept.
-    ``batch_size``: a number, ``"auto"``, or the caller's
-    :class:`~emocircuits.models.batching.Batches`; a batch that runs out of memory is
-    halved and run again."""
+    """Greedy continuations (new token ids, up to the first end token: :func:`stop_ids`) of
+    ``prompts`` (texts, put through the chat template with ``chat``/``system`` as in
+    :func:`prompt_ids`, or token ids), with the same ``steers`` for all or each prompt's
+    own (``per_row``). Prompts are batched by length (left padding); order is kept. The
+    push covers what ``where`` / ``steer_tokens`` say
+    (:func:`~emocircuits.interventions.steering.steering`); with a chat template "the
+    prompt" is the whole templated input. ``batch_size``: a number, ``"auto"``, or the
+    caller's :class:`~emocircuits.models.batching.Batches`; a batch that runs out of memory
+    is halved and run again."""
     import torch
 
-    ids = [_token_ids(lm, p) for p in prompts]
+    ids = prompt_ids(lm, prompts, chat, system)
     if per_row is not None and len(per_row) != len(ids):
         raise DataError(f"{len(per_row)} steer lists for {len(ids)} prompts")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[list[int]] = [[] for _ in ids]
-    eos, pad = lm.tokenizer.eos_token_id, _pad_id(lm)
+    stops, pad = stop_ids(lm), _pad_id(lm)
     b = Batches.of(batch_size, "generate")
     longest = max(map(len, ids), default=1)
     size = b.size("generate", lm, generation_bytes(lm, longest, max_new_tokens), len(ids))
@@ -115,13 +155,15 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
+                eos_token_id=stops,
             )[:, x.shape[1] :]
         return new.tolist()
 
     with torch.no_grad():
         for chunk, new in b.run("generate", _slices(order, size), one):
             for i, row in zip(chunk.tolist(), new, strict=True):
-                out[i] = row[: row.index(eos)] if eos in row else row
+                ends = [row.index(t) for t in stops if t in row]
+                out[i] = row[: min(ends)] if ends else row
     if b is not batch_size:
         b.report()
     return out
@@ -181,25 +223,36 @@ def next_token_kl(
     steer_sets: Sequence[Sequence[Steer]],
     *,
     batch_size: BatchSize | Batches = 32,
+    chat: str | None = None,
+    system: str | None = None,
 ) -> np.ndarray:
     """``[len(steer_sets)]`` mean KL(unsteered || steered) of the next-token distributions
     over every position of ``texts`` (neutral text: the fluency cost of each steer set on
-    text it did not write). All positions are steered. ``batch_size`` (as in
-    :func:`generate`) counts rows: ``batch_size // len(texts)`` steer sets run together."""
+    text it did not write). All positions are steered. With ``chat`` the texts go through
+    the chat template (as the assistant's or the user's words) and the KL is averaged over
+    the positions of the texts' own tokens. ``batch_size`` (as in :func:`generate`) counts
+    rows: ``batch_size // len(texts)`` steer sets run together."""
     import torch
 
-    ids = [lm.tokenizer(t)["input_ids"] for t in texts]
+    fmt = chat_format(lm, chat, system)
+    if fmt is None:
+        enc = [(lm.tokenizer(t)["input_ids"], None) for t in texts]
+    else:
+        enc = [fmt.encode(lm.tokenizer, t) for t in texts]
+    ids = [e[0] for e in enc]
     n = max(map(len, ids))
     pad = _pad_id(lm)
     x = torch.full((len(ids), n), pad, dtype=torch.long)
     mask = torch.zeros_like(x)
-    for j, t in enumerate(ids):
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    for j, (t, own) in enumerate(enc):
         x[j, : len(t)] = torch.tensor(t)
         mask[j, : len(t)] = 1
+        keep[j, : len(t)] = True if own is None else torch.tensor(own)
     x, mask = x.to(lm.input_device), mask.to(lm.input_device)
-    keep = mask.bool()
     with torch.no_grad():
         base = torch.log_softmax(lm.model(input_ids=x, attention_mask=mask).logits.float(), -1)
+        keep = keep.to(base.device)  # the logits' device (the last one under a device map)
         base = base[keep]  # [tokens, vocab]
         p_base = base.exp()
         out = np.zeros(len(steer_sets))
@@ -233,15 +286,21 @@ def generate_text(
     *,
     max_new_tokens: int = 30,
     batch_size: BatchSize | Batches = 8,
+    chat: str | None = None,
+    system: str | None = None,
 ) -> str | list[str]:
     """Greedy continuation (new text only) of one prompt, or of each of a list; any steering
-    that is active (:func:`~emocircuits.interventions.steering.steering`) applies.
+    that is active (:func:`~emocircuits.interventions.steering.steering`) applies. With
+    ``chat="user"`` the prompt is the user's message and the text returned is the
+    assistant's reply; with ``chat="assistant"`` the prompt starts the reply and the text
+    returned goes on with it (``system``: a system prompt).
 
     >>> with ec.steering(lm, vecs, "gratitude", layer=15, alpha=0.2):  # doctest: +SKIP
     ...     print(generate_text(lm, "The meeting moved to Thursday.", max_new_tokens=20))
+    >>> generate_text(lm, "How was your day?", chat="user")  # doctest: +SKIP
     """
     one = isinstance(prompts, str)
     ids = generate(lm, [prompts] if one else list(prompts), max_new_tokens=max_new_tokens,
-                   batch_size=batch_size)  # fmt: skip
+                   batch_size=batch_size, chat=chat, system=system)  # fmt: skip
     texts = [lm.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
     return texts[0] if one else texts

@@ -7,10 +7,16 @@ Conditions (each row of the result has ``condition``, ``emotion``, ``layer``, ``
 - ``random``: a random unit direction (one per layer, from ``seed``) at the same layers
   and alphas: the same push, no emotion; what steering does by pushing at all;
 - ``prompt`` (chat models, i.e. tokenizers with a chat template): no steering, but the
-  prompt wrapped in a user turn that asks for the emotion (:data:`INSTRUCTION`), the
-  prompting baseline that AxBench found hard to beat;
+  prompt wrapped in a user turn that asks for the emotion (:data:`INSTRUCTION`; with a chat
+  mode, :data:`CHAT_INSTRUCTION`), the prompting baseline that AxBench found hard to beat;
 - ``transfer``: another model's direction mapped into this model (see ``emocircuits
   compare``), at the same layers and alphas.
+
+With ``chat`` (``"user"`` / ``"assistant"``, :mod:`~emocircuits.capture.chat`) every
+prompt goes through the model's chat template: ``"user"``: the prompt is the user's message
+and the continuation is the assistant's whole reply; ``"assistant"``: the prompt is the
+start of the assistant's reply (after an empty user turn) and the continuation goes on with
+it. Scoring reads only the new tokens, never the prompt or the template.
 
 All conditions of a run are generated together: every (condition, prompt) pair is one row
 of a batched greedy :func:`~emocircuits.interventions.generation.generate` with its own
@@ -34,13 +40,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from emocircuits.capture.chat import chat_format
 from emocircuits.errors import DataError
 from emocircuits.interventions.generation import (
-    chat_ids,
     generate,
     generation_bytes,
     has_chat_template,
     perplexity,
+    prompt_ids,
 )
 from emocircuits.interventions.inputs import (
     as_list,
@@ -61,7 +68,13 @@ if TYPE_CHECKING:
     from emocircuits.models.loading import LoadedModel
 
 INSTRUCTION = "Continue this text, and make the continuation express {feeling}:\n\n{prompt}"
-"""The prompting baseline's user turn (chat models only)."""
+"""The prompting baseline's user turn on raw-text runs (chat models only): the reply is a
+fresh text."""
+
+CHAT_INSTRUCTION = "In your reply, express {feeling}."
+"""The prompting baseline's request in a chat-mode run: with ``chat="user"`` it follows the
+user's message (``prompt + "\n\n" + request``); with ``chat="assistant"`` it is the user
+turn, and the reply starts with the prompt, as in the steered conditions."""
 
 FEELINGS = {"gratitude": "gratitude", "apology": "an apology", "anger": "anger"}
 
@@ -75,19 +88,42 @@ class SteerCondition:
     layer: int | None = None
     alpha: float = 0.0
     steers: list[Steer] = field(default_factory=list)
-    instruction: str | None = None  # with {prompt} and {feeling}; chat template applied
+    instruction: str | None = None  # raw-text runs: the user turn, with {prompt} and {feeling}
+    # (chat-mode runs ask with CHAT_INSTRUCTION instead)
     draw: int | None = None  # which random direction (random condition only)
 
     def key(self) -> tuple:
         return (self.condition, self.emotion, self.layer, self.alpha)
 
 
-def encode(lm: LoadedModel, prompt: str, cond: SteerCondition | None = None) -> list[int]:
-    """Token ids the model continues: the prompt, or the chat-formatted instruction."""
+def encode(
+    lm: LoadedModel,
+    prompt: str,
+    cond: SteerCondition | None = None,
+    chat: str | None = None,
+    system: str | None = None,
+) -> list[int]:
+    """Token ids the model continues: the prompt (raw, or through the chat template with
+    ``chat``/``system``), or for the prompting baseline the prompt with the request for the
+    emotion (:data:`INSTRUCTION`, :data:`CHAT_INSTRUCTION`)."""
     if cond is None or cond.instruction is None:
-        return lm.tokenizer(prompt)["input_ids"]
+        return prompt_ids(lm, [prompt], chat, system)[0]
     feeling = FEELINGS.get(cond.emotion or "", cond.emotion or "")
-    return chat_ids(lm, cond.instruction.format(prompt=prompt, feeling=feeling))
+    if chat is None:
+        return prompt_ids(lm, [cond.instruction.format(prompt=prompt, feeling=feeling)], "user")[0]
+    ask = CHAT_INSTRUCTION.format(feeling=feeling)
+    if chat == "user":
+        return prompt_ids(lm, [f"{prompt}\n\n{ask}"], "user", system)[0]
+    return prompt_ids(lm, [prompt], chat_format(lm, "assistant", system, user=ask))[0]
+
+
+def chat_settings(fmt: Any) -> dict[str, Any]:
+    """What a steering output records of its chat template: nothing on raw text (so outputs
+    of raw runs stay as they were), else the mode, system prompt and template hash."""
+    if fmt is None:
+        return {}
+    p = fmt.provenance()
+    return {"chat": p["chat"], "system": p["system"], "chat_template": p}
 
 
 def random_direction(width: int, seed: int) -> np.ndarray:
@@ -165,13 +201,19 @@ def run_conditions(
     where: str = "all",
     steer_tokens: int | None = None,
     progress: Callable[[int], object] | None = None,
+    chat: str | None = None,
+    system: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (condition, prompt): the continuation and its scores. ``where`` and
     ``steer_tokens`` as in :func:`~emocircuits.interventions.steering.steering`. ``progress`` is
-    called with the number of rows finished after each batch of generations.
+    called with the number of rows finished after each batch of generations. ``chat`` and
+    ``system``: the prompts go through the chat template (:func:`encode`).
     ``batch_size``: a number, ``"auto"`` or the caller's
     :class:`~emocircuits.models.batching.Batches` (halved on out-of-memory)."""
-    jobs = [(c, i, encode(lm, p, c)) for c in conds for i, p in enumerate(prompts)]
+    fmt = chat_format(lm, chat, system)  # once, and a clear error before any work
+    plain = [prompt_ids(lm, [p], fmt)[0] for p in prompts]
+    jobs = [(c, i, plain[i] if c.instruction is None else encode(lm, p, c, chat, system))
+            for c in conds for i, p in enumerate(prompts)]  # fmt: skip
     batch_size = Batches.of(batch_size, "steer")
     longest = max((len(j[2]) for j in jobs), default=1)
     size = batch_size.size("generate", lm, generation_bytes(lm, longest, max_new_tokens), len(jobs))
@@ -238,12 +280,14 @@ def steer_prompts(
     prompt: bool | None = None,
     transfer: EmotionVectors | None = None,
     progress: Callable[[int], object] | None = None,
+    chat: str | None = None,
+    system: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for every prompt and condition of one emotion (the engine of :func:`steer`, which
     also chooses the scales and the setting, and holds the defaults). ``prompt`` (the
     prompting baseline) defaults to on for chat models; ``n_random`` random directions per
     setting; ``steer_tokens``: push only while the first ``steer_tokens`` new tokens are
-    written."""
+    written; ``chat``/``system``: the prompts go through the chat template."""
     check_vectors(lm, vectors, emotion, layers)
     if transfer is not None:
         check_vectors(lm, transfer, emotion, layers)
@@ -251,8 +295,8 @@ def steer_prompts(
                        seed=seed, prompt=has_chat_template(lm) if prompt is None else prompt,
                        transfer=transfer, n_random=n_random)  # fmt: skip
     return run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, where=where,
-                          steer_tokens=steer_tokens, progress=progress)  # fmt: skip
+                          batch_size=batch_size, where=where, steer_tokens=steer_tokens,
+                          progress=progress, chat=chat, system=system)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ steer
@@ -327,6 +371,8 @@ def steer(
     seed: int = 0,
     n_random: int = 4,
     prompt_baseline: bool = True,
+    chat: str | None = None,
+    system: str | None = None,
     scales: np.ndarray | None = None,
     progress: bool = True,
 ) -> SteerResult:
@@ -343,6 +389,12 @@ def steer(
     ``Recommendation`` or its dict), else the one ``steer-sweep`` saved next to the vectors
     file for this model (its ``where``, and its ``steer_tokens`` unless one is given).
 
+    ``chat``: ``None`` (the model continues the raw prompt), ``"user"`` (the prompt is the
+    user's message; the continuation is the assistant's reply) or ``"assistant"`` (the
+    prompt starts the assistant's reply; the continuation goes on with it), with an optional
+    ``system`` prompt. The push covers the whole templated input with ``where="all"``.
+    A setting saved by ``steer-sweep`` is looked up for the same chat mode and system prompt.
+
     >>> res = steer(lm, None, "v.safetensors", "gratitude", layer=15, alpha=0.2)  # doctest: +SKIP
     >>> res.save("runs/gratitude.jsonl")  # doctest: +SKIP
     """
@@ -350,6 +402,7 @@ def steer(
 
     from emocircuits.interventions.steering import SCALES_WHAT, steering_scales
 
+    fmt = chat_format(lm, chat, system)  # a bad chat value or no template: refused first
     prompt_list, prompt_desc = resolve_prompts(prompts)
     vecs, vfile = resolve_vectors(vectors)
     tvecs = None if transfer is None else resolve_vectors(transfer)[0]
@@ -361,7 +414,7 @@ def steer(
         if setting is not None:
             rec = setting_of(setting, emotion)
         elif vfile is not None:
-            rec = load_recommendation(vfile, lm.provenance, emotion)
+            rec = load_recommendation(vfile, lm.provenance, emotion, chat=chat, system=system)
         else:
             raise DataError("no layer/alpha given and no setting= (a steer_sweep result)")
         layers = layers or [rec["layer"]]
@@ -374,16 +427,16 @@ def steer(
             source += f" ({rec['effect']} {rec['value']:+.3f})"
         check_request(vecs, [], layers, vfile or "the vectors")
     scales = steering_scales(lm) if scales is None else np.asarray(scales)
-    chat = has_chat_template(lm) and prompt_baseline
+    baseline = has_chat_template(lm) and prompt_baseline
     per = 1 + n_random + (tvecs is not None)
-    n = len(prompt_list) * (1 + chat + len(layers) * len(alphas) * per)
+    n = len(prompt_list) * (1 + baseline + len(layers) * len(alphas) * per)
     batches = Batches(batch_size, "steer")
     with tqdm(total=n, desc="steer", unit="text", disable=not progress) as bar:
         rows = steer_prompts(
             lm, prompt_list, vecs, emotion, layers=layers, alphas=alphas, scales=scales,
             max_new_tokens=max_new_tokens, batch_size=batches, where=where,
             steer_tokens=steer_tokens, seed=seed, prompt=None if prompt_baseline else False,
-            transfer=tvecs, n_random=n_random, progress=bar.update,
+            transfer=tvecs, n_random=n_random, progress=bar.update, chat=chat, system=system,
         )  # fmt: skip
     batches.report(progress)
     meta = {
@@ -399,6 +452,6 @@ def steer(
                      "max_new_tokens": max_new_tokens, "seed": seed,
                      "n_random": n_random, "decoding": "greedy", "dtype": str(lm.dtype),
                      "prompts": prompt_desc, "n_prompts": len(prompt_list),
-                     **batches.provenance},
+                     **batches.provenance, **chat_settings(fmt)},
     }  # fmt: skip
     return SteerResult(rows, summarize(rows), meta)

@@ -2,8 +2,8 @@
 
 ``steer-sweep`` finds a (layer, alpha) per emotion (:mod:`~emocircuits.interventions.sweep`)
 and merges it into the vectors' settings file (``v.safetensors`` -> ``v.steer.json``),
-keyed by the model's revision and dtype (greedy text depends on both); ``steer`` without a
-layer and alpha reads it back.
+keyed by the model's revision and dtype (greedy text depends on both) and, for a chat-mode
+sweep, its chat mode and system prompt; ``steer`` without a layer and alpha reads it back.
 
 >>> settings_path("runs/v.safetensors").as_posix()
 'runs/v.steer.json'
@@ -32,10 +32,24 @@ def settings_path(vectors_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + ".steer.json")
 
 
-def model_key(provenance: dict[str, Any]) -> str:
-    """Settings are per model weights and dtype (greedy text depends on both)."""
+def model_key(
+    provenance: dict[str, Any], chat: str | None = None, system: str | None = None
+) -> str:
+    """Settings are per model weights and dtype (greedy text depends on both), and per chat
+    mode and system prompt (raw-text keys are as they always were).
+
+    >>> model_key({"name": "m", "dtype": "float32"}, "user")
+    'm|float32|chat=user'
+    """
+    import hashlib
+
     rev = provenance.get("revision") or provenance.get("name")
-    return f"{rev}|{provenance.get('dtype', 'float32')}"
+    key = f"{rev}|{provenance.get('dtype', 'float32')}"
+    if chat is not None:
+        key += f"|chat={chat}"
+    if system is not None:
+        key += f"|system={hashlib.sha256(system.encode('utf-8')).hexdigest()[:12]}"
+    return key
 
 
 def require_setting(
@@ -52,21 +66,28 @@ def require_setting(
 
 
 def load_recommendation(
-    vectors_path: str | os.PathLike[str], provenance: dict[str, Any], emotion: str
+    vectors_path: str | os.PathLike[str],
+    provenance: dict[str, Any],
+    emotion: str,
+    *,
+    chat: str | None = None,
+    system: str | None = None,
 ) -> dict[str, Any]:
-    """The saved recommended setting of ``emotion`` for this model, or a clear error."""
+    """The saved recommended setting of ``emotion`` for this model (and chat mode and
+    system prompt), or a clear error."""
     path = settings_path(vectors_path)
-    hint = f"run `emocircuits steer-sweep --model ... --vectors {vectors_path}` first"
+    mode = f" --chat {chat}" if chat else ""
+    hint = f"run `emocircuits steer-sweep --model ... --vectors {vectors_path}{mode}` first"
     if not path.is_file():
         raise DataError(f"no --layer/--alpha given and no recommended settings ({path}); {hint}")
     try:
         data = json.loads(path.read_text("utf-8"))
-        entry = data["models"][model_key(provenance)]
+        entry = data["models"][model_key(provenance, chat, system)]
     except json.JSONDecodeError:
         raise DataError("not a steer-settings JSON file", where=str(path)) from None
     except KeyError:
         raise DataError(
-            f"{path} has no settings for this model ({model_key(provenance)}); {hint}"
+            f"{path} has no settings for this model ({model_key(provenance, chat, system)}); {hint}"
         ) from None
     if emotion not in entry["emotions"]:
         raise DataError(f"{path} has no setting for {emotion!r} on this model; {hint}")
@@ -79,7 +100,8 @@ def save_recommendations(
     recs: dict[str, Recommendation],
     evidence: dict[str, Any],
 ) -> Path:
-    """Merge ``recs`` into the vectors' settings file (other models' entries are kept)."""
+    """Merge ``recs`` into the vectors' settings file (other models' entries are kept),
+    under the chat mode and system prompt the sweep ran with (``evidence``)."""
     from emocircuits.capture.store import atomic_write_json
 
     path = settings_path(vectors_path)
@@ -90,7 +112,7 @@ def save_recommendations(
             data["models"] = dict(old.get("models", {}))
         except (json.JSONDecodeError, AttributeError):
             raise DataError("not a steer-settings JSON file", where=str(path)) from None
-    key = model_key(provenance)
+    key = model_key(provenance, evidence.get("chat"), evidence.get("system"))
     entry = data["models"].get(key, {"model": provenance, "emotions": {}})
     entry["model"] = provenance
     for e, r in recs.items():

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from emocircuits.capture.chat import chat_format
 from emocircuits.errors import DataError
 from emocircuits.interventions.generation import has_chat_template, next_token_kl
 from emocircuits.interventions.inputs import (
@@ -53,6 +54,7 @@ from emocircuits.interventions.inputs import (
 )
 from emocircuits.interventions.run import (
     SteerCondition,
+    chat_settings,
     conditions,
     random_conditions,
     run_conditions,
@@ -135,13 +137,16 @@ def calibrate_alphas(
     n: int = 5,
     kl_range: tuple[float, float] | None = None,
     steer_tokens: int | None = SWEEP_STEER_TOKENS,
+    chat: str | None = None,
+    system: str | None = None,
 ) -> tuple[list[float], dict[float, float]]:
     """``n`` geometrically spaced alphas between those where the mean KL of the emotions'
     directions at ``layer`` on ``kl_texts`` reaches ``kl_range`` (log-log interpolation
     on a doubling grid from 1/128 to 2), and the measured KL per probed alpha. Cheap: one
     forward pass over ``kl_texts`` per probe, no generation. ``kl_range`` defaults to
     :data:`KL_RANGE_WINDOW` for a push held for ``steer_tokens`` tokens, :data:`KL_RANGE`
-    for a push on every token (``steer_tokens=None``).
+    for a push on every token (``steer_tokens=None``). ``chat``/``system``: the KL texts
+    go through the chat template (:func:`~.generation.next_token_kl`).
 
     >>> alphas, kl = calibrate_alphas(lm, vecs, ["anger"], layer=15, scales=s,
     ...                               kl_texts=texts)  # doctest: +SKIP
@@ -155,7 +160,8 @@ def calibrate_alphas(
     for e in emotions:
         v = vectors.directions[e][vectors.layers.index(layer)]
         sets += [[Steer(layer, v, a, float(scales[layer]))] for a in probe]
-    kl = next_token_kl(lm, kl_texts, sets).reshape(len(emotions), len(probe)).mean(0)
+    kl = next_token_kl(lm, kl_texts, sets, chat=chat, system=system)
+    kl = kl.reshape(len(emotions), len(probe)).mean(0)
     logk = np.log(np.maximum.accumulate(np.maximum(kl, 1e-12)))  # monotone for interpolation
     loga = np.log(probe)
     lo, hi = (float(np.exp(np.interp(np.log(t), logk, loga))) for t in kl_range)
@@ -283,6 +289,8 @@ def sweep(
     n_verify: int = 4,
     max_checks: int = 3,
     progress: Callable[[int], object] | None = None,
+    chat: str | None = None,
+    system: str | None = None,
 ) -> SweepResult:
     """Steer ``prompts`` with each emotion at each (layer, alpha), the push held while the
     first ``steer_tokens`` new tokens are written (``None``: all), and recommend a setting per
@@ -294,7 +302,8 @@ def sweep(
     control there is raised to ``n_verify`` draws (pooled), because one draw swings VADER
     by about as much as the 0.15 limit (docs/METHODS.md: pitfall 11). Per emotion, up to
     ``max_checks`` settings are checked this way, best first among those within the
-    fluency limits.
+    fluency limits. ``chat``/``system``: the prompts (and the KL texts) go through the
+    chat template (:func:`~emocircuits.interventions.run.run_conditions`).
 
     >>> res = sweep(lm, prompts, vecs, ["gratitude"], layers=[15], alphas=[0.1, 0.2],
     ...             scales=s, batch_size=64)  # doctest: +SKIP
@@ -310,12 +319,13 @@ def sweep(
         conds += conditions(vectors, e, layers=layers, alphas=alphas, scales=scales, seed=seed,
                             random=k == 0, none=k == 0, prompt=use_prompt)  # fmt: skip
     rows = run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, where=where,
-                          steer_tokens=steer_tokens, progress=progress)  # fmt: skip
+                          batch_size=batch_size, where=where, steer_tokens=steer_tokens,
+                          progress=progress, chat=chat, system=system)  # fmt: skip
     kl: dict[tuple, float] = {}
     if kl_texts:
         steered = [c for c in conds if c.steers]
-        values = next_token_kl(lm, kl_texts, [c.steers for c in steered], batch_size=batch_size)
+        values = next_token_kl(lm, kl_texts, [c.steers for c in steered], batch_size=batch_size,
+                               chat=chat, system=system)  # fmt: skip
         kl = {c.key(): float(v) for c, v in zip(steered, values, strict=True)}
 
     def summary_with_kl() -> list[dict[str, Any]]:
@@ -346,8 +356,8 @@ def sweep(
                                           range(1, n_verify), seed=seed)  # fmt: skip
                 rows += run_conditions(lm, prompts, extra, max_new_tokens=max_new_tokens,
                                        batch_size=batch_size, where=where,
-                                       steer_tokens=steer_tokens,
-                                       progress=progress)  # fmt: skip
+                                       steer_tokens=steer_tokens, progress=progress,
+                                       chat=chat, system=system)  # fmt: skip
                 checked.add(key)
                 n_checks += 1
                 summary = summary_with_kl()
@@ -371,6 +381,7 @@ def sweep(
                 "kl_texts": len(kl_texts), "decoding": "greedy", "n_verify": n_verify,
                 "random_checked": sorted(map(list, checked)),
                 **batch_size.provenance}  # fmt: skip
+    settings.update(chat_settings(chat_format(lm, chat, system)))
     return SweepResult(rows, summary, recs, settings)
 
 
@@ -526,6 +537,8 @@ def steer_sweep(
     steer_tokens: int | None = SWEEP_STEER_TOKENS,
     seed: int = 0,
     prompt_baseline: bool = True,
+    chat: str | None = None,
+    system: str | None = None,
     scales: np.ndarray | None = None,
     progress: bool = True,
 ) -> SweepResult:
@@ -538,7 +551,10 @@ def steer_sweep(
     ``settings["alpha_calibration"]``). Scales as in
     :func:`~emocircuits.interventions.steering.steering_scales`. ``batch_size``: rows per
     pass, or ``"auto"`` (from free memory); halved on out-of-memory, the size settled on
-    printed (``progress``) and recorded in ``settings``.
+    printed (``progress``) and recorded in ``settings``. ``chat`` / ``system``: as
+    in :func:`~emocircuits.interventions.run.steer`; the KL on neutral text that calibrates
+    the alphas is then measured with the neutral sentences in the same chat role, over their
+    own tokens; the recommended settings are saved under that chat mode.
 
     >>> res = steer_sweep(lm, None, "v.safetensors", emotion="gratitude")  # doctest: +SKIP
     >>> res.save("runs/sweep"); res.save_recommendations()  # doctest: +SKIP
@@ -547,6 +563,7 @@ def steer_sweep(
 
     from emocircuits.interventions.steering import steering_scales
 
+    chat_format(lm, chat, system)  # a bad chat value or no template: refused first
     prompt_list, prompt_desc = resolve_prompts(prompts)
     vecs, vfile = resolve_vectors(vectors)
     name = vfile or "the vectors"
@@ -564,10 +581,11 @@ def steer_sweep(
         mid = layers[len(layers) // 2]
         alphas, calibration = calibrate_alphas(lm, vecs, emotions, layer=mid, scales=scales,
                                                kl_texts=kl_texts, n=n_alphas,
-                                               steer_tokens=steer_tokens)  # fmt: skip
-    chat = has_chat_template(lm) and prompt_baseline
+                                               steer_tokens=steer_tokens, chat=chat,
+                                               system=system)  # fmt: skip
+    baseline = has_chat_template(lm) and prompt_baseline
     n = len(prompt_list) * (1 + len(layers) * len(alphas) * (len(emotions) + 1)
-                            + chat * len(emotions))  # fmt: skip
+                            + baseline * len(emotions))  # fmt: skip
     batches = Batches(batch_size, "steer-sweep")
     with tqdm(total=n, desc="steer-sweep", unit="text", disable=not progress) as bar:
         res = sweep(
@@ -575,7 +593,7 @@ def steer_sweep(
             kl_texts=kl_texts, max_new_tokens=max_new_tokens, batch_size=batches,
             where=where, steer_tokens=steer_tokens, seed=seed,
             prompt=None if prompt_baseline else False, n_verify=n_verify,
-            progress=bar.update,
+            progress=bar.update, chat=chat, system=system,
         )  # fmt: skip
         bar.total = bar.n  # the random-control checks add a number of rows known only now
         bar.refresh()

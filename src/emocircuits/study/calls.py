@@ -30,6 +30,7 @@ BatchSize = Positive | Literal["auto"]
 Layers = Sequence[int]  # a list, or a string such as "0,10-20,-1"
 Names = Sequence[str]  # a list, or a comma-separated string
 Dtype = Literal["float32", "bfloat16", "float16"]
+Chat = Literal["user", "assistant"]  # None: raw text (emocircuits.capture.chat)
 
 # keywords the runner sets from the study itself: never read from a stage table
 RUNNER_SET = frozenset(
@@ -58,6 +59,8 @@ def _extract(
     padding_side: Literal["left", "right"] | None,
     max_length: Positive | None,
     min_per_class: Positive,
+    chat: Chat | None,
+    system: str | None,
 ) -> None: ...
 
 
@@ -120,6 +123,8 @@ def _steer_sweep(
     n_alphas: Positive,
     n_prompts: Positive | None,
     n_verify: Positive,
+    chat: Chat | None,
+    system: str | None,
 ) -> None: ...
 
 
@@ -301,7 +306,8 @@ def capture(
                     **placement(run))  # fmt: skip
     extract(lm, ds, out, sites=sites, positions=capture_positions(ds, tuple(o["positions"])),
             layers=o["layers"], batch_size=o["batch_size"], padding_side=o["padding_side"],
-            max_length=o["max_length"], shard_size=o["shard_size"], progress=False)  # fmt: skip
+            max_length=o["max_length"], chat=o["chat"], system=o["system"],
+            shard_size=o["shard_size"], progress=False)  # fmt: skip
     return placement_record(lm.provenance)
 
 

@@ -146,8 +146,13 @@ class StudyConfig:
                     shown = "(automatic)" if v is None else _toml(v)
                     lines.append(f"# {k} = {shown}  (from budget {_toml(opts['budget'])})")
                 else:
-                    lines.append(f"# {k} = (automatic)" if v is None else f"{k} = {_toml(v)}")
+                    unset = _UNSET.get(k, "(automatic)")
+                    lines.append(f"# {k} = {unset}" if v is None else f"{k} = {_toml(v)}")
         return "\n".join(lines) + "\n"
+
+
+# how --print-config shows an option left unset where "(automatic)" would mislead
+_UNSET = {"chat": '(raw text; "user" or "assistant": the chat template)', "system": "(none)"}
 
 
 def _toml(v: Any) -> str:

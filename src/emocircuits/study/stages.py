@@ -120,6 +120,15 @@ def compute_placement(cfg: StudyConfig) -> tuple[str, str]:
     return dev.type, str(dtype).removeprefix("torch.")
 
 
+# options that enter a stage's hash only when set: a study that leaves them unset keeps the
+# stage hashes (and folders) it had before they existed
+_HASHED_WHEN_SET = ("chat", "system")
+
+
+def _hashed(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if not (k in _HASHED_WHEN_SET and v is None)}
+
+
 def plan_study(cfg: StudyConfig) -> list[Stage]:
     """The stages of a study in the order they run (each after its inputs)."""
     from emocircuits._version import __version__
@@ -137,7 +146,7 @@ def plan_study(cfg: StudyConfig) -> list[Stage]:
             settings: dict[str, Any]) -> Stage:  # fmt: skip
         ident = {"model": models.get(model or ""), "data": datas.get(data or ""), **run}
         st = Stage(name, label, model, data, inputs, settings, ident)
-        st.hash = _hash({"stage": name, "settings": settings, "identity": ident,
+        st.hash = _hash({"stage": name, "settings": _hashed(settings), "identity": ident,
                          "inputs": [i.hash for i in inputs], "version": __version__})  # fmt: skip
         st.dir = cfg.out / "stages" / name / f"{label}-{st.hash[:12]}"
         plan.append(st)
