@@ -143,3 +143,66 @@ def test_unknown_fields_kept_and_round_trip(tmp_path):
 def test_unknown_preset():
     with pytest.raises(DataError, match=r"no such file or preset 'basline' \(presets: baseline"):
         ec.load_dataset("basline")
+
+
+# ------------------------------------------------------------------ versions, everyday
+def test_every_preset_has_a_version_matching_its_content():
+    """A preset's version changes when its content does: each shipped file's sha256 is
+    the one its declared version records, and no two versions share content."""
+    import hashlib
+
+    from emocircuits.data import preset_index, preset_version, presets
+
+    index = preset_index()
+    assert set(index) == set(presets())
+    for name, path in presets().items():
+        entry = index[name]
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["versions"][entry["version"]] == sha, f"{name}: bump its version"
+        assert list(entry["versions"])[-1] == entry["version"], name
+        assert len(set(entry["versions"].values())) == len(entry["versions"]), name
+        assert entry["role"] in ("pilot", "train", "held-out") and entry["about"]
+        ds = ec.load_dataset(name)
+        assert ds.version == entry["version"] == preset_version(name, ds.sha256)
+        assert ds.provenance()["version"] == entry["version"]
+    assert index["baseline"]["role"] == "pilot"
+
+
+def test_a_file_has_no_preset_version(tmp_path):
+    p = tmp_path / "baseline.jsonl"
+    p.write_bytes(ec.presets()["baseline"].read_bytes())  # same bytes, but not the preset
+    ds = ec.load_dataset(p)
+    assert ds.version is None and ds.provenance()["version"] is None
+
+
+def test_everyday_presets_are_balanced_and_varied():
+    train, held = ec.load_dataset("everyday"), ec.load_dataset("everyday_heldout")
+    assert train.counts() == dict.fromkeys(("gratitude", "anger", "apology", "neutral"), 400)
+    assert held.counts() == dict.fromkeys(("gratitude", "anger", "apology", "neutral"), 100)
+    for ds in (train, held):
+        for e in ds.examples:
+            assert e.lang == "en" and e.style in ("explicit", "implied", "neutral"), e.id
+            assert (e.style == "neutral") == (e.emotion == "neutral"), e.id
+            assert bool(e.emotion_word) == (e.style == "explicit"), e.id
+        # every register is used by every class (no register gives a class away)
+        regs = {lab: {e.extra["register"] for e in ds.examples if e.emotion == lab}
+                for lab in LABELS}  # fmt: skip
+        assert len(set.intersection(*regs.values())) >= 8, regs
+        styles = Counter(e.style for e in ds.examples if e.emotion != "neutral")
+        assert abs(styles["explicit"] - styles["implied"]) <= 0.1 * sum(styles.values())
+
+
+def test_everyday_has_no_trivial_giveaway_and_no_leak():
+    """The audit of the training preset: no surface feature alone classifies it, no
+    near-duplicates within it or against its held-out split and the other presets."""
+    from emocircuits.geometry.audit import audit_dataset, near_duplicates
+
+    res = audit_dataset("everyday", against="everyday_heldout")
+    assert res.warnings == [], res.warnings
+    assert res.duplicates == [] and res.duplicates_against == []
+    train = ec.load_dataset("everyday").texts
+    for other in ("everyday_heldout", "extended", "natural", "baseline"):
+        assert near_duplicates(train, ec.load_dataset(other).texts) == [], other
+    held = ec.load_dataset("everyday_heldout").texts
+    for other in ("extended", "natural", "baseline"):
+        assert near_duplicates(held, ec.load_dataset(other).texts) == [], other

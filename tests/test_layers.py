@@ -17,7 +17,7 @@ LAYERS = [
     {"data"},
     {"models"},
     {"capture", "tables"},
-    {"geometry", "plots/common", "plots/geometry", "plots/analysis"},
+    {"geometry", "plots/common", "plots/geometry", "plots/analysis", "plots/audit"},
     {"compare", "plots/compare", "plots/__init__"},
     {"interventions", "plots/steering", "plots/patching", "plots/heads"},
     {"report"},

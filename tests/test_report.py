@@ -134,8 +134,9 @@ def test_page_is_self_contained_with_four_sections(study):
     assert not re.search(r"https?:|//|www\.", text.replace("</", "")), "an external URL"
     assert "<script" not in html.lower() and "@import" not in html and "url(" not in html
     srcs = re.findall(r'<img src="([^"]+)"', html)
-    assert len(srcs) == sum(len(b.figures) for s in data.sections for b in s.blocks) > 10
-    figures = [f.path for s in data.sections for b in s.blocks for f in b.figures]
+    blocks = [*data.datasets, *(b for s in data.sections for b in s.blocks)]
+    assert len(srcs) == sum(len(b.figures) for b in blocks) > 10
+    figures = [f.path for b in blocks for f in b.figures]
     wide = [p for p in figures if (lambda im: im.width > 2 * im.height)(Image.open(p))]
     assert html.count('<figure class="wide">') == len(wide) >= 6  # 6 dose-response figures
     for src in srcs:

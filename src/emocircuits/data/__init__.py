@@ -7,6 +7,8 @@ from emocircuits.data.dataset import (
     check_counts,
     load_dataset,
     parse_jsonl,
+    preset_index,
+    preset_version,
     presets,
     resolve,
 )
@@ -18,6 +20,8 @@ __all__ = [
     "check_counts",
     "load_dataset",
     "parse_jsonl",
+    "preset_index",
+    "preset_version",
     "presets",
     "resolve",
 ]

@@ -1,5 +1,9 @@
 """Emotion-labelled prompt sets: JSONL schema, validation and the shipped presets.
 
+Each shipped preset has a version (``presets/presets.json``: its version, the sha256 of
+every version it has had, and what it is for); a preset's version changes whenever its
+content does, and ``Dataset.version`` and the provenance of everything made from it name it.
+
 One JSON object per line. Required: ``text``, ``emotion``. Optional: ``id``,
 ``emotion_word`` (a substring of ``text``; its first occurrence is used), ``lang``,
 ``split``, ``style``. Unknown fields are kept in :attr:`Example.extra`. Every load runs
@@ -19,6 +23,7 @@ from typing import Any
 from emocircuits.errors import DataError
 
 BASELINE_LABEL = "neutral"
+PRESET_INDEX = "presets.json"
 KNOWN_FIELDS = ("id", "text", "emotion", "emotion_word", "lang", "split", "style")
 
 
@@ -54,11 +59,13 @@ class Example:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A validated prompt set. ``sha256`` hashes the file's bytes (its provenance)."""
+    """A validated prompt set. ``sha256`` hashes the file's bytes (its provenance);
+    ``version`` is a shipped preset's version (None for other files)."""
 
     examples: tuple[Example, ...]
     source: str
     sha256: str
+    version: str | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -80,7 +87,13 @@ class Dataset:
         return dict(Counter(self.labels))
 
     def provenance(self) -> dict[str, Any]:
-        return {"source": self.source, "sha256": self.sha256, "n_rows": len(self)}
+        """Source, sha256, preset version (None for a file) and number of rows."""
+        return {
+            "source": self.source,
+            "sha256": self.sha256,
+            "version": self.version,
+            "n_rows": len(self),
+        }
 
     def to_jsonl(self) -> str:
         return "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in self.examples)
@@ -90,10 +103,33 @@ def presets() -> dict[str, Path]:
     """Shipped preset names and their files.
 
     >>> sorted(presets())
-    ['baseline', 'extended', 'ja', 'natural']
+    ['baseline', 'everyday', 'everyday_heldout', 'extended', 'ja', 'natural']
     """
     root = files("emocircuits.data").joinpath("presets")
     return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".jsonl")}
+
+
+def preset_index() -> dict[str, dict[str, Any]]:
+    """What each shipped preset is: ``{name: {"version", "versions", "role", "about"}}``
+    (``versions`` maps every version the preset has had to its sha256; the current one is
+    ``version``).
+
+    >>> preset_index()["baseline"]["role"]
+    'pilot'
+    """
+    root = files("emocircuits.data").joinpath("presets")
+    return json.loads(root.joinpath(PRESET_INDEX).read_text("utf-8"))["presets"]
+
+
+def preset_version(name: str, sha256: str) -> str | None:
+    """The version of preset ``name`` whose content has this sha256, or None (not a
+    shipped preset, or content no version of it had).
+
+    >>> preset_version("baseline", load_dataset("baseline").sha256)
+    '1'
+    """
+    entry = preset_index().get(name) or {}
+    return next((v for v, h in (entry.get("versions") or {}).items() if h == sha256), None)
 
 
 def neutral_prompts(split: str = "tune") -> list[str]:
@@ -222,10 +258,13 @@ def load_dataset(
     """
     path = resolve(name_or_path)
     raw = path.read_bytes()
-    source = str(name_or_path) if str(name_or_path) in presets() else str(path)
+    is_preset = str(name_or_path) in presets() and not Path(name_or_path).expanduser().is_file()
+    source = str(name_or_path) if is_preset else str(path)
     examples = parse_jsonl(raw, source)
     check_counts(examples, source, min_per_class=min_per_class, baseline=baseline)
-    return Dataset(tuple(examples), source, hashlib.sha256(raw).hexdigest())
+    sha = hashlib.sha256(raw).hexdigest()
+    version = preset_version(source, sha) if is_preset else None
+    return Dataset(tuple(examples), source, sha, version)
 
 
 def load_prompts(path: str | Path) -> list[str]:

@@ -43,6 +43,7 @@ from emocircuits.report.data import (
     _stages,
     failures,
 )
+from emocircuits.report.datasets import dataset_blocks
 from emocircuits.report.pilot import PILOT
 from emocircuits.report.rq12 import _compare, _geometry, _rq1, _rq2
 from emocircuits.report.rq34 import _ablate, _heads, _patch, _rq3, _rq4, _steer
@@ -64,7 +65,8 @@ def _provenance(study: dict[str, Any], refs: list[StageRef]) -> Provenance:
                        else arch,
                        "layers": m.get("n_layers"), "width": m.get("width"),
                        "source": m.get("source") or "", "note": m.get("note") or ""})  # fmt: skip
-    datasets = [{"data": name, "sha256": d.get("sha256"), "rows": d.get("n"),
+    datasets = [{"data": name, "version": d.get("version") or "–", "sha256": d.get("sha256"),
+                 "rows": d.get("n"),
                  "labels": ", ".join(f"{k} {v}" for k, v in (d.get("labels") or {}).items())}
                 for name, d in (prov.get("datasets") or {}).items()]  # fmt: skip
     stages = [{"stage": r.stage, "label": r.label, "model": r.model or "", "data": r.data or "",
@@ -140,7 +142,7 @@ def collect(out_dir: str | os.PathLike[str]) -> ReportData:
     data = [d["data"] for d in prov.datasets] or sorted({r.data for r in refs if r.data})
     title = f"Emotion directions study: {', '.join(models) or 'no models'}"
     title += f" on {', '.join(data)}" if data else ""
-    return ReportData(out, title, sections, prov, notes)
+    return ReportData(out, title, sections, prov, notes, dataset_blocks(out, study))
 
 
 def _read(ref: StageRef, study: dict[str, Any]) -> Block | list[Block] | None:

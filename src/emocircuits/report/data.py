@@ -209,6 +209,7 @@ class ReportData:
     sections: list[Section]
     provenance: Provenance
     notes: list[str] = field(default_factory=list)
+    datasets: list[Block] = field(default_factory=list)  # the audit of each dataset
 
     def section(self, id: str) -> Section:
         """The section of one research question (``"rq1"`` ... ``"rq4"``)."""

@@ -208,66 +208,7 @@ summary { cursor: pointer; font-weight: 600; }
 footer { margin-top: 3rem; color: var(--muted); font-size: .8rem; }
 """
 
-TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ data.title }}</title>
-<style>{{ css | safe }}</style>
-</head>
-<body>
-<header>
-<h1>{{ data.title }}</h1>
-<p>Study folder {{ data.out_dir }}{% if prov.started %} · started {{ prov.started }}{% endif %}
-{% if prov.finished %} · finished {{ prov.finished }}{% endif %}
-{% if prov.seconds is not none %} · this run {{ prov.seconds | num }} s{% endif %}
-{% set done = prov.stages | selectattr("finished") | list %}
-{% if done %} · {{ done | selectattr("reused") | list | length }} of {{ done | length }}
-stages reused · the stages' own compute
-{{ done | map(attribute="seconds") | select("number") | sum | num }} s{% endif %}</p>
-</header>
-<nav><a href="#summary">Summary</a>
-{% for s in data.sections %}<a href="#{{ s.id }}">{{ s.id | upper }}</a>
-{% endfor %}
-<a href="#provenance">Provenance</a></nav>
-<main>
-<section id="summary">
-<h2>Summary</h2>
-{% for n in data.notes %}<p class="note">{{ n }}</p>{% endfor %}
-<p>Each answer below is computed from the study's saved numbers (intervals are 95% unless
-said otherwise; “beyond chance” means p &lt; 0.05 against the null named next to it).
-The pilot's claims and why ours differ are in each section.</p>
-<div class="scroll"><table>
-<thead><tr><th>question</th><th>answer</th><th>from the numbers</th></tr></thead>
-<tbody>
-{% for s in data.sections %}
-<tr><td><a href="#{{ s.id }}">{{ s.title }}</a></td>
-<td><span class="verdict v-{{ s.verdict | replace(' ', '-') }}">{{ s.verdict }}</span></td>
-<td class="text">{{ s.answer }}</td></tr>
-{% endfor %}
-</tbody></table></div>
-</section>
-
-{% for s in data.sections %}
-<section id="{{ s.id }}">
-<h2>{{ s.title }}</h2>
-<p class="question">{{ s.question }}</p>
-<p class="answer">
-<span class="verdict v-{{ s.verdict | replace(' ', '-') }}">{{ s.verdict }}</span>
-{{ s.answer }}</p>
-{% for m in s.missing %}<p class="missing">{{ m }}</p>{% endfor %}
-<div class="pilot">
-<h3>The pilot's claim and ours</h3>
-<dl>
-<dt>The pilot said</dt><dd>{{ s.pilot.claim }}</dd>
-<dt>How it measured</dt><dd>{{ s.pilot.method }}</dd>
-<dt>What this study finds</dt><dd>{{ s.answer }}</dd>
-<dt>Why they differ</dt><dd>{{ s.pilot.why_different }}</dd>
-<dt>Pilot source</dt><dd>{{ s.pilot.source }}</dd>
-</dl>
-</div>
-{% for b in s.blocks %}
+TEMPLATE = r"""{% macro render_block(b) %}
 <article class="block">
 <h3>{{ b.title }}</h3>
 <p class="src">from {{ b.source.describe() }}</p>
@@ -315,7 +256,80 @@ The pilot's claims and why ours differ are in each section.</p>
 {% endfor %}
 </div>{% endif %}
 </article>
+{% endmacro %}
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ data.title }}</title>
+<style>{{ css | safe }}</style>
+</head>
+<body>
+<header>
+<h1>{{ data.title }}</h1>
+<p>Study folder {{ data.out_dir }}{% if prov.started %} · started {{ prov.started }}{% endif %}
+{% if prov.finished %} · finished {{ prov.finished }}{% endif %}
+{% if prov.seconds is not none %} · this run {{ prov.seconds | num }} s{% endif %}
+{% set done = prov.stages | selectattr("finished") | list %}
+{% if done %} · {{ done | selectattr("reused") | list | length }} of {{ done | length }}
+stages reused · the stages' own compute
+{{ done | map(attribute="seconds") | select("number") | sum | num }} s{% endif %}</p>
+</header>
+<nav><a href="#summary">Summary</a>
+{% if data.datasets %}<a href="#datasets">Datasets</a>{% endif %}
+{% for s in data.sections %}<a href="#{{ s.id }}">{{ s.id | upper }}</a>
 {% endfor %}
+<a href="#provenance">Provenance</a></nav>
+<main>
+<section id="summary">
+<h2>Summary</h2>
+{% for n in data.notes %}<p class="note">{{ n }}</p>{% endfor %}
+<p>Each answer below is computed from the study's saved numbers (intervals are 95% unless
+said otherwise; “beyond chance” means p &lt; 0.05 against the null named next to it).
+The pilot's claims and why ours differ are in each section.</p>
+<div class="scroll"><table>
+<thead><tr><th>question</th><th>answer</th><th>from the numbers</th></tr></thead>
+<tbody>
+{% for s in data.sections %}
+<tr><td><a href="#{{ s.id }}">{{ s.title }}</a></td>
+<td><span class="verdict v-{{ s.verdict | replace(' ', '-') }}">{{ s.verdict }}</span></td>
+<td class="text">{{ s.answer }}</td></tr>
+{% endfor %}
+</tbody></table></div>
+</section>
+
+{% if data.datasets %}
+<section id="datasets">
+<h2>Datasets: what else tells the classes apart</h2>
+<p class="question">Before the directions: the audit of every dataset this study used
+(no model): balance, surface features per class, the tokens that give each class away,
+near-duplicates, and a bag-of-words probe. A probe on the model that only matches the bag
+of words, or a class that one punctuation mark gives away, is not evidence of an emotion
+direction.</p>
+{% for b in data.datasets %}{{ render_block(b) }}{% endfor %}
+</section>
+{% endif %}
+
+{% for s in data.sections %}
+<section id="{{ s.id }}">
+<h2>{{ s.title }}</h2>
+<p class="question">{{ s.question }}</p>
+<p class="answer">
+<span class="verdict v-{{ s.verdict | replace(' ', '-') }}">{{ s.verdict }}</span>
+{{ s.answer }}</p>
+{% for m in s.missing %}<p class="missing">{{ m }}</p>{% endfor %}
+<div class="pilot">
+<h3>The pilot's claim and ours</h3>
+<dl>
+<dt>The pilot said</dt><dd>{{ s.pilot.claim }}</dd>
+<dt>How it measured</dt><dd>{{ s.pilot.method }}</dd>
+<dt>What this study finds</dt><dd>{{ s.answer }}</dd>
+<dt>Why they differ</dt><dd>{{ s.pilot.why_different }}</dd>
+<dt>Pilot source</dt><dd>{{ s.pilot.source }}</dd>
+</dl>
+</div>
+{% for b in s.blocks %}{{ render_block(b) }}{% endfor %}
 </section>
 {% endfor %}
 

@@ -99,7 +99,8 @@ def data_identity(name: str) -> dict[str, Any]:
     from emocircuits.data import load_dataset
 
     ds = load_dataset(name)
-    return {"source": name, "sha256": ds.sha256, "n": len(ds), "labels": ds.counts()}
+    return {"source": name, "sha256": ds.sha256, "version": ds.version, "n": len(ds),
+            "labels": ds.counts()}  # fmt: skip
 
 
 def _hash(obj: Any) -> str:
