@@ -47,10 +47,14 @@ def capture(model: str, data: str, runs: Path, lm_cache: dict[str, Any]) -> ec.A
         lm_cache[model] = ec.load_model(model, progress=False)
     src = str(ROOT / data) if data.endswith(".jsonl") else data
     t0 = time.perf_counter()
-    store = ec.extract(lm_cache[model], src, folder, sites=("resid",), positions=("mean",),
-                       progress=False)  # fmt: skip
-    print(f"  captured {model} / {data}: {len(store.labels)} rows in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    store = ec.extract(
+        lm_cache[model], src, folder, sites=("resid",), positions=("mean",), progress=False
+    )
+    print(
+        f"  captured {model} / {data}: {len(store.labels)} rows in "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     return store
 
 
@@ -65,8 +69,12 @@ def evaluate(xtr: np.ndarray, ytr: np.ndarray, tests: dict[str, tuple]) -> dict[
     cv = cross_validated(xtr, ytr, "logreg", k=5, seed=0)
     pick = int(cv.argmax())
     probe = fit_probe(xtr, ytr, "logreg")
-    row: dict[str, Any] = {"layer": pick, "cv": float(cv[pick]), "cv_layer0": float(cv[0]),
-                           "n_train": len(ytr)}  # fmt: skip
+    row: dict[str, Any] = {
+        "layer": pick,
+        "cv": float(cv[pick]),
+        "cv_layer0": float(cv[0]),
+        "n_train": len(ytr),
+    }
     neutral = probe.classes.index("neutral")
     for name, (x, y) in tests.items():
         pred = probe.predict(x)  # [n, L]
@@ -74,13 +82,17 @@ def evaluate(xtr: np.ndarray, ytr: np.ndarray, tests: dict[str, tuple]) -> dict[
         lo, hi = wilson_interval(acc[pick], len(y))
         is_neutral = y == "neutral"
         row[name] = {
-            "accuracy": float(acc[pick]), "ci": [float(lo), float(hi)],
+            "accuracy": float(acc[pick]),
+            "ci": [float(lo), float(hi)],
             "neutral_recall": float((pred[is_neutral, pick] == neutral).mean()),
-            "layer0": float(acc[0]), "best_layer": int(acc.argmax()),
-            "best_accuracy": float(acc.max()), "n": len(y),
-            "neutral_as": {c: int((pred[is_neutral, pick] == i).sum())
-                           for i, c in enumerate(probe.classes)},
-        }  # fmt: skip
+            "layer0": float(acc[0]),
+            "best_layer": int(acc.argmax()),
+            "best_accuracy": float(acc.max()),
+            "n": len(y),
+            "neutral_as": {
+                c: int((pred[is_neutral, pick] == i).sum()) for i, c in enumerate(probe.classes)
+            },
+        }
     return row
 
 
@@ -95,8 +107,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     runs = Path(args.runs)
-    print(f"machine: {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"python {platform.python_version()}", flush=True)  # fmt: skip
+    print(
+        f"machine: {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"python {platform.python_version()}",
+        flush=True,
+    )
     out: dict[str, Any] = {}
     for model in args.models:
         lm_cache: dict[str, Any] = {}
@@ -115,8 +130,11 @@ def main() -> None:
                 f"nR {r[t]['neutral_recall']:.2f} L0 {r[t]['layer0']:.3f}"
                 for t in tests
             )
-            print(f"{model:13s} {train:18s} layer {r['layer']:2d} cv {r['cv']:.3f} "
-                  f"(L0 {r['cv_layer0']:.3f})  {cells}", flush=True)  # fmt: skip
+            print(
+                f"{model:13s} {train:18s} layer {r['layer']:2d} cv {r['cv']:.3f} "
+                f"(L0 {r['cv_layer0']:.3f})  {cells}",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -127,10 +127,13 @@ def test_planted_duplicates_are_found_within_and_against(tmp_path):
     assert pairs[rows[3]["id"], rows[5]["id"]]["jaccard"] == 1.0
     near = pairs[rows[7]["id"], rows[100]["id"]]
     assert near["jaccard"] == 0.9 and not near["same_label"]
-    assert any("2 near-duplicate pairs" in w and "1 with different labels" in w
-               for w in res.warnings)  # fmt: skip
-    other = [{"id": "h1", "text": rows[42]["text"].upper(), "emotion": "anger"},
-             {"id": "h2", "text": "something else entirely here", "emotion": "neutral"}]  # fmt: skip
+    assert any(
+        "2 near-duplicate pairs" in w and "1 with different labels" in w for w in res.warnings
+    )
+    other = [
+        {"id": "h1", "text": rows[42]["text"].upper(), "emotion": "anger"},
+        {"id": "h2", "text": "something else entirely here", "emotion": "neutral"},
+    ]
     res = audit_dataset(write(tmp_path, rows), against=write(tmp_path, other, "h.jsonl"))
     assert [(d["id_a"], d["id_b"]) for d in res.duplicates_against] == [(rows[42]["id"], "h1")]
     assert any("not held out" in w for w in res.warnings)
@@ -141,7 +144,11 @@ def test_near_duplicates_threshold_and_scripts():
     assert near_duplicates(texts) == [(0, 1, 0.833)]  # 5 shared words of 6
     assert near_duplicates(texts, threshold=0.9) == []
     # unspaced scripts compare character bigrams
-    ja = ["昨日は駅まで送ってくれてありがとう", "昨日は駅まで送ってくれてありがとう！", "会議の時間が変わりました"]
+    ja = [
+        "昨日は駅まで送ってくれてありがとう",
+        "昨日は駅まで送ってくれてありがとう！",
+        "会議の時間が変わりました",
+    ]
     assert [p[:2] for p in near_duplicates(ja)] == [(0, 1)]
 
 
@@ -155,8 +162,11 @@ def test_planted_giveaway_word_ranks_first(tmp_path):
     res = audit_dataset(write(tmp_path, rows))
     grat = [w for w in res.words if w["class"] == "gratitude"]
     assert grat[0]["token"] == "banana" and grat[0]["z"] > 5
-    assert grat[0]["count_in_class"] == 40 and grat[0]["count_elsewhere"] == Counter(
-        r["emotion"] for r in rows if r["text"].endswith("banana"))["neutral"]
+    assert (
+        grat[0]["count_in_class"] == 40
+        and grat[0]["count_elsewhere"]
+        == Counter(r["emotion"] for r in rows if r["text"].endswith("banana"))["neutral"]
+    )
     neutral_top = [w["token"] for w in res.words if w["class"] == "neutral"][:5]
     assert "banana" not in neutral_top
     # a word in every gratitude row makes the bag of words decode gratitude
@@ -174,8 +184,7 @@ def test_log_odds_matches_the_formula():
 
 
 def test_tokens_keep_punctuation_and_emoji():
-    assert tokens("ty <3 ... wait WHAT?! 😂") == ["ty", "<3", "...", "wait", "what", "?", "!",
-                                                "😂"]  # fmt: skip
+    assert tokens("ty <3 ... wait WHAT?! 😂") == ["ty", "<3", "...", "wait", "what", "?", "!", "😂"]
 
 
 # --------------------------------------------------------------------------- baselines
@@ -183,8 +192,14 @@ def test_bag_of_words_decodes_planted_words_and_balance_warns(tmp_path):
     rows = random_rows()
     for r in rows:
         r["text"] += f" {r['emotion']}word"
-    rows += [{"id": f"extra{i}", "text": " ".join(VOCAB[i : i + 8]) + " neutralword",
-              "emotion": "neutral"} for i in range(30)]  # fmt: skip
+    rows += [
+        {
+            "id": f"extra{i}",
+            "text": " ".join(VOCAB[i : i + 8]) + " neutralword",
+            "emotion": "neutral",
+        }
+        for i in range(30)
+    ]
     res = audit_dataset(write(tmp_path, rows))
     assert res.bow["ci_low"] > 0.9
     assert res.chance == pytest.approx(70 / 190, abs=1e-4)
@@ -201,16 +216,21 @@ def test_layer0_probe_with_a_model(tmp_path, tiny):
     assert res.layer0["accuracy"] > 0.4 and res.layer0["model"] == lm.provenance["name"]
     assert res.provenance["model"]["name"] == lm.provenance["name"]
     # the same number as the probe's layer 0 on the same folds
-    acts = ec.extract(lm, write(tmp_path, rows), sites=("resid",), positions=("mean",),
-                      progress=False)  # fmt: skip
+    acts = ec.extract(
+        lm, write(tmp_path, rows), sites=("resid",), positions=("mean",), progress=False
+    )
     pr = ec.probe(acts, folds=5)
     assert res.layer0["accuracy"] == pytest.approx(pr.results["logreg"]["accuracy"][0], abs=0.03)
 
 
 def test_too_few_rows_and_one_label(tmp_path):
     with pytest.raises(DataError, match="label 'anger' has 3 rows; a 5-fold audit"):
-        audit_dataset(write(tmp_path, [r for r in random_rows() if r["emotion"] != "anger"]
-                            + random_rows(3)[3:6]))  # fmt: skip
+        audit_dataset(
+            write(
+                tmp_path,
+                [r for r in random_rows() if r["emotion"] != "anger"] + random_rows(3)[3:6],
+            )
+        )
     with pytest.raises(DataError, match="one label only"):
         audit_dataset(write(tmp_path, [{"text": "a b", "emotion": "x"}] * 1))
 
@@ -222,9 +242,16 @@ def test_save_load_and_html_escape(tmp_path):
     res = audit_dataset(write(tmp_path, rows), against="natural")
     out = res.save(tmp_path / "audit")
     names = {p.name for p in out.iterdir()}
-    assert {"audit.json", "balance.csv", "features.csv", "trivial_features.csv",
-            "giveaway_words.csv", "duplicates.csv", "duplicates_against.csv",
-            "figures"} <= names  # fmt: skip
+    assert {
+        "audit.json",
+        "balance.csv",
+        "features.csv",
+        "trivial_features.csv",
+        "giveaway_words.csv",
+        "duplicates.csv",
+        "duplicates_against.csv",
+        "figures",
+    } <= names
     assert (out / "figures" / "features.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "figures" / "giveaway_words.svg").is_file()
     back = AuditResult.load(out)
@@ -253,8 +280,21 @@ def test_cli_audit(tmp_path, capsys):
         if r["emotion"] == "anger":
             r["text"] += "!"
     p = write(tmp_path, rows)
-    assert main(["data", "audit", str(p), "--against", "natural", "--out",
-                 str(tmp_path / "a"), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "audit",
+                str(p),
+                "--against",
+                "natural",
+                "--out",
+                str(tmp_path / "a"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "warning: trivial feature 'has !'" in out and "bag-of-words probe" in out
     assert "0 against natural" in out
@@ -269,3 +309,11 @@ def test_cli_audit_bad_input_is_one_line(tmp_path, capsys):
     assert err == [f"emocircuits: error: {bad}:2: not valid JSON (Expecting value at column 10)"]
     assert main(["data", "audit", "nosuchpreset"]) == 2
     assert "no such file or preset 'nosuchpreset'" in capsys.readouterr().err
+
+
+def test_cli_audit_with_a_model(tmp_path, tiny_dir, capsys):
+    p = write(tmp_path, random_rows(10))
+    assert main(["data", "audit", str(p), "--model", str(tiny_dir("llama")), "--quiet",
+                 "--folds", "3"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "layer-0 probe (" in out and "(3-fold," in out

@@ -206,3 +206,26 @@ def test_everyday_has_no_trivial_giveaway_and_no_leak():
     held = ec.load_dataset("everyday_heldout").texts
     for other in ("extended", "natural", "baseline"):
         assert near_duplicates(held, ec.load_dataset(other).texts) == [], other
+
+
+def test_presets_and_files_combine_with_plus(tmp_path):
+    a, b = ec.load_dataset("extended"), ec.load_dataset("everyday")
+    both = ec.load_dataset("extended+everyday")
+    assert both.ids == a.ids + b.ids and both.version == "1+1"
+    assert both.source == "extended+everyday"
+    assert (
+        both.sha256
+        == __import__("hashlib")
+        .sha256(ec.presets()["extended"].read_bytes() + ec.presets()["everyday"].read_bytes())
+        .hexdigest()
+    )
+    p = tmp_path / "mine.jsonl"
+    p.write_text('{"id": "m1", "text": "thx!!", "emotion": "gratitude"}\n')
+    mixed = ec.load_dataset(f"baseline+{p}")
+    assert len(mixed) == 201 and mixed.version is None
+    with pytest.raises(DataError, match="id 'base-gra-01' of baseline also occurs in baseline"):
+        ec.load_dataset("baseline+baseline")
+    with pytest.raises(DataError, match="no such file or preset 'nope'"):
+        ec.load_dataset("baseline+nope")
+    with pytest.raises(DataError, match="empty part"):
+        ec.load_dataset("baseline+")

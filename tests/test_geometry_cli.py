@@ -177,3 +177,45 @@ def test_geometry_with_per_emotion_subspaces(folders, capsys):
     assert all(r["analytic_null"] == pytest.approx(2 / base.manifest["width"]) for r in sub)
     assert json.loads((out / "summary.json").read_text())["subspace"]["kind"] == "within"
     assert not (out / "figures").exists()
+
+
+def test_probe_takes_datasets_and_a_model(folders, tiny_dir, capsys, tmp_path):
+    """`probe --train PRESET --test FILE --model M` captures both in memory: the same
+    numbers as probing the folders `extract` writes."""
+    _, base, nat, _ = folders
+    model = tiny_dir("llama")
+    nat_file = tmp_path / "nat.jsonl"
+    nat_file.write_text(ec.load_dataset("natural").to_jsonl())
+    out = tmp_path / "p.json"
+    code, stdout, _ = run(
+        capsys, "probe", "--train", "baseline", "--test", nat_file, "--model", model,
+        "--out", out, "--quiet",
+    )  # fmt: skip
+    assert code == 0 and "logreg: best layer" in stdout
+    got = json.loads(out.read_text())
+    want = ec.probe(base, nat).to_json()
+    assert got["methods"]["logreg"]["accuracy"] == pytest.approx(
+        want["methods"]["logreg"]["accuracy"], abs=1e-6
+    )
+    assert got["lexical_baseline"]["logreg"] == want["lexical_baseline"]["logreg"]
+    assert got["provenance"]["train"]["dataset"]["source"] == "baseline"
+    assert got["provenance"]["train"]["dataset"]["version"] == "1"
+    # a folder and a dataset mix; without --out nothing is written
+    code, stdout, _ = run(capsys, "probe", "--train", base.path, "--test", "natural",
+                          "--model", model, "--quiet")  # fmt: skip
+    assert code == 0 and "wrote" not in stdout
+
+
+def test_probe_dataset_errors_are_one_line(folders, tiny_dir, capsys, tmp_path):
+    _, base, nat, _ = folders
+    cases = [
+        (("probe", "--train", "nosuch", "--model", tiny_dir("llama")),
+         "--train nosuch: not an activation folder, and no such file or preset 'nosuch'"),
+        (("probe", "--train", base.path, "--test", nat.path, "--model", "x"),
+         "--model is used only for --train/--test datasets"),
+        (("probe", "--train", "baseline", "--test", nat.path, "--model", tiny_dir("gpt2")),
+         "another model"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv, "--quiet")
+        assert code == 2 and message in one_error_line(err), (argv, err)

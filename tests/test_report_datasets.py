@@ -49,9 +49,18 @@ def test_the_saved_audit_is_reused_and_its_text_escaped(study):
     sha = ec.load_dataset("baseline").sha256
     path = study / "audits" / f"baseline-{sha[:12]}" / "audit.json"
     doc = json.loads(path.read_text())
-    doc["duplicates"] = [{"jaccard": 0.9, "id_a": "x1", "label_a": "anger", "id_b": "x2",
-                          "label_b": "neutral", "same_label": False,
-                          "text_a": "<script>alert(1)</script> hi", "text_b": "hi"}]  # fmt: skip
+    doc["duplicates"] = [
+        {
+            "jaccard": 0.9,
+            "id_a": "x1",
+            "label_a": "anger",
+            "id_b": "x2",
+            "label_b": "neutral",
+            "same_label": False,
+            "text_a": "<script>alert(1)</script> hi",
+            "text_b": "hi",
+        }
+    ]
     path.write_text(json.dumps(doc))
     data = collect(study)  # reads the saved audit (it is not recomputed)
     [block] = data.datasets

@@ -31,6 +31,7 @@ from emocircuits.compare.transfer import map_vectors
 from emocircuits.data import Dataset, Example, load_dataset, presets
 from emocircuits.data.dataset import neutral_prompts
 from emocircuits.errors import EmocircuitsError
+from emocircuits.geometry.audit import AuditResult, audit_dataset
 from emocircuits.geometry.probes import ProbeResult, probe
 from emocircuits.geometry.similarity import SimilarityResult, emotion_similarity
 from emocircuits.geometry.stage import GeometryResult, analyze_geometry
@@ -52,6 +53,7 @@ from emocircuits.study.runner import StudyResult, run_study
 __all__ = [
     "AblationResult",
     "ActivationStore",
+    "AuditResult",
     "CaptureSpec",
     "ComparisonResult",
     "Dataset",
@@ -77,6 +79,7 @@ __all__ = [
     "analyze_geometry",
     "architecture",
     "as_store",
+    "audit_dataset",
     "build_report",
     "capture",
     "compare_models",

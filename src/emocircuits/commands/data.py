@@ -66,12 +66,22 @@ def _audit(args: argparse.Namespace) -> int:
         from emocircuits.models import load_model
 
         lm = load_model(args.model, dtype=args.dtype, device=args.device, progress=not args.quiet)
-    res = audit_dataset(args.file, lm, against=args.against, folds=args.folds, seed=args.seed,
-                        duplicate_threshold=args.duplicate_threshold, top_words=args.top_words)  # fmt: skip
+    res = audit_dataset(
+        args.file,
+        lm,
+        against=args.against,
+        folds=args.folds,
+        seed=args.seed,
+        duplicate_threshold=args.duplicate_threshold,
+        top_words=args.top_words,
+    )
     con = Console()
     ver = f" (version {res.version})" if res.version else ""
-    con.print(f"{res.source}{ver}: {res.n_rows} rows, sha256 {res.sha256[:12]}…, "
-              f"chance {res.chance:.2f}", highlight=False, markup=False)  # fmt: skip
+    con.print(
+        f"{res.source}{ver}: {res.n_rows} rows, sha256 {res.sha256[:12]}…, chance {res.chance:.2f}",
+        highlight=False,
+        markup=False,
+    )
     t = Table(title="per class: rows, mean length, share of rows with each feature")
     t.add_column("")
     for c in res.classes:
@@ -85,24 +95,37 @@ def _audit(args: argparse.Namespace) -> int:
     for c in ("feature", "accuracy [95%]", "vs chance", "gives away (AUC)", "warn"):
         t.add_column(c)
     for r in res.trivial:
-        t.add_row(r["description"], f"{r['accuracy']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
-                  f"{r['above_chance']:+.2f}", f"{r['gives_away']} ({r['auc']:.2f})",
-                  "yes" if r["warning"] else "")  # fmt: skip
+        t.add_row(
+            r["description"],
+            f"{r['accuracy']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+            f"{r['above_chance']:+.2f}",
+            f"{r['gives_away']} ({r['auc']:.2f})",
+            "yes" if r["warning"] else "",
+        )
     if not args.quiet:
         con.print(t)
     for c in res.classes:
         top = [f"{w['token']} ({w['z']:.1f})" for w in res.words if w["class"] == c][:8]
         print(f"give-away tokens of {c} (log-odds z): {', '.join(top)}")
     b = res.bow
-    print(f"bag-of-words probe: {b['accuracy']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] "
-          f"({b['folds']}-fold, {b['vocabulary']} tokens; chance {res.chance:.2f})")  # fmt: skip
+    print(
+        f"bag-of-words probe: {b['accuracy']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] "
+        f"({b['folds']}-fold, {b['vocabulary']} tokens; chance {res.chance:.2f})"
+    )
     if res.layer0:
         z = res.layer0
-        print(f"layer-0 probe ({z['model']}): {z['accuracy']:.3f} [{z['ci_low']:.3f}, "
-              f"{z['ci_high']:.3f}]")  # fmt: skip
-    print(f"near-duplicate pairs: {len(res.duplicates)} within"
-          + (f", {len(res.duplicates_against)} against {res.against['source']}"
-             if res.against else ""))  # fmt: skip
+        print(
+            f"layer-0 probe ({z['model']}): {z['accuracy']:.3f} [{z['ci_low']:.3f}, "
+            f"{z['ci_high']:.3f}]"
+        )
+    print(
+        f"near-duplicate pairs: {len(res.duplicates)} within"
+        + (
+            f", {len(res.duplicates_against)} against {res.against['source']}"
+            if res.against
+            else ""
+        )
+    )
     for w in res.warnings:
         print(f"warning: {w}")
     if not res.warnings:
@@ -160,8 +183,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model dtype (default %(default)s)",
     )
     a.add_argument("--device", default=lib_default(load_model, "device"))
-    a.add_argument("--against", default=None, help="a second set (preset or JSONL): its "
-                   "rows that nearly duplicate this set's")  # fmt: skip
+    a.add_argument(
+        "--against",
+        default=None,
+        help="a second set (preset or JSONL): its rows that nearly duplicate this set's",
+    )
     a.add_argument("--out", default=None, help="folder for audit.json, CSV tables, figures")
     add_counts(a, audit_dataset, {"--folds": None, "--top-words": None})
     a.add_argument("--seed", type=int, default=lib_default(audit_dataset, "seed"))

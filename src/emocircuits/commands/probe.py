@@ -37,8 +37,10 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, Any]:
         except DataError as e:
             raise DataError(f"{flag} {arg}: not an activation folder, and {e}") from None
     if args.model is not None and not datasets:
-        raise DataError("--model is used only for --train/--test datasets (a preset or JSONL "
-                        "file); activation folders already name their model")  # fmt: skip
+        raise DataError(
+            "--model is used only for --train/--test datasets (a preset or JSONL "
+            "file); activation folders already name their model"
+        )
     lm = None
     if datasets:
         from emocircuits.models import DEFAULT_MODEL, load_model
@@ -46,8 +48,10 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, Any]:
         name = args.model or DEFAULT_MODEL
         lm = load_model(name, dtype=args.dtype, device=args.device, progress=not args.quiet)
         if not args.quiet:
-            print(f"capturing {', '.join(d.source for d in datasets.values())} with {name} "
-                  f"({args.site}/{args.position or 'mean'}, in memory)")  # fmt: skip
+            print(
+                f"capturing {', '.join(d.source for d in datasets.values())} with {name} "
+                f"({args.site}/{args.position or 'mean'}, in memory)"
+            )
 
     def store(flag: str) -> Any:
         arg = given[flag]
@@ -56,8 +60,14 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, Any]:
         if flag not in datasets:
             return load_activations(arg)
         rules = tuple(dict.fromkeys([args.position or "mean", "mean"]))  # mean: lexical baseline
-        return extract(lm, datasets[flag], sites=(args.site,), positions=rules,
-                       batch_size=args.batch_size, progress=not args.quiet)  # fmt: skip
+        return extract(
+            lm,
+            datasets[flag],
+            sites=(args.site,),
+            positions=rules,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
 
     return store("--train"), store("--test")
 

@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in DIR/stages/<stage>/<label>-<hash> by a hash of its inputs and settings: a re-run "
         "with nothing changed does no model work, a changed setting re-runs only the stages "
         "that depend on it, an interrupted run resumes. Defaults: models smollm2-135m and "
-        "gemma3-270m, datasets extended and baseline, every analysis; steering strengths "
+        "gemma3-270m, datasets everyday and baseline, every analysis; steering strengths "
         "and layers are chosen from the data (see `steer-sweep --help`). A TOML config sets "
         "anything: a [study] table and one table per command with that command's options "
         "(see --print-config). Tracked in MLflow (DIR/mlflow.db unless "

@@ -250,12 +250,19 @@ def load_dataset(
     min_per_class: int = 1,
     baseline: str | None = None,
 ) -> Dataset:
-    """Load and validate a preset or a JSONL file.
+    """Load and validate a preset or a JSONL file; ``"a+b"`` (names or paths joined by
+    ``+``) is their rows together, in that order (sha256 of the files' bytes one after the
+    other; version ``"1+1"`` when every part is a preset).
 
     >>> ds = load_dataset("baseline")
     >>> ds.counts()["anger"], len(ds)
     (50, 200)
+    >>> len(load_dataset("extended+everyday")), load_dataset("extended+everyday").version
+    (3025, '1+1')
     """
+    p = Path(name_or_path).expanduser()
+    if "+" in str(name_or_path) and not p.is_file():
+        return _combined(str(name_or_path), min_per_class=min_per_class, baseline=baseline)
     path = resolve(name_or_path)
     raw = path.read_bytes()
     is_preset = str(name_or_path) in presets() and not Path(name_or_path).expanduser().is_file()
@@ -265,6 +272,30 @@ def load_dataset(
     sha = hashlib.sha256(raw).hexdigest()
     version = preset_version(source, sha) if is_preset else None
     return Dataset(tuple(examples), source, sha, version)
+
+
+def _combined(name: str, *, min_per_class: int, baseline: str | None) -> Dataset:
+    """The rows of the ``+``-joined parts of ``name``, in order (ids must stay unique)."""
+    parts = [x.strip() for x in name.split("+")]
+    if any(not x for x in parts):
+        raise DataError(f"empty part in {name!r} (join preset names or files with '+')")
+    examples: list[Example] = []
+    raw = b""
+    versions = []
+    seen: dict[str, str] = {}
+    for part in parts:
+        ds = load_dataset(part)
+        raw += resolve(part).read_bytes()
+        versions.append(ds.version)
+        for e in ds.examples:
+            if e.id in seen:
+                raise DataError(f"id {e.id!r} of {part} also occurs in {seen[e.id]}; the parts "
+                                "of a combined dataset need distinct ids", where=name)  # fmt: skip
+            seen[e.id] = part
+        examples += ds.examples
+    check_counts(examples, name, min_per_class=min_per_class, baseline=baseline)
+    version = "+".join(versions) if all(v is not None for v in versions) else None  # type: ignore[arg-type]
+    return Dataset(tuple(examples), name, hashlib.sha256(raw).hexdigest(), version)
 
 
 def load_prompts(path: str | Path) -> list[str]:

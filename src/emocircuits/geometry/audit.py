@@ -155,10 +155,18 @@ def giveaway_words(ds: Dataset, *, top: int = 15, prior_size: float = 500.0) -> 
         best = sorted(lo[c].items(), key=lambda kv: (-kv[1][1], kv[0]))[:top]
         for rank, (w, (d, z)) in enumerate(best, 1):
             rest = sum(counts[o][w] for o in classes if o != c)
-            rows.append({"class": c, "rank": rank, "token": w, "z": round(z, 3),
-                         "log_odds": round(d, 3), "count_in_class": counts[c][w],
-                         "count_elsewhere": rest,
-                         "share_of_class_rows": round(docs[c][w] / n[c], 3)})  # fmt: skip
+            rows.append(
+                {
+                    "class": c,
+                    "rank": rank,
+                    "token": w,
+                    "z": round(z, 3),
+                    "log_odds": round(d, 3),
+                    "count_in_class": counts[c][w],
+                    "count_elsewhere": rest,
+                    "share_of_class_rows": round(docs[c][w] / n[c], 3),
+                }
+            )
     return rows
 
 
@@ -276,11 +284,20 @@ def trivial_features(
         aucs = {c: _auc(v, y == i) for i, c in enumerate(classes)}
         who = max(aucs, key=lambda c: abs(aucs[c] - 0.5))
         warn = acc >= chance + TRIVIAL_MARGIN and lo > chance
-        trivial.append({"feature": name, "description": what, "accuracy": round(acc, 4),
-                        "ci_low": round(lo, 4), "ci_high": round(hi, 4),
-                        "chance": round(chance, 4), "above_chance": round(acc - chance, 4),
-                        "gives_away": who, "auc": round(aucs[who], 3),
-                        "warning": bool(warn)})  # fmt: skip
+        trivial.append(
+            {
+                "feature": name,
+                "description": what,
+                "accuracy": round(acc, 4),
+                "ci_low": round(lo, 4),
+                "ci_high": round(hi, 4),
+                "chance": round(chance, 4),
+                "above_chance": round(acc - chance, 4),
+                "gives_away": who,
+                "auc": round(aucs[who], 3),
+                "warning": bool(warn),
+            }
+        )
     return rates, trivial
 
 
@@ -305,8 +322,13 @@ def bag_of_words(ds: Dataset, *, min_df: int = 2) -> np.ndarray:
 
 def _cv_result(acc: float, n: int, chance: float, level: float, **extra: Any) -> dict[str, Any]:
     lo, hi = (float(b) for b in wilson_interval(np.array(acc), n, level))
-    return {"accuracy": round(float(acc), 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
-            "chance": round(chance, 4), **extra}  # fmt: skip
+    return {
+        "accuracy": round(float(acc), 4),
+        "ci_low": round(lo, 4),
+        "ci_high": round(hi, 4),
+        "chance": round(chance, 4),
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------- result
@@ -341,8 +363,10 @@ class AuditResult(Result):
 
     def balance(self) -> list[dict[str, Any]]:
         """Rows per class and their share."""
-        return [{"class": c, "rows": self.counts[c], "share": round(self.counts[c] / self.n_rows, 4)}
-                for c in self.classes]  # fmt: skip
+        return [
+            {"class": c, "rows": self.counts[c], "share": round(self.counts[c] / self.n_rows, 4)}
+            for c in self.classes
+        ]
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -363,8 +387,10 @@ class AuditResult(Result):
         if self.layer0:
             base += f", layer 0 {self.layer0['accuracy']:.2f}"
         n = len(self.warnings)
-        return (f"AuditResult: {self.source}{ver}, {self.n_rows} rows, chance {self.chance:.2f}, "
-                f"{base}; {n} warning{'s' * (n != 1)}")  # fmt: skip
+        return (
+            f"AuditResult: {self.source}{ver}, {self.n_rows} rows, chance {self.chance:.2f}, "
+            f"{base}; {n} warning{'s' * (n != 1)}"
+        )
 
     def __repr__(self) -> str:
         warn = "".join(f"\n  ! {w}" for w in self.warnings)
@@ -389,8 +415,10 @@ class AuditResult(Result):
 
         warn = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
         top5 = [w for w in self.words if w["rank"] <= 5]
-        dup = [{k: d[k] for k in ("jaccard", "id_a", "label_a", "text_a", "id_b", "label_b",
-                                  "text_b")} for d in self.duplicates]  # fmt: skip
+        dup = [
+            {k: d[k] for k in ("jaccard", "id_a", "label_a", "text_a", "id_b", "label_b", "text_b")}
+            for d in self.duplicates
+        ]
         base = [{"baseline": "bag of words", **self.bow}]
         if self.layer0:
             base.append({"baseline": "layer 0", **self.layer0})
@@ -412,8 +440,13 @@ class AuditResult(Result):
         return {
             "format": "emocircuits.audit",
             "version": 1,
-            "dataset": {"source": self.source, "sha256": self.sha256, "version": self.version,
-                        "n_rows": self.n_rows, "counts": self.counts},  # fmt: skip
+            "dataset": {
+                "source": self.source,
+                "sha256": self.sha256,
+                "version": self.version,
+                "n_rows": self.n_rows,
+                "counts": self.counts,
+            },
             "classes": self.classes,
             "chance": self.chance,
             "features": self.features,
@@ -439,9 +472,13 @@ class AuditResult(Result):
         out.mkdir(parents=True, exist_ok=True)
         save_figure(self.figure(), out / "figures" / "features")
         save_figure(self.words_figure(), out / "figures" / "giveaway_words")
-        tables = {"balance": self.balance(), "features": self.features,
-                  "trivial_features": self.trivial, "giveaway_words": self.words,
-                  "duplicates": self.duplicates}  # fmt: skip
+        tables = {
+            "balance": self.balance(),
+            "features": self.features,
+            "trivial_features": self.trivial,
+            "giveaway_words": self.words,
+            "duplicates": self.duplicates,
+        }
         if self.against is not None:
             tables["duplicates_against"] = self.duplicates_against
         return write_tables(out, tables, {"audit.json": self.to_json()})
@@ -458,11 +495,26 @@ class AuditResult(Result):
         if not isinstance(d, dict) or d.get("format") != "emocircuits.audit":
             raise DataError("not an emocircuits audit file", where=str(f))
         ds = d["dataset"]
-        return cls(ds["source"], ds["sha256"], ds.get("version"), ds["n_rows"], d["classes"],
-                   ds["counts"], d["chance"], d["features"], d["trivial_features"],
-                   d["giveaway_words"], d["duplicates"], d.get("against"),
-                   d.get("duplicates_against") or [], d["bag_of_words"], d.get("layer0"),
-                   d["warnings"], d.get("settings") or {}, d.get("provenance") or {})  # fmt: skip
+        return cls(
+            ds["source"],
+            ds["sha256"],
+            ds.get("version"),
+            ds["n_rows"],
+            d["classes"],
+            ds["counts"],
+            d["chance"],
+            d["features"],
+            d["trivial_features"],
+            d["giveaway_words"],
+            d["duplicates"],
+            d.get("against"),
+            d.get("duplicates_against") or [],
+            d["bag_of_words"],
+            d.get("layer0"),
+            d["warnings"],
+            d.get("settings") or {},
+            d.get("provenance") or {},
+        )
 
 
 def _as_dataset(data: Dataset | str | Path, what: str) -> Dataset:
@@ -476,9 +528,19 @@ def _as_dataset(data: Dataset | str | Path, what: str) -> Dataset:
 
 def _dup_rows(pairs: list[tuple[int, int, float]], a: Dataset, b: Dataset) -> list[dict]:
     ea, eb = a.examples, b.examples
-    return [{"jaccard": s, "id_a": ea[i].id, "label_a": ea[i].emotion, "id_b": eb[j].id,
-             "label_b": eb[j].emotion, "same_label": ea[i].emotion == eb[j].emotion,
-             "text_a": ea[i].text, "text_b": eb[j].text} for i, j, s in pairs]  # fmt: skip
+    return [
+        {
+            "jaccard": s,
+            "id_a": ea[i].id,
+            "label_a": ea[i].emotion,
+            "id_b": eb[j].id,
+            "label_b": eb[j].emotion,
+            "same_label": ea[i].emotion == eb[j].emotion,
+            "text_a": ea[i].text,
+            "text_b": eb[j].text,
+        }
+        for i, j, s in pairs
+    ]
 
 
 def audit_dataset(
@@ -517,8 +579,11 @@ def audit_dataset(
     counts = ds.counts()
     if min(counts.values()) < folds:
         low = min(counts, key=counts.get)
-        raise DataError(f"label {low!r} has {counts[low]} rows; a {folds}-fold audit needs "
-                        f"at least {folds} per label", where=ds.source)  # fmt: skip
+        raise DataError(
+            f"label {low!r} has {counts[low]} rows; a {folds}-fold audit needs "
+            f"at least {folds} per label",
+            where=ds.source,
+        )
     classes = list(counts)
     chance = max(counts.values()) / len(ds)
     rates, trivial = trivial_features(ds, folds=folds, seed=seed, level=level)
@@ -531,10 +596,17 @@ def audit_dataset(
         dups_against = _dup_rows(pairs, ds, other)
         against_info = other.provenance()
     x = bag_of_words(ds)
-    acc = cross_validated(x, ds.labels, "logreg", k=folds, seed=seed, c=bow_c,
-                          standardize=False)[0]  # fmt: skip
-    bow = _cv_result(acc, len(ds), chance, level, folds=folds, vocabulary=int(x.shape[2]),
-                     c=bow_c, features="0/1 presence of tokens in >= 2 rows")  # fmt: skip
+    acc = cross_validated(x, ds.labels, "logreg", k=folds, seed=seed, c=bow_c, standardize=False)[0]
+    bow = _cv_result(
+        acc,
+        len(ds),
+        chance,
+        level,
+        folds=folds,
+        vocabulary=int(x.shape[2]),
+        c=bow_c,
+        features="0/1 presence of tokens in >= 2 rows",
+    )
     layer0 = None
     model_prov = None
     if lm is not None:
@@ -543,14 +615,28 @@ def audit_dataset(
 
         if isinstance(lm, str | Path):
             lm = load_model(str(lm), progress=False)
-        store = extract(lm, ds, sites=("resid",), positions=("mean",), layers=(0,),
-                        batch_size=batch_size, progress=False)  # fmt: skip
+        store = extract(
+            lm,
+            ds,
+            sites=("resid",),
+            positions=("mean",),
+            layers=(0,),
+            batch_size=batch_size,
+            progress=False,
+        )
         x0 = store.get("resid", "mean")
         acc0 = cross_validated(x0, ds.labels, "logreg", k=folds, seed=seed, c=c)[0]
         model_prov = {k: lm.provenance.get(k) for k in ("name", "source", "revision")}
-        layer0 = _cv_result(acc0, len(ds), chance, level, folds=folds, c=c,
-                            model=model_prov.get("name"),
-                            features="layer-0 residual, mean over content tokens, z-scored")  # fmt: skip
+        layer0 = _cv_result(
+            acc0,
+            len(ds),
+            chance,
+            level,
+            folds=folds,
+            c=c,
+            model=model_prov.get("name"),
+            features="layer-0 residual, mean over content tokens, z-scored",
+        )
     warnings = []
     for t in trivial:
         if t["warning"]:
@@ -561,25 +647,61 @@ def audit_dataset(
                 f"{t['gives_away']} (one-vs-rest AUC {t['auc']:.2f})"
             )
     if max(counts.values()) >= IMBALANCE * min(counts.values()):
-        warnings.append(f"classes are unbalanced ({', '.join(f'{k} {v}' for k, v in counts.items())}"
-                        f"): read accuracies against the majority share {chance:.2f}")  # fmt: skip
+        sizes = ", ".join(f"{k} {v}" for k, v in counts.items())
+        warnings.append(
+            f"classes are unbalanced ({sizes}): read accuracies against the "
+            f"majority share {chance:.2f}"
+        )
     if dups:
         clash = sum(not d["same_label"] for d in dups)
-        warnings.append(f"{len(dups)} near-duplicate pair{'s' * (len(dups) != 1)} within the "
-                        f"set (word overlap >= {duplicate_threshold}), {clash} with different "
-                        "labels: k-fold accuracy is inflated by them")  # fmt: skip
+        warnings.append(
+            f"{len(dups)} near-duplicate pair{'s' * (len(dups) != 1)} within the "
+            f"set (word overlap >= {duplicate_threshold}), {clash} with different "
+            "labels: k-fold accuracy is inflated by them"
+        )
     if dups_against:
-        warnings.append(f"{len(dups_against)} row{'s' * (len(dups_against) != 1)} nearly "
-                        f"duplicate rows of {other.source} (word overlap >= "
-                        f"{duplicate_threshold}): a test on it is not held out")  # fmt: skip
+        warnings.append(
+            f"{len(dups_against)} row{'s' * (len(dups_against) != 1)} nearly "
+            f"duplicate rows of {other.source} (word overlap >= "
+            f"{duplicate_threshold}): a test on it is not held out"
+        )
     from emocircuits._version import __version__
 
-    settings = {"folds": folds, "seed": seed, "level": level,
-                "duplicate_threshold": duplicate_threshold, "top_words": top_words,
-                "prior_size": prior_size, "bow_c": bow_c, "c": c,
-                "trivial_margin": TRIVIAL_MARGIN, "imbalance": IMBALANCE}  # fmt: skip
-    prov = {"dataset": ds.provenance(), "against": against_info, "model": model_prov,
-            "emocircuits": __version__}  # fmt: skip
-    return AuditResult(ds.source, ds.sha256, ds.version, len(ds), classes, counts,
-                       round(chance, 4), rates, trivial, words, dups, against_info,
-                       dups_against, bow, layer0, warnings, settings, prov)  # fmt: skip
+    settings = {
+        "folds": folds,
+        "seed": seed,
+        "level": level,
+        "duplicate_threshold": duplicate_threshold,
+        "top_words": top_words,
+        "prior_size": prior_size,
+        "bow_c": bow_c,
+        "c": c,
+        "trivial_margin": TRIVIAL_MARGIN,
+        "imbalance": IMBALANCE,
+    }
+    prov = {
+        "dataset": ds.provenance(),
+        "against": against_info,
+        "model": model_prov,
+        "emocircuits": __version__,
+    }
+    return AuditResult(
+        ds.source,
+        ds.sha256,
+        ds.version,
+        len(ds),
+        classes,
+        counts,
+        round(chance, 4),
+        rates,
+        trivial,
+        words,
+        dups,
+        against_info,
+        dups_against,
+        bow,
+        layer0,
+        warnings,
+        settings,
+        prov,
+    )

@@ -34,14 +34,20 @@ def feature_rates(rows: Sequence[dict[str, Any]], classes: Sequence[str], *, tit
     y = np.arange(len(binary))
     for k, c in enumerate(classes):
         vals = [float(r.get(c) or 0.0) for r in binary]
-        ax.barh(y + (k - (len(classes) - 1) / 2) * width, vals, height=width, color=colors[c],
-                label=c)  # fmt: skip
+        ax.barh(
+            y + (k - (len(classes) - 1) / 2) * width, vals, height=width, color=colors[c], label=c
+        )
     ax.set_yticks(y, [r.get("description") or r["feature"] for r in binary])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the class's rows")
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center",
-               ncols=len(classes), fontsize=8, frameon=False)  # fmt: skip
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        loc="outside lower center",
+        ncols=len(classes),
+        fontsize=8,
+        frameon=False,
+    )
     ax.grid(axis="x", alpha=0.3)
     if length is not None:
         vals = [float(length.get(c) or 0.0) for c in classes]

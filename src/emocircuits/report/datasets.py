@@ -62,7 +62,7 @@ def dataset_blocks(out: Path, study: dict[str, Any]) -> list[Block]:
     """One block per dataset of ``study.json``'s provenance: its audit's key numbers
     (bag-of-words probe against chance; each trivial feature), tables, figures and
     warnings; a dataset that cannot be audited gives a block that says why."""
-    datasets = ((study.get("provenance") or {}).get("datasets") or {})
+    datasets = (study.get("provenance") or {}).get("datasets") or {}
     names = list(datasets)
     blocks = []
     for name in names:
@@ -88,62 +88,101 @@ def _block(res: Any, src: Source, title: str, folder: Path) -> Block:
     b = Block(title, src.at("audit.json"))
     chance = Null("chance (most frequent class)", res.chance)
     bow = res.bow
-    b.numbers.append(Number(
-        f"bag-of-words probe ({bow['folds']}-fold, {bow['vocabulary']} tokens)",
-        Est(bow["accuracy"], bow["ci_low"], bow["ci_high"]), chance,
-        interval="95% Wilson interval",
-        note="what the words alone give: a probe on the model's activations should beat it "
-        "on text written differently, not only here",
-    ))  # fmt: skip
-    for t in res.trivial:
-        b.numbers.append(Number(
-            f"'{t['description']}' alone ({bow['folds']}-fold lookup classifier)",
-            Est(t["accuracy"], t["ci_low"], t["ci_high"]), chance,
+    b.numbers.append(
+        Number(
+            f"bag-of-words probe ({bow['folds']}-fold, {bow['vocabulary']} tokens)",
+            Est(bow["accuracy"], bow["ci_low"], bow["ci_high"]),
+            chance,
             interval="95% Wilson interval",
-            note=(f"WARNING: gives away {t['gives_away']} (AUC {t['auc']:.2f})"
-                  if t["warning"] else f"gives away {t['gives_away']} at most "
-                  f"(AUC {t['auc']:.2f})"),
-        ))  # fmt: skip
+            note="what the words alone give: a probe on the model's activations should beat it "
+            "on text written differently, not only here",
+        )
+    )
+    for t in res.trivial:
+        b.numbers.append(
+            Number(
+                f"'{t['description']}' alone ({bow['folds']}-fold lookup classifier)",
+                Est(t["accuracy"], t["ci_low"], t["ci_high"]),
+                chance,
+                interval="95% Wilson interval",
+                note=(
+                    f"WARNING: gives away {t['gives_away']} (AUC {t['auc']:.2f})"
+                    if t["warning"]
+                    else f"gives away {t['gives_away']} at most (AUC {t['auc']:.2f})"
+                ),
+            )
+        )
     b.notes = [f"Warning: {w}." for w in res.warnings] or [
         f"No warnings: no trivial feature alone classifies {TRIVIAL_MARGIN:.2f} above chance, "
         "no near-duplicates, classes balanced."
     ]
     per_class = [{"": "rows", **{c: res.counts[c] for c in res.classes}}]
     per_class += [{"": f["description"], **{c: f[c] for c in res.classes}} for f in res.features]
-    b.tables.append(Table(
-        "Per class: rows, mean length in words, share of rows with each feature",
-        per_class, src.at("features.csv"),
-        "A feature whose share differs much between classes can let a probe pass without "
-        "the emotion.",
-    ))  # fmt: skip
-    b.tables.append(Table(
-        "Give-away tokens: the 5 with the largest log-odds z per class",
-        [{"class": w["class"], "rank": w["rank"], "token": w["token"], "z": w["z"],
-          "in class": w["count_in_class"], "elsewhere": w["count_elsewhere"],
-          "share of class rows": w["share_of_class_rows"]}
-         for w in res.words if w["rank"] <= 5],
-        src.at("giveaway_words.csv"),
-        "Log-odds ratio with an informative Dirichlet prior (Monroe et al. 2008), each class "
-        "against the others; |z| > 1.96 is beyond chance for one token.",
-    ))  # fmt: skip
-    dups = [{"overlap": d["jaccard"], "row a": f"{d['id_a']} ({d['label_a']})",
-             "text a": d["text_a"], "row b": f"{d['id_b']} ({d['label_b']})",
-             "text b": d["text_b"]} for d in res.duplicates]  # fmt: skip
+    b.tables.append(
+        Table(
+            "Per class: rows, mean length in words, share of rows with each feature",
+            per_class,
+            src.at("features.csv"),
+            "A feature whose share differs much between classes can let a probe pass without "
+            "the emotion.",
+        )
+    )
+    b.tables.append(
+        Table(
+            "Give-away tokens: the 5 with the largest log-odds z per class",
+            [
+                {
+                    "class": w["class"],
+                    "rank": w["rank"],
+                    "token": w["token"],
+                    "z": w["z"],
+                    "in class": w["count_in_class"],
+                    "elsewhere": w["count_elsewhere"],
+                    "share of class rows": w["share_of_class_rows"],
+                }
+                for w in res.words
+                if w["rank"] <= 5
+            ],
+            src.at("giveaway_words.csv"),
+            "Log-odds ratio with an informative Dirichlet prior (Monroe et al. 2008), each class "
+            "against the others; |z| > 1.96 is beyond chance for one token.",
+        )
+    )
+    dups = [
+        {
+            "overlap": d["jaccard"],
+            "row a": f"{d['id_a']} ({d['label_a']})",
+            "text a": d["text_a"],
+            "row b": f"{d['id_b']} ({d['label_b']})",
+            "text b": d["text_b"],
+        }
+        for d in res.duplicates
+    ]
     if dups:
-        b.tables.append(Table("Near-duplicate rows within the set", dups,
-                              src.at("duplicates.csv")))  # fmt: skip
+        b.tables.append(Table("Near-duplicate rows within the set", dups, src.at("duplicates.csv")))
     if res.duplicates_against:
         other = (res.against or {}).get("source")
-        b.tables.append(Table(
-            f"Rows that nearly duplicate rows of {other}",
-            [{"overlap": d["jaccard"], "row": f"{d['id_a']} ({d['label_a']})",
-              "text": d["text_a"], f"row of {other}": f"{d['id_b']} ({d['label_b']})",
-              f"text of {other}": d["text_b"]} for d in res.duplicates_against],
-            src.at("duplicates_against.csv"),
-        ))  # fmt: skip
+        b.tables.append(
+            Table(
+                f"Rows that nearly duplicate rows of {other}",
+                [
+                    {
+                        "overlap": d["jaccard"],
+                        "row": f"{d['id_a']} ({d['label_a']})",
+                        "text": d["text_a"],
+                        f"row of {other}": f"{d['id_b']} ({d['label_b']})",
+                        f"text of {other}": d["text_b"],
+                    }
+                    for d in res.duplicates_against
+                ],
+                src.at("duplicates_against.csv"),
+            )
+        )
     if folder != Path():
-        for name, what in (("features", "Surface features per class"),
-                           ("giveaway_words", "Give-away tokens per class")):  # fmt: skip
+        for name, what in (
+            ("features", "Surface features per class"),
+            ("giveaway_words", "Give-away tokens per class"),
+        ):
             path = folder / "figures" / f"{name}.png"
             if path.is_file():
                 b.figures.append(Figure(what, path, src.at(f"figures/{name}.png")))
@@ -157,7 +196,6 @@ def audit_summary(blocks: list[Block]) -> str:
     if not done:
         return "No dataset could be audited."
     warned = [b.title for b in done if b.facts["warnings"]]
-    return (f"{len(done)} dataset{'s' * (len(done) != 1)} audited; "
-            + (f"warnings for {', '.join(warned)}." if warned else "no warnings."))  # fmt: skip
-
-
+    return f"{len(done)} dataset{'s' * (len(done) != 1)} audited; " + (
+        f"warnings for {', '.join(warned)}." if warned else "no warnings."
+    )

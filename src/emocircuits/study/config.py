@@ -47,7 +47,9 @@ COMMANDS = {
 
 STUDY_DEFAULTS: dict[str, Any] = {
     "models": ["smollm2-135m", "gemma3-270m"],
-    "data": ["extended", "baseline"],
+    # everyday: its directions transfer best to informal, differently written text, in
+    # place of extended (docs/BENCHMARKS.md, "Training presets"); baseline: the pilot's set
+    "data": ["everyday", "baseline"],
     "out": "runs/study",
     # where the models live, for every stage (load_model's keywords; "" = none): see
     # `emocircuits extract --help`
@@ -60,7 +62,7 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "revision": "",
     "trust_remote_code": False,
     "analyses": list(ANALYSES),
-    "causal_data": "extended",
+    "causal_data": "everyday",
     "mlflow": True,
 }
 

@@ -15,7 +15,7 @@ its inputs and the emocircuits version, so:
 
 >>> plan = plan_study(load_config(None))  # doctest: +SKIP
 >>> [s.key for s in plan][:3]  # doctest: +SKIP
-['capture/smollm2-135m.extended', 'capture/smollm2-135m.baseline', 'geometry/...']
+['capture/smollm2-135m.everyday', 'capture/smollm2-135m.baseline', 'geometry/...']
 """
 
 from __future__ import annotations
