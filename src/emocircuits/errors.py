@@ -39,3 +39,8 @@ class ReportError(EmocircuitsError):
 class MemoryLimitError(EmocircuitsError):
     """Out of memory even at the smallest batch (one row): the model or the texts do not
     fit where the model was placed."""
+
+
+class StorageError(EmocircuitsError):
+    """A saved file cannot be read (truncated, corrupt) or written (disk full, read-only):
+    the message names the file and the problem; what was finished before stays."""

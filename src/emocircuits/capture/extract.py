@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from emocircuits.capture.capture import (
@@ -37,6 +36,7 @@ from emocircuits.capture.store import (
     atomic_write_json,
     file_sha256,
     is_token_key,
+    open_safetensors,
     save_shard,
     save_weights,
     shard_name,
@@ -224,7 +224,7 @@ def extract(
     entries, shapes = [], {}
     for k in range(len(groups)):
         path = out / shard_name(k)
-        with safe_open(path, framework="numpy") as f:
+        with open_safetensors(path) as f:
             n = f.get_slice("rows").get_shape()[0]
             for key in f.keys():  # noqa: SIM118
                 _add_shape(shapes, key, f.get_slice(key).get_shape())

@@ -11,17 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from emocircuits.errors import CaptureError
+from emocircuits.errors import CaptureError, StorageError
 from emocircuits.results import Result
 
 FORMAT = "emocircuits.activations"
@@ -33,22 +35,85 @@ def is_token_key(key: str) -> bool:
     return key.endswith("/all") or key.startswith("all/")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _why(e: BaseException) -> str:
+    """The problem in an OS or safetensors error, without the library's prefixes."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = re.sub(r"^Error while (de)?serializing( header)?: (I/O error: )?", "", str(e))
+    return re.sub(r" \(os error \d+\)$", "", text) or type(e).__name__
+
+
+@contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an OS failure while writing ``path`` (disk full, read-only, no permission) into
+    a :class:`StorageError` that names the file.
+
+    >>> with writing("runs/x/summary.json"):  # doctest: +SKIP
+    ...     atomic_write_json(Path("runs/x/summary.json"), {})
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except (OSError, SafetensorError) as e:
+        raise StorageError(f"cannot write {path}: {_why(e)}") from None
+
+
+@contextmanager
+def reading(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a failure to read a saved file (missing, truncated, corrupt) into a
+    :class:`StorageError` that names the file."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        hint = "" if isinstance(e, OSError) else " (truncated or corrupt; re-create it)"
+        raise StorageError(f"cannot read {path}: {_why(e)}{hint}") from None
+
+
+@contextmanager
+def open_safetensors(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """``safe_open(path, framework="numpy")`` whose failures name the file in one line
+    (every reader of a saved ``.safetensors`` file goes through it).
+
+    >>> with open_safetensors("runs/x/shard-00000.safetensors") as f:  # doctest: +SKIP
+    ...     rows = f.get_tensor("rows")
+    """
+    with reading(path), safe_open(path, framework="numpy") as f:
+        yield f
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename; a
+    failure (disk full, ...) leaves no temporary file and raises a :class:`StorageError`."""
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def atomic_save_safetensors(
+    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
+    """Write a ``.safetensors`` file atomically (temporary name in the same folder, then a
+    rename): a failure leaves nothing behind and raises a :class:`StorageError`."""
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def save_shard(path: Path, arrays: dict[str, np.ndarray], k: int) -> None:
@@ -58,22 +123,13 @@ def save_shard(path: Path, arrays: dict[str, np.ndarray], k: int) -> None:
     metadata keys as a hash map does (differently in every process), and one key keeps the
     file, and the checksum the manifest records, the same from run to run.
     """
-    metadata = {"emocircuits": json.dumps({"format": FORMAT, "shard": k})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    meta = {"emocircuits": json.dumps({"format": FORMAT, "shard": k})}
+    atomic_save_safetensors(path, arrays, meta)
 
 
 def save_weights(path: Path, tensors: dict[str, np.ndarray]) -> None:
     """Write ``weights.safetensors`` (the o_proj weights saved with heads) atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, tmp)
-    tmp.replace(path)
+    atomic_save_safetensors(path, tensors)
 
 
 def shard_name(k: int) -> str:
@@ -83,7 +139,7 @@ def shard_name(k: int) -> str:
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in blocks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with reading(path), open(path, "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
@@ -297,7 +353,7 @@ class ActivationStore(Result):
                 raise CaptureError(f"{key!r} was not captured")
             return self._shards[k][key]
         assert self.path is not None
-        with safe_open(self.path / self.manifest["shards"][k]["file"], framework="numpy") as f:
+        with open_safetensors(self.path / self.manifest["shards"][k]["file"]) as f:
             if key not in f.keys():  # noqa: SIM118 - safe_open has no __contains__
                 raise CaptureError(f"{key!r} is not in {self.path}")
             return f.get_tensor(key)
@@ -343,7 +399,7 @@ class ActivationStore(Result):
         path = self.path / "weights.safetensors"
         if not path.is_file():
             raise CaptureError(f"{self.path} has no weights.safetensors (capture with heads)")
-        with safe_open(path, framework="numpy") as f:
+        with open_safetensors(path) as f:
             return f.get_tensor(f"o_proj.{layer}.weight"), (
                 f.get_tensor(bias) if bias in f.keys() else None  # noqa: SIM118
             )

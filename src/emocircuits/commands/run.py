@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         study["analyses"] = list(args.only)
     if args.no_mlflow:
         study["mlflow"] = False
+    if args.executor:
+        study["executor"] = args.executor
+    if args.address:
+        study["address"] = args.address
     cfg = load_config(args.config, over)
     if args.print_config:
         sys.stdout.write(cfg.to_toml())
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from emocircuits.study.config import ANALYSES, STUDY_DEFAULTS
+    from emocircuits.study.config import ANALYSES, EXECUTORS, STUDY_DEFAULTS
 
     ru = sub.add_parser(
         "run",
@@ -76,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  emocircuits run --config study.toml --out runs/mystudy\n"
         "  emocircuits run --models smollm2-135m --only geometry steer --set "
         "steer-sweep.max_new_tokens=20\n"
+        "  emocircuits run --config study.toml --executor ray --address head-node:6379\n"
         "  mlflow ui --backend-store-uri sqlite:///runs/study/mlflow.db",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -87,6 +92,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ru.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
                     help="set one option, e.g. geometry.n_boot=200 (repeatable)")  # fmt: skip
     ru.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    ru.add_argument("--executor", choices=EXECUTORS,
+                    help="where the stages run: local (this process; the default) or ray (a "
+                    "Ray task each, independent stages at the same time; needs "
+                    "emocircuits[distributed] and an output folder every node sees)")  # fmt: skip
+    ru.add_argument("--address", metavar="ADDRESS",
+                    help="the Ray cluster to run on (host:port or auto; default RAY_ADDRESS, "
+                    "else a Ray started for this run)")  # fmt: skip
     ru.add_argument("--print-config", action="store_true",
                     help="print the effective configuration (TOML) and exit")  # fmt: skip
     ru.add_argument("--quiet", action="store_true", help="no live progress display")

@@ -20,11 +20,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
-from emocircuits.capture.store import ActivationStore, as_store, atomic_write_json
-from emocircuits.errors import EmocircuitsError
+from emocircuits.capture.store import (
+    ActivationStore,
+    as_store,
+    atomic_save_safetensors,
+    atomic_write_json,
+    open_safetensors,
+)
+from emocircuits.errors import EmocircuitsError, StorageError
 from emocircuits.geometry.directions import emotion_directions
 from emocircuits.results import Result
 
@@ -110,9 +114,7 @@ class EmotionVectors(Result):
         for emo in self.emotions:
             tensors[emo] = np.ascontiguousarray(self.directions[emo], dtype=np.float32)
             tensors[f"{emo}.norm"] = np.ascontiguousarray(self.norms[emo], dtype=np.float32)
-        tmp = target.with_name(f".{target.name}.tmp")
-        save_file(tensors, tmp, {"emocircuits": json.dumps(self.meta())})
-        tmp.replace(target)
+        atomic_save_safetensors(target, tensors, {"emocircuits": json.dumps(self.meta())})
         atomic_write_json(target.with_suffix(".json"), self.meta())
         return target
 
@@ -123,10 +125,12 @@ class EmotionVectors(Result):
         if not target.is_file():
             raise EmocircuitsError(f"no vectors file {target}")
         try:
-            with safe_open(target, framework="numpy") as f:
+            with open_safetensors(target) as f:
                 meta = json.loads((f.metadata() or {})["emocircuits"])
                 dirs = {e: f.get_tensor(e) for e in meta["emotions"]}
                 norms = {e: f.get_tensor(f"{e}.norm") for e in meta["emotions"]}
+        except StorageError:  # truncated or unreadable: says so, naming the file
+            raise
         except Exception as e:  # any failure to parse means it is not our file
             raise EmocircuitsError(
                 f"not an emocircuits vectors file ({type(e).__name__}: {e})", where=str(target)

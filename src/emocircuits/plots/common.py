@@ -282,6 +282,8 @@ def save_figure(
     >>> save_figure(fig, "runs/smollm2/figures/norms")  # doctest: +SKIP
     [PosixPath('runs/smollm2/figures/norms.png'), PosixPath('runs/smollm2/figures/norms.svg')]
     """
+    from emocircuits.capture.store import writing
+
     stem = Path(stem)
     if stem.suffix.lstrip(".").lower() in formats:
         stem = stem.with_suffix("")
@@ -293,13 +295,8 @@ def save_figure(
                 path = stem.with_name(f"{stem.name}.{fmt}")
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
                 try:
-                    with open(tmp, "xb") as fh:
-                        fig.savefig(
-                            fh,
-                            format=fmt,
-                            dpi=dpi,
-                            metadata=_METADATA.get(fmt),
-                        )
+                    with writing(path), open(tmp, "xb") as fh:  # full disk: one line
+                        fig.savefig(fh, format=fmt, dpi=dpi, metadata=_METADATA.get(fmt))
                     os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)

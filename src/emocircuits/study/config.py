@@ -64,7 +64,16 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "analyses": list(ANALYSES),
     "causal_data": "everyday",
     "mlflow": True,
+    # where the stages run: "local" (this process, one after another) or "ray" (a Ray
+    # task each, at the same time where they do not depend on each other); see README
+    "executor": "local",
+    "address": "",  # the Ray cluster ("" = RAY_ADDRESS, else a Ray started for the run)
+    "max_retries": 2,  # Ray: new attempts of a stage whose worker died
+    "stage_cpus": 1.0,  # Ray: CPUs asked for by every stage (its torch threads)
+    "model_stage_gpus": 1.0,  # Ray: GPUs asked for by a model stage when device is cuda
 }
+
+EXECUTORS = ("local", "ray")
 
 # settings the study uses where a command's default is sized for a single, deeper run
 # (the whole default study must fit in about ten minutes on two cores)
@@ -257,6 +266,14 @@ def _check_study(key: str, value: Any, where: str) -> Any:
     if key in PLACEMENT_KEYS:
         return _check_placement(key, value, where)
     want = type(STUDY_DEFAULTS[key])
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if key == "executor" and value not in EXECUTORS:
+        raise ConfigError(f"{where}: unknown executor {value!r} ({', '.join(EXECUTORS)})")
+    if key in ("max_retries", "stage_cpus", "model_stage_gpus") and (
+        isinstance(value, int | float) and not isinstance(value, bool) and value < 0
+    ):
+        raise ConfigError(f"{where}: study {key} must be >= 0, got {value!r}")
     if want is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -25,7 +25,14 @@ from emocircuits.capture.store import atomic_write_json
 from emocircuits.errors import EmocircuitsError
 from emocircuits.results import Result
 from emocircuits.study.config import OPTIONS, STUDY_DEFAULTS, StudyConfig, load_config
-from emocircuits.study.stages import STAGE_FILE, Stage, plan_study, run_stage, short_name
+from emocircuits.study.executors import require_ray, run_local, run_ray
+from emocircuits.study.stages import (
+    STAGE_FILE,
+    Stage,
+    compute_placement,
+    plan_study,
+    short_name,
+)
 
 STUDY_FILE = "study.json"
 
@@ -140,6 +147,54 @@ def _record(st: Stage, out: Path, cached: bool, seconds: float) -> dict[str, Any
             "cached": cached, "seconds": seconds}  # fmt: skip
 
 
+class _Events:
+    """What the executor reports, shown on the progress display and kept in study.json
+    (rewritten after every stage; stages listed in plan order whichever finished first)."""
+
+    def __init__(self, cfg: StudyConfig, plan: list[Stage], res: StudyResult,
+                 doc: dict[str, Any], bar: Any) -> None:  # fmt: skip
+        self.cfg, self.plan, self.res, self.doc, self.bar = cfg, plan, res, doc, bar
+        self.order = {st.key: i for i, st in enumerate(plan)}
+        self.tasks = {st.key: bar.add_task(st.key, total=1, status="waiting") for st in plan}
+        self.failures: dict[str, str] = {}
+
+    def _save(self) -> None:
+        self.res.stages.sort(key=lambda s: self.order[s["key"]])
+        self.failures = dict(sorted(self.failures.items(), key=lambda kv: self.order[kv[0]]))
+        self.doc["stages"] = self.res.stages
+        self.doc["failed"] = [{"stage": k, "error": v} for k, v in self.failures.items()]
+        self.doc["provenance"] = _provenance(self.cfg, self.plan)
+        atomic_write_json(self.res.out / STUDY_FILE, self.doc)
+
+    def reused(self, st: Stage) -> None:
+        seconds = json.loads((st.dir / STAGE_FILE).read_text()).get("seconds", 0.0)
+        self.res.stages.append(_record(st, self.res.out, True, seconds))
+        self.bar.update(self.tasks[st.key], completed=1, status="[dim]reused (cached)")
+        self._save()
+
+    def blocked(self, st: Stage, by: str) -> None:
+        self.failures[st.key] = f"not run: its input {by} failed"
+        self.bar.update(self.tasks[st.key], completed=1, status="[red]not run (input failed)")
+        self._save()
+
+    def started(self, st: Stage) -> None:
+        self.bar.update(self.tasks[st.key], status="[yellow]running")
+        self.bar.start_task(self.tasks[st.key])
+
+    def done(self, st: Stage, seconds: float, worker: str | None = None) -> None:
+        rec = _record(st, self.res.out, False, seconds)
+        if worker:  # the Ray worker (host:pid) that wrote it
+            rec["worker"] = worker
+        self.res.stages.append(rec)
+        self.bar.update(self.tasks[st.key], completed=1, status=f"[green]done in {seconds:.0f} s")
+        self._save()
+
+    def failed(self, st: Stage, why: str) -> None:
+        self.failures[st.key] = why
+        self.bar.update(self.tasks[st.key], completed=1, status="[red]failed")
+        self._save()
+
+
 def _provenance(cfg: StudyConfig, plan: list[Stage]) -> dict[str, Any]:
     models: dict[str, Any] = {}
     datasets: dict[str, Any] = {}
@@ -181,6 +236,8 @@ def run_study(
     PosixPath('runs/mystudy/report.html')
     """
     cfg = _config(config, overrides)
+    if cfg.study["executor"] == "ray":
+        require_ray()  # before any work: says how to install it
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -190,6 +247,7 @@ def run_study(
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_study(cfg)
+    device = compute_placement(cfg)[0]
     res = StudyResult(out)
     doc: dict[str, Any] = {"format": "emocircuits.study", "version": 1,
                            "config": {"study": cfg.study, **cfg.stages}, "source": cfg.source,
@@ -201,35 +259,14 @@ def run_study(
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())  # fmt: skip
     with ExitStack() as stack:
         stack.enter_context(_lock(out))
-        stack.enter_context(shared_models())
         bar = stack.enter_context(Progress(*columns, console=console, disable=not progress))
-        tasks = {st.key: bar.add_task(st.key, total=1, status="waiting") for st in plan}
-        failed: dict[str, str] = {}
-        for st in plan:
-            task = tasks[st.key]
-            blocked = [i.key for i in st.inputs if i.key in failed]
-            if blocked:
-                failed[st.key] = f"not run: its input {blocked[0]} failed"
-                bar.update(task, completed=1, status="[red]not run (input failed)")
-            elif st.done():
-                seconds = json.loads((st.dir / STAGE_FILE).read_text()).get("seconds", 0.0)
-                res.stages.append(_record(st, out, True, seconds))
-                bar.update(task, completed=1, status="[dim]reused (cached)")
-            else:
-                bar.update(task, status="[yellow]running")
-                bar.start_task(task)
-                try:
-                    seconds = run_stage(cfg, st)
-                except EmocircuitsError as e:
-                    failed[st.key] = str(e)
-                    bar.update(task, completed=1, status="[red]failed")
-                else:
-                    res.stages.append(_record(st, out, False, seconds))
-                    bar.update(task, completed=1, status=f"[green]done in {seconds:.0f} s")
-            doc["failed"] = [{"stage": k, "error": v} for k, v in failed.items()]
-            doc["provenance"] = _provenance(cfg, plan)
-            atomic_write_json(out / STUDY_FILE, doc)
-        res.failed = failed
+        ev = _Events(cfg, plan, res, doc, bar)
+        if cfg.study["executor"] == "ray":
+            run_ray(cfg, plan, ev, device)
+        else:
+            stack.enter_context(shared_models())
+            run_local(cfg, plan, ev)
+        res.failed = ev.failures
         res.seconds = round(time.perf_counter() - t0, 2)
         doc.update(finished=_now(), seconds=res.seconds)
         atomic_write_json(out / STUDY_FILE, doc)

@@ -3,15 +3,16 @@
 Every stage is one call of the library (:mod:`emocircuits.study.calls`) on the saved
 outputs of the stages before it; its folder ``stages/<stage>/<label>-<hash12>`` holds
 exactly what the result's ``save`` writes (what the matching command writes to ``--out``)
-plus ``log.txt`` (what it printed) and ``stage.json``, written last
-(a capture folder's own ``manifest.json`` belongs to the activations).
+plus ``log.txt`` (what it printed) and ``stage.json``, written last, with when the stage
+started and finished (a capture folder's own ``manifest.json`` belongs to the activations).
 The hash covers the stage's settings, the identity of its model and dataset, the hashes of
 its inputs and the emocircuits version, so:
 
 - a finished folder (with ``stage.json``) for the same hash is reused as it is;
 - changing one setting changes the hash of that stage and of the stages that read it only;
 - an interrupted stage leaves ``<folder>.partial``: a capture resumes from its finished
-  shards, any other stage starts again.
+  shards, any other stage starts again (on Ray every attempt writes its own
+  ``<folder>.partial.<pid>.<id>``, removed by the next attempt: never built on).
 
 >>> plan = plan_study(load_config(None))  # doctest: +SKIP
 >>> [s.key for s in plan][:3]  # doctest: +SKIP
@@ -27,6 +28,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -224,27 +226,41 @@ def run_calls(cfg: StudyConfig, st: Stage, out: Path) -> list[dict[str, Any]]:
     return done
 
 
-def run_stage(cfg: StudyConfig, st: Stage) -> float:
+def run_stage(cfg: StudyConfig, st: Stage, part: Path | None = None) -> float:
     """Run one stage into its ``.partial`` folder, then publish it (stage.json last, rename).
     Returns the seconds it took. Errors propagate; the partial folder stays for a capture
-    (it resumes) and is discarded for anything else at the next start."""
-    part = st.partial
-    if part.exists() and st.name != "capture":
+    (it resumes) and is discarded for anything else at the next start.
+
+    ``part``: another partial folder, used by this call alone (the Ray executor gives each
+    attempt its own, so that nothing an interrupted attempt wrote is ever built on). If
+    another attempt published the stage first, this one's folder is discarded."""
+    part = part or st.partial
+    if part.exists() and (st.name != "capture" or part != st.partial):
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)
+    started = _now()
     t0 = time.perf_counter()
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         done = run_calls(cfg, st, part)
     seconds = round(time.perf_counter() - t0, 2)
-    (part / "log.txt").write_text(log.getvalue())
+    atomic_write_bytes(part / "log.txt", log.getvalue().encode("utf-8"))
     _relocate(part, st.dir)
     outputs = sorted(str(p.relative_to(part)) for p in part.rglob("*") if p.is_file())
-    atomic_write_json(part / STAGE_FILE, manifest(st, done, seconds, outputs))
+    man = manifest(st, done, seconds, outputs, part)
+    atomic_write_json(part / STAGE_FILE, {**man, "started": started, "finished": _now()})
+    if st.done():  # published by another attempt meanwhile: the same content
+        shutil.rmtree(part)
+        return seconds
     if st.dir.exists():  # an older copy without stage.json (never a finished one)
         shutil.rmtree(st.dir)
     part.rename(st.dir)
     return seconds
+
+
+def _now() -> str:
+    """UTC time to the millisecond (when a stage started and finished, in stage.json)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 #: the text files whose paths are rewritten from the ``.partial`` folder to the final one
@@ -262,8 +278,14 @@ def _relocate(part: Path, final: Path) -> None:
                 atomic_write_bytes(p, text.replace(old, new).encode("utf-8"))
 
 
-def manifest(st: Stage, done: list[dict[str, Any]], seconds: float, outputs: list[str]) -> dict:
-    """What a stage folder says about itself."""
+def manifest(
+    st: Stage,
+    done: list[dict[str, Any]],
+    seconds: float,
+    outputs: list[str],
+    part: Path | None = None,
+) -> dict:
+    """What a stage folder says about itself (``part``: where it is being written)."""
     return {
         "format": "emocircuits.stage",
         "version": 1,
@@ -276,22 +298,24 @@ def manifest(st: Stage, done: list[dict[str, Any]], seconds: float, outputs: lis
         "identity": st.identity,
         "inputs": {i.key: {"hash": i.hash, "dir": str(i.dir)} for i in st.inputs},
         "calls": done,
-        "provenance": _provenance(st, done),
+        "provenance": _provenance(st, done, part or st.partial),
         "seconds": seconds,
         "outputs": outputs,
     }
 
 
-def _provenance(st: Stage, done: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _provenance(
+    st: Stage, done: list[dict[str, Any]] | None = None, part: Path | None = None
+) -> dict[str, Any]:
     """Model (id, revision, dtype), site, token rule, method and data hash of the stage's
     numbers, read from what its command or its inputs saved; ``placement``: where this
     stage's model ran (resolved device and dtype, modules per device, offload)."""
-    part = st.partial
+    part = part or st.partial
     out: dict[str, Any] = {"data_sha256": (st.identity.get("data") or {}).get("sha256")}
     placed = [c["placement"] for c in done or () if c.get("placement")]
     if placed:
         out["placement"] = placed[0]
-    caps = [st.partial] if st.name == "capture" else [i.dir for i in st.inputs]
+    caps = [part] if st.name == "capture" else [i.dir for i in st.inputs]
     for d in caps:  # the activations' own manifest names model, revision, dtype, token rules
         while d is not None and not (d / "manifest.json").is_file():
             up = json.loads((d / STAGE_FILE).read_text()) if (d / STAGE_FILE).is_file() else {}
