@@ -60,3 +60,51 @@ def one_error_line(err: str) -> str:
     assert "Traceback" not in err
     assert lines[0].startswith("emocircuits: error: ")
     return lines[0]
+
+
+def start_ray_cluster(temp, nodes: int = 2, pythonpath: str | None = None) -> str:
+    """Start a Ray cluster on this machine with ``ray start`` (a head and ``nodes - 1``
+    worker nodes, one CPU and a small object store each, no dashboard) in the temporary
+    folder ``temp`` (short: Ray's socket paths must fit in 107 characters); returns its
+    address. Stop it with :func:`stop_ray_cluster`, also after a failure."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    small = ["--num-cpus=1", "--object-store-memory=80000000", "--disable-usage-stats"]
+    head = subprocess.run([ray, "start", "--head", "--port=0", "--include-dashboard=false",
+                           f"--temp-dir={temp}", *small], capture_output=True, text=True,
+                          env=env, timeout=180)  # fmt: skip
+    m = re.search(r"--address='([^']+)'", head.stdout + head.stderr)
+    assert head.returncode == 0 and m, head.stdout + head.stderr
+    for _ in range(nodes - 1):
+        node = subprocess.run([ray, "start", f"--address={m.group(1)}", *small],
+                              capture_output=True, text=True, env=env, timeout=180)  # fmt: skip
+        assert node.returncode == 0, node.stdout + node.stderr
+    return m.group(1)
+
+
+def stop_ray_cluster(temp) -> None:
+    """SIGKILL every process of the cluster started in ``temp`` (those with ``temp`` in
+    their command line, and their children): only this cluster, not others on the machine."""
+    import contextlib
+    import os
+
+    import psutil
+
+    mine = os.getpid()
+    procs = [p for p in psutil.process_iter(["cmdline"])
+             if p.pid != mine and any(str(temp) in a for a in p.info["cmdline"] or [])]  # fmt: skip
+    every = set(procs)
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            every.update(p.children(recursive=True))
+    for p in every:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()

@@ -10,7 +10,6 @@ also when a test fails.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -30,51 +29,22 @@ from emocircuits.study.config import load_config
 from emocircuits.study.runner import run_study
 from emocircuits.study.stages import STAGE_FILE
 
-from helpers import one_error_line, run
+from helpers import one_error_line, run, start_ray_cluster, stop_ray_cluster
 from test_study import _comparable, tiny_config
 
 ANALYSES = ("geometry", "compare")  # 5 stages: a capture and a geometry per model, compare
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _kill_cluster(temp: Path) -> None:
-    """SIGKILL every process started for the cluster in ``temp`` (and their children)."""
-    import psutil
-
-    mine = os.getpid()
-    procs = [p for p in psutil.process_iter(["cmdline"])
-             if p.pid != mine and any(str(temp) in a for a in p.info["cmdline"] or [])]  # fmt: skip
-    every = set(procs)
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            every.update(p.children(recursive=True))
-    for p in every:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """The address of a two-node Ray cluster on this machine (one CPU per node)."""
     pytest.importorskip("ray")
-    # a short folder: Ray's socket paths must fit in 107 characters
     temp = Path(tempfile.mkdtemp(prefix="ecray", dir="/tmp"))
-    ray = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "PYTHONPATH": str(SRC), "RAY_USAGE_STATS_ENABLED": "0"}
-    small = ["--num-cpus=1", "--object-store-memory=80000000", "--disable-usage-stats"]
     try:
-        head = subprocess.run([ray, "start", "--head", "--port=0", "--include-dashboard=false",
-                               f"--temp-dir={temp}", *small], capture_output=True, text=True,
-                              env=env, timeout=180)  # fmt: skip
-        m = re.search(r"--address='([^']+)'", head.stdout + head.stderr)
-        assert head.returncode == 0 and m, head.stdout + head.stderr
-        address = m.group(1)
-        node = subprocess.run([ray, "start", f"--address={address}", *small],
-                              capture_output=True, text=True, env=env, timeout=180)  # fmt: skip
-        assert node.returncode == 0, node.stdout + node.stderr
-        yield address
+        yield start_ray_cluster(temp, nodes=2, pythonpath=str(SRC))
     finally:
-        _kill_cluster(temp)
+        stop_ray_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 

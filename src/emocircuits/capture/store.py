@@ -35,7 +35,7 @@ def is_token_key(key: str) -> bool:
     return key.endswith("/all") or key.startswith("all/")
 
 
-def _why(e: BaseException) -> str:
+def problem(e: BaseException) -> str:
     """The problem in an OS or safetensors error, without the library's prefixes."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
@@ -54,7 +54,7 @@ def writing(path: str | os.PathLike[str]) -> Iterator[None]:
     try:
         yield
     except (OSError, SafetensorError) as e:
-        raise StorageError(f"cannot write {path}: {_why(e)}") from None
+        raise StorageError(f"cannot write {path}: {problem(e)}") from None
 
 
 @contextmanager
@@ -65,7 +65,7 @@ def reading(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
     except (OSError, SafetensorError) as e:
         hint = "" if isinstance(e, OSError) else " (truncated or corrupt; re-create it)"
-        raise StorageError(f"cannot read {path}: {_why(e)}{hint}") from None
+        raise StorageError(f"cannot read {path}: {problem(e)}{hint}") from None
 
 
 @contextmanager

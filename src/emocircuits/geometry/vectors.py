@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from emocircuits.capture.store import (
     ActivationStore,
     as_store,
     atomic_save_safetensors,
     atomic_write_json,
-    open_safetensors,
+    problem,
 )
 from emocircuits.errors import EmocircuitsError, StorageError
 from emocircuits.geometry.directions import emotion_directions
@@ -125,12 +126,15 @@ class EmotionVectors(Result):
         if not target.is_file():
             raise EmocircuitsError(f"no vectors file {target}")
         try:
-            with open_safetensors(target) as f:
+            with safe_open(target, framework="numpy") as f:
                 meta = json.loads((f.metadata() or {})["emocircuits"])
                 dirs = {e: f.get_tensor(e) for e in meta["emotions"]}
                 norms = {e: f.get_tensor(f"{e}.norm") for e in meta["emotions"]}
-        except StorageError:  # truncated or unreadable: says so, naming the file
-            raise
+        except (OSError, SafetensorError) as e:  # the file itself: unreadable or cut short
+            raise StorageError(
+                f"not an emocircuits vectors file, or a truncated or corrupt one ({problem(e)})",
+                where=str(target),
+            ) from None
         except Exception as e:  # any failure to parse means it is not our file
             raise EmocircuitsError(
                 f"not an emocircuits vectors file ({type(e).__name__}: {e})", where=str(target)
