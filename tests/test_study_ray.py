@@ -200,3 +200,28 @@ def test_run_takes_executor_and_address_flags(capsys):
     assert 'executor = "ray"' in out and 'address = "10.0.0.1:6379"' in out
     code, _, err = run(capsys, "run", "--print-config", "--set", "study.executor=dask")
     assert code == 2 and "unknown executor 'dask'" in one_error_line(err)
+
+
+def test_on_ray_a_cuda_device_with_its_dtype_may_be_on_the_workers_only(tmp_path):
+    """The driver plans the study (stage hashes name the device kind and dtype); on Ray the
+    GPUs may be on the workers only. Locally a missing device is an error, as before."""
+    from emocircuits.errors import ModelError
+    from emocircuits.study.executors import stage_resources
+    from emocircuits.study.stages import Stage, compute_placement
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has the GPU: nothing to take as given")
+    study = {"models": ["m"], "out": str(tmp_path), "device": "cuda", "executor": "ray"}
+    cfg = load_config(None, {"study": {**study, "dtype": "bfloat16"}})
+    assert compute_placement(cfg) == ("cuda", "bfloat16")
+    cfg.study["model_stage_gpus"] = 0.5
+    cap = Stage("capture", "m.d", "m", "d", [], {}, {})
+    geo = Stage("geometry", "m.d", "m", "d", [cap], {}, {})
+    assert stage_resources(cfg, cap, "cuda") == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert stage_resources(cfg, geo, "cuda") == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert stage_resources(cfg, cap, "cpu")["num_gpus"] == 0.0
+    with pytest.raises(ModelError, match="set the study's dtype"):
+        compute_placement(load_config(None, {"study": study}))
+    with pytest.raises(ModelError):
+        compute_placement(load_config(None, {"study": {**study, "executor": "local",
+                                                      "dtype": "bfloat16"}}))  # fmt: skip

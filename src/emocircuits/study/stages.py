@@ -114,11 +114,25 @@ def compute_placement(cfg: StudyConfig) -> tuple[str, str]:
     ``float32``, ...): what decides its numbers, hence part of the stage hashes. Where the
     weights are kept (device map, memory limits, offload) does not change them: offloaded
     modules are computed on the main device. A device that is not there fails here,
-    before any stage runs."""
+    before any stage runs; on Ray, a cuda device with an explicit dtype is taken as given
+    (the GPUs may be on the workers only)."""
+    import torch
+
+    from emocircuits.errors import ModelError
     from emocircuits.models.loading import compute_device, resolve_dtype
 
     s = cfg.study
-    dev = compute_device(s["device"] or "auto", s["device_map"] or None)
+    try:
+        dev = compute_device(s["device"] or "auto", s["device_map"] or None)
+    except ModelError as e:
+        # on Ray the GPUs may be on the workers only: a cuda device named with its dtype is
+        # taken as given (a stage on a worker without it fails there, naming it)
+        if s.get("executor") != "ray" or not str(s["device"]).startswith("cuda"):
+            raise
+        if (s["dtype"] or "auto") == "auto":
+            raise ModelError(f"{e}; on Ray with GPUs on the workers only, set the study's "
+                             "dtype (auto chooses it from the GPU)") from None  # fmt: skip
+        dev = torch.device("cuda")
     dtype = resolve_dtype(s["dtype"] or "auto", dev)
     return dev.type, str(dtype).removeprefix("torch.")
 
