@@ -59,18 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmocircuitsError as e:
         print(f"emocircuits: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        if e.errno not in _STORAGE_ERRNOS:
-            raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"emocircuits: error: cannot write or read{where}: {e.strerror}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("emocircuits: interrupted (an extraction resumes when re-run)", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # after BrokenPipeError, itself an OSError
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"emocircuits: error: {where}{e.strerror}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
