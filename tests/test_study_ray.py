@@ -1,7 +1,8 @@
 """`emocircuits run --executor ray` on a real Ray cluster started here (a head node and one
 worker node on this machine, one CPU each): the same stage folders as the local executor,
 byte for byte but for the timings; a worker killed with SIGKILL in the middle of a stage
-(the stage is retried, nothing half-written is built on); Ray missing (one line, exit 2).
+(the stage is retried, nothing half-written is built on); the driver killed and started
+again (finished stages reused); a user error on Ray; Ray missing (one line, exit 2).
 
 The cluster is started with ``ray start`` in its own temporary folder and its processes
 (found by that folder in their command lines, and their children) are killed at the end,
@@ -153,6 +154,39 @@ def test_a_worker_killed_in_a_stage_is_retried_and_nothing_half_written_is_used(
     doc = json.loads((out / "study.json").read_text())
     rec = next(s for s in doc["stages"] if final.name in s["dir"])
     assert not rec["worker"].endswith(f":{pid}")  # another worker wrote it
+    _same_stages(local, out)
+
+
+def test_a_driver_killed_and_started_again_reuses_the_finished_stages(cluster, local, tiny_dir,
+                                                                     runs):  # fmt: skip
+    """kill -9 of `emocircuits run --executor ray` once a stage is published; the next run
+    (on the same cluster) reuses it, removes what the dead run's tasks left, and finishes
+    with the local executor's folders."""
+    out = runs / "ray-c"
+    cfg = runs / "ray-c.toml"
+    cfg.write_text(load_config(None, _settings(out, tiny_dir, executor="ray",
+                                               address=cluster)).to_toml())  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    p = subprocess.Popen([sys.executable, "-m", "emocircuits", "run", "--config", str(cfg),
+                          "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while (
+            time.time() < deadline
+            and p.poll() is None
+            and not list((out / "stages").glob(f"*/*/{STAGE_FILE}"))
+        ):
+            time.sleep(0.02)
+    finally:
+        p.kill()
+        p.wait()
+    first = {f.parent.name for f in (out / "stages").glob(f"*/*/{STAGE_FILE}")}
+    assert first, "no stage finished before the kill"
+    res = run_study(load_config(cfg), progress=False)
+    assert not res.failed, res.failed
+    assert first <= {Path(s["dir"]).name for s in res.stages if s["cached"]}
+    assert not _partials(out)
     _same_stages(local, out)
 
 
