@@ -230,6 +230,9 @@ def run_study(
     stage that fails with a user-facing error (e.g. a model whose tokenizer allows no
     logit-difference readout) is recorded in ``res.failed`` with its reason, the stages that
     need it are not run, and everything else goes on; nothing of a failed stage is cached.
+    The config's ``executor`` says where the stages run: ``local`` (this process) or ``ray``
+    (a Ray task each on the cluster at ``address``; :mod:`emocircuits.study.executors`);
+    the folders are the same either way.
 
     >>> res = run_study("study.toml", out="runs/mystudy")  # doctest: +SKIP
     >>> res.report  # doctest: +SKIP
