@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(line, flush=True)
     finally:
         stop_ray_cluster(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     best = {k: min(res[k]) for k in ("local", "ray", "ray-warm")}
     res["best"] = best
     for k in ("ray", "ray-warm"):
