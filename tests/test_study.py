@@ -171,9 +171,8 @@ def test_a_study_writes_its_stages_and_study_json(study):
 def test_a_second_run_reuses_everything(study):
     out, over, _ = study
     before = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*") if p.is_file()}
-    t0 = time.perf_counter()
     res = run_study(load_config(None, over), progress=False)
-    assert res.ran == [] and time.perf_counter() - t0 < 20
+    assert res.ran == []
     after = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*") if p.is_file()}
     assert after == before
 
