@@ -106,7 +106,9 @@ def test_key_numbers_are_the_saved_ones(study_dir):  # noqa: F811
     sweep = json.loads((stage_dir(study_dir, "steer", "tiny-gpt2") / "sweep.json").read_text())
     rec = sweep["recommended"]["gratitude"]
     n = data.section("rq3").blocks[1].numbers[0]
-    assert n.label.startswith("gratitude") and n.est == Est(rec["value"], rec["lo"], rec["hi"])
+    h = rec["held_out"] or {}  # the held-out effect is quoted, not the tune one it was chosen on
+    want = Est(None) if rec["layer"] is None else Est(h["value"], h["lo"], h["hi"])
+    assert n.label.startswith("gratitude") and n.est == want
 
 
 def test_collect_refuses_what_is_not_a_study(tmp_path):
@@ -299,7 +301,8 @@ def test_rq3_answer_flips_with_the_recommended_effect(study):
     def plant(lo: float, ok: bool):
         def fn(s):
             for r in s["recommended"].values():
-                r.update(value=0.4, lo=lo, hi=0.6, meets_limits=ok)
+                r.update(layer=1, alpha=0.5, value=0.9, lo=0.8, hi=1.0, meets_limits=ok,
+                         held_out={"value": 0.4, "lo": lo, "hi": 0.6})  # fmt: skip
 
         return fn
 
@@ -313,6 +316,15 @@ def test_rq3_answer_flips_with_the_recommended_effect(study):
     for folder in (study / "stages" / "steer").iterdir():
         edit_json(folder / "sweep.json", plant(-0.1, True))  # interval reaches 0
     assert collect(study).section("rq3").verdict == "no"
+
+    def nothing(s):
+        for r in s["recommended"].values():
+            r.update(layer=None, alpha=None, status="none", meets_limits=False)
+
+    edit_json(first / "sweep.json", nothing)  # an explicit none: said, and counted as no
+    rq3 = collect(study).section("rq3")
+    assert rq3.verdict == "no" and "no setting passed" in rq3.answer
+    assert any("no setting passed" in n.label for b in rq3.blocks for n in b.numbers)
 
 
 def test_rq4_answer_flips_with_the_causal_tests(study):
