@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
     print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, {args.model}, "
           f"batch {args.batch_size}, {vecs.method} directions")  # fmt: skip
-    print(f"grid: {len(emotions)} emotions x {len(layers)} layers x {len(alphas)} alphas x "
-          f"{len(prompts)} prompts; plain generate of its {n_grid} continuations x 30 tokens")
+    print(
+        f"grid: {len(emotions)} emotions x {len(layers)} layers x {len(alphas)} alphas x "
+        f"{len(prompts)} prompts; plain generate of its {n_grid} continuations x 30 tokens"
+    )
     print(f"sweep rows by stage: {by_stage} (screen {res.settings['screen_tokens']} tokens, "
           f"keep {res.settings['n_keep']}), random checked at "
           f"{len(res.settings['random_checked'])} settings")  # fmt: skip

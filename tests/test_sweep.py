@@ -222,7 +222,8 @@ def test_sweep_rows_by_stage_and_random_controls_only_where_checked(setup, capsy
     found = [r for r in meta["recommended"].values() if r["layer"] is not None]
     at = {(r["layer"], r["alpha"]) for r in found}
     assert len([r for r in rows if r["stage"] == "held_out"]) == len(held) * (
-        1 + len(found) + 4 * len(at))
+        1 + len(found) + 4 * len(at)
+    )
     assert (out / "dose-response-anger.png").is_file() and (out / "summary.csv").is_file()
     assert json.loads(settings_path(path).read_text())["models"]
 

@@ -89,7 +89,7 @@ def test_recommend_says_none_with_the_reason_per_setting():
 
 
 def test_halving_split_and_held_out_numbers(setup, capsys):
-    lm, acts, path, root, model_dir = setup
+    lm, _, path, root, model_dir = setup
     res = steer_sweep(lm, PROMPTS, path, emotion=["anger", "gratitude"], layer=[1, 2],
                       max_new_tokens=6, screen_tokens=3, n_keep=2, n_verify=2, limits=OPEN,
                       progress=False)  # fmt: skip
@@ -136,7 +136,7 @@ def test_halving_split_and_held_out_numbers(setup, capsys):
     # steer with the saved setting on the held-out prompts writes the sweep's held-out rows
     res.save_recommendations(path)
     (root / "held.txt").write_text("\n".join(PROMPTS[i] for i in held) + "\n")
-    code, stdout, err = run(capsys, "steer", "--model", model_dir, "--vectors", path,
+    code, _, err = run(capsys, "steer", "--model", model_dir, "--vectors", path,
                             "--emotion", "anger", "--prompts", root / "held.txt",
                             "--out", root / "s.jsonl", "--max-new-tokens", "6",
                             "--quiet")  # fmt: skip
@@ -153,7 +153,7 @@ def test_halving_split_and_held_out_numbers(setup, capsys):
 
 
 def test_a_direction_that_does_nothing_gives_none_and_steer_refuses(setup, capsys):
-    lm, acts, path, root, model_dir = setup
+    _, _, path, root, model_dir = setup
     # a push a million times below the typical residual norm changes no greedy token: the
     # direction rows equal `none`, the effect is 0 and its lower bound not above 0
     zpath = EmotionVectors.load(path).save(root / "zero.safetensors")
@@ -186,7 +186,7 @@ def test_a_direction_that_does_nothing_gives_none_and_steer_refuses(setup, capsy
 
 
 def test_the_default_path_steers_with_one_vs_rest_directions(setup, capsys):
-    lm, acts, path, root, model_dir = setup
+    _, acts, _, root, model_dir = setup
     # `vectors` with its default method (mean_diff), as a new user makes them
     md = root / "md.safetensors"
     code, _, err = run(capsys, "vectors", "--activations", acts.path, "--out", md)

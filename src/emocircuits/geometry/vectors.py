@@ -211,7 +211,8 @@ def steering_vectors(
     >>> rec["method"]  # doctest: +SKIP
     'one_vs_rest'
     """
-    record: dict[str, Any] = {"method": vecs.method, "file_method": vecs.method, "rebuilt_from": None}
+    record: dict[str, Any] = {"method": vecs.method, "file_method": vecs.method,
+                              "rebuilt_from": None}  # fmt: skip
     if method is None or vecs.method == method:
         return vecs, record
     src = vecs.provenance.get("activations")

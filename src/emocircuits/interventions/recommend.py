@@ -184,7 +184,8 @@ def split_prompts(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
     ([0, 2], [1, 3])
     """
     if n < 2:
-        raise DataError(f"a sweep needs at least 2 prompts (one to choose on, one to check on); got {n}")
+        raise DataError(f"a sweep needs at least 2 prompts (one to choose on, one to check "
+                        f"on); got {n}")  # fmt: skip
     perm = np.random.default_rng([seed, 16]).permutation(n)
     return sorted(int(i) for i in perm[: n // 2]), sorted(int(i) for i in perm[n // 2 :])
 

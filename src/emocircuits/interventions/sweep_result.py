@@ -153,7 +153,8 @@ class SweepResult(Result):
         method = next((r.method for r in self.recommendations.values() if r.method), None)
         lines = [f"recommended settings (pushed at {self.push()}"
                  + (f", {method} directions" if method else "")
-                 + f"; chosen on {n_t} tune prompts, effect on {n_h} held-out prompts):"]  # fmt: skip
+                 + f"; chosen on {n_t} tune prompts, effect on {n_h} held-out "
+                 "prompts):"]  # fmt: skip
         for e, r in self.recommendations.items():
             if not r.found:
                 lines.append(f"  {e:10s} none: {none_line(r)}")
