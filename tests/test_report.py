@@ -160,6 +160,14 @@ def test_dataset_text_is_escaped(study):
              lambda r: r.update(top_prompts='<img src=x onerror="alert(2)"> & co'))  # fmt: skip
     rows = stage_dir(study, "steer", "tiny-llama") / "rows.jsonl"
     lines = [json.loads(x) for x in rows.read_text().splitlines()]
+    # the examples show the recommended setting: plant one the sweep ran (the tiny model's
+    # own sweep finds none)
+    d = next(x for x in lines if x["condition"] == "direction" and x["stage"] == "tune")
+
+    def plant(s):
+        s["recommended"][d["emotion"]].update(layer=d["layer"], alpha=d["alpha"])
+
+    edit_json(rows.parent / "sweep.json", plant)
     for x in lines:
         x["continuation"] = "</td><b>bold</b>\x0b"
     rows.write_text("\n".join(json.dumps(x) for x in lines) + "\n")

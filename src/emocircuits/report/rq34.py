@@ -124,7 +124,8 @@ def _steer_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> B
     ex = _examples(ref.path / "rows.jsonl", rec)
     if ex:
         b.tables.append(Table(
-            "Example continuations at the recommended settings (greedy, held-out prompts)", ex,
+            "Example continuations at the recommended settings (greedy; held-out prompts where "
+            "run there)", ex,
             src.at("rows.jsonl"),
             "none: unsteered; direction: the emotion's direction; random: a random direction "
             "of the same norm at the same layer.",
@@ -137,22 +138,27 @@ def _steer_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> B
 
 
 def _examples(path: Path, rec: dict[str, Any], n: int = 3) -> list[dict[str, Any]]:
+    """Continuations at each recommended setting: from the held-out prompts where the sweep
+    ran it there, else from the full-length tune rows (never the short screen)."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    if any(x.get("stage") == "held_out" for x in rows):
-        rows = [x for x in rows if x.get("stage") == "held_out"]
+    every = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     out = []
     for e, r in rec.items():
         at = (r.get("layer"), r.get("alpha"))
         if at[0] is None:
             continue
+
+        def here(x: dict[str, Any], e: str = e, at: tuple = at) -> bool:
+            return x["condition"] == "none" or (
+                x["condition"] in ("direction", "random") and (x["layer"], x["alpha"]) == at
+                and (x["condition"] == "random" or x["emotion"] == e))  # fmt: skip
+
+        rows = [x for x in every if x.get("stage") == "held_out" and here(x)]
+        if not any(x["condition"] == "direction" for x in rows):
+            rows = [x for x in every if x.get("stage", "tune") == "tune" and here(x)]
         for i in sorted({x["prompt_index"] for x in rows})[:n]:
-            pick = {x["condition"]: x for x in rows if x["prompt_index"] == i and (
-                x["condition"] == "none"
-                or (x["condition"] == "direction" and x["emotion"] == e
-                    and (x["layer"], x["alpha"]) == at)
-                or (x["condition"] == "random" and (x["layer"], x["alpha"]) == at))}  # fmt: skip
+            pick = {x["condition"]: x for x in rows if x["prompt_index"] == i}
             if "direction" in pick:
                 out.append({"emotion": e, "prompt": pick["direction"]["prompt"],
                             **{c: pick[c]["continuation"] if c in pick else ""
