@@ -1,7 +1,12 @@
-"""A full steer-sweep (issue 5's target: 3 emotions x 4 layers x 5 alphas x 20 prompts x 30
-tokens in <= 5 minutes on 2 cores), against plain batched ``generate`` of the same number of
-continuations in the same run (the floor: the sweep adds steering, scoring, perplexity, KL
-and the random controls' share of rows).
+"""The command's own default sweep (issue 16's target: <= 0.5x the time of a plain batched
+``generate`` of all its continuations at full length): alpha calibration and the sweep of
+3 emotions x 4 layers x 5 alphas x 20 prompts x 30 tokens (the screen, the full-length
+settings it keeps with their pooled random controls, the held-out evaluation), against
+plain batched ``generate`` of the continuations the whole grid has at full length (20
+prompts x (none + 3 emotions x 20 settings + a random direction at each of the 20 settings
++ the prompting baseline per emotion) = 1680 x 30 tokens), in the same process. The plain
+generation runs in two halves, one before and one after the sweep, so a machine whose load
+drifts weighs on both sides alike; wall and this process's CPU seconds are both reported.
 
     python bench/bench_sweep.py --vectors v.safetensors     # smollm2-135m
 """
@@ -9,66 +14,95 @@ and the random controls' share of rows).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
 
 import torch
-from _machine import cpu_model
+from _machine import Meter, cpu_model
 
 import emocircuits as ec
 from emocircuits.data.dataset import neutral_prompts
-from emocircuits.geometry.vectors import EmotionVectors
-from emocircuits.interventions import typical_norms
-from emocircuits.interventions.generation import generate
-from emocircuits.interventions.sweep import calibrate_alphas, default_layers, sweep
+from emocircuits.geometry.vectors import EmotionVectors, steering_vectors
+from emocircuits.interventions.generation import generate, has_chat_template
+from emocircuits.interventions.steering import steering_scales
+from emocircuits.interventions.sweep import (
+    SCREEN_TOKENS,
+    calibrate_alphas,
+    default_layers,
+    neutral_kl_texts,
+    sweep,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--vectors", required=True)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--screen-tokens", type=int, default=SCREEN_TOKENS, help="0: no screen")
+    p.add_argument("--n-keep", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
     lm = ec.load_model(args.model, progress=False)
-    vecs = EmotionVectors.load(args.vectors)
-    base = ec.load_dataset("baseline").examples
-    scales = typical_norms(lm, [e.text for e in base][:: max(1, len(base) // 64)])
-    kl_texts = [e.text for e in base if e.emotion == "neutral"][:16]
+    vecs = steering_vectors(EmotionVectors.load(args.vectors), args.vectors)[0]
+    scales = steering_scales(lm)
+    kl_texts = neutral_kl_texts()
     emotions = [e for e in vecs.emotions if e != "neutral"]
     layers = default_layers(lm.arch.n_layers)
-    t1 = time.perf_counter()
-    alphas, _ = calibrate_alphas(lm, vecs, emotions, layer=layers[len(layers) // 2],
-                                 scales=scales, kl_texts=kl_texts)  # fmt: skip
-    t2 = time.perf_counter()
     prompts = neutral_prompts("tune")
-    res = sweep(lm, prompts, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
-                kl_texts=kl_texts, batch_size=args.batch_size)  # fmt: skip
-    t3 = time.perf_counter()
-    n = len(res.generations)
-    generate(lm, (prompts * (n // len(prompts) + 1))[:n], max_new_tokens=30,
-             batch_size=args.batch_size)  # fmt: skip
-    t4 = time.perf_counter()
-    print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, {args.model}")
+    n_grid = len(prompts) * (1 + len(layers) * 5 * (len(emotions) + 1)
+                             + has_chat_template(lm) * len(emotions))  # fmt: skip
+    plain_prompts = (prompts * (n_grid // len(prompts) + 1))[:n_grid]
+    half = n_grid // 2
+
+    def plain(part: list[str]) -> Meter:
+        with Meter() as m:
+            generate(lm, part, max_new_tokens=30, batch_size=args.batch_size)
+        return m
+
+    p1 = plain(plain_prompts[:half])
+    with Meter() as cal:
+        alphas, _ = calibrate_alphas(lm, vecs, emotions, layer=layers[len(layers) // 2],
+                                     scales=scales, kl_texts=kl_texts)  # fmt: skip
+    with Meter() as sw:
+        res = sweep(lm, prompts, vecs, emotions, layers=layers, alphas=alphas, scales=scales,
+                    kl_texts=kl_texts, batch_size=args.batch_size,
+                    screen_tokens=args.screen_tokens or None, n_keep=args.n_keep)  # fmt: skip
+    p2 = plain(plain_prompts[half:])
+    plain_wall, plain_cpu = p1.wall + p2.wall, (p1.cpu_per_wall * p1.wall
+                                                + p2.cpu_per_wall * p2.wall)  # fmt: skip
+    own_wall = cal.wall + sw.wall
+    own_cpu = cal.cpu_per_wall * cal.wall + sw.cpu_per_wall * sw.wall
+    by_stage: dict[str, int] = {}
+    for r in res.generations:
+        by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
+    print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, {args.model}, "
+          f"batch {args.batch_size}, {vecs.method} directions")  # fmt: skip
     print(
-        f"{len(emotions)} emotions x {len(layers)} layers x {len(alphas)} alphas x "
-        f"{len(prompts)} prompts = {n} continuations (with none, random, prompt)"
+        f"grid: {len(emotions)} emotions x {len(layers)} layers x {len(alphas)} alphas x "
+        f"{len(prompts)} prompts; plain generate of its {n_grid} continuations x 30 tokens"
     )
-    print(
-        f"load + norms {t1 - t0:.1f} s, alpha calibration {t2 - t1:.1f} s, sweep "
-        f"{t3 - t2:.1f} s; total {t3 - t0:.1f} s (target <= 300 s)"
-    )
-    print(f"plain generate of {n} continuations: {t4 - t3:.1f} s "
-          f"(sweep / plain = {(t3 - t2) / (t4 - t3):.2f}x)")  # fmt: skip
-    checked = res.settings["random_checked"]
-    print(f"random control raised to {res.settings['n_verify']} draws at {len(checked)} settings")
+    print(f"sweep rows by stage: {by_stage} (screen {res.settings['screen_tokens']} tokens, "
+          f"keep {res.settings['n_keep']}), random checked at "
+          f"{len(res.settings['random_checked'])} settings")  # fmt: skip
+    print(f"alpha calibration {cal.wall:.1f} s, sweep {sw.wall:.1f} s; plain {plain_wall:.1f} s "
+          f"({p1.wall:.1f} + {p2.wall:.1f})")  # fmt: skip
+    print(f"ratio, wall: sweep {sw.wall / plain_wall:.2f}x, calibration + sweep "
+          f"{own_wall / plain_wall:.2f}x (target <= 0.5x)")  # fmt: skip
+    print(f"ratio, this process's CPU seconds: sweep {sw.cpu_per_wall * sw.wall / plain_cpu:.2f}x,"
+          f" calibration + sweep {own_cpu / plain_cpu:.2f}x")  # fmt: skip
+    print(f"other processes used up to {max(m.foreign for m in (p1, cal, sw, p2)):.2f} cores; "
+          f"load average at end {os.getloadavg()[0]:.2f}")  # fmt: skip
     for e, r in res.recommendations.items():
-        print(f"  {e}: layer {r.layer} alpha {r.alpha} {r.effect} {r.value:+.3f} "
-              f"[{r.lo:+.3f}, {r.hi:+.3f}] ppl x{r.perplexity_ratio_median:.2f} "
-              f"random {r.random_vader_change:+.3f} ({r.random_draws} draws) "
-              f"{'ok' if r.meets_limits else r.reason}")  # fmt: skip
+        if not r.found:
+            print(f"  {e}: none ({len(r.candidates)} tried)")
+            continue
+        h = r.held_out or {}
+        print(f"  {e}: layer {r.layer} alpha {r.alpha} {r.effect} tune {r.value:+.3f} "
+              f"[{r.lo:+.3f}, {r.hi:+.3f}], held out {h['value']:+.3f} [{h['lo']:+.3f}, "
+              f"{h['hi']:+.3f}] ppl x{h['perplexity_ratio_median']:.2f} distinct-2 "
+              f"x{h['distinct_2_ratio']:.2f} random {h['random_vader_change']:+.3f}")  # fmt: skip
     return 0
 
 

@@ -106,7 +106,9 @@ def test_key_numbers_are_the_saved_ones(study_dir):  # noqa: F811
     sweep = json.loads((stage_dir(study_dir, "steer", "tiny-gpt2") / "sweep.json").read_text())
     rec = sweep["recommended"]["gratitude"]
     n = data.section("rq3").blocks[1].numbers[0]
-    assert n.label.startswith("gratitude") and n.est == Est(rec["value"], rec["lo"], rec["hi"])
+    h = rec["held_out"] or {}  # the held-out effect is quoted, not the tune one it was chosen on
+    want = Est(None) if rec["layer"] is None else Est(h["value"], h["lo"], h["hi"])
+    assert n.label.startswith("gratitude") and n.est == want
 
 
 def test_collect_refuses_what_is_not_a_study(tmp_path):
@@ -158,6 +160,14 @@ def test_dataset_text_is_escaped(study):
              lambda r: r.update(top_prompts='<img src=x onerror="alert(2)"> & co'))  # fmt: skip
     rows = stage_dir(study, "steer", "tiny-llama") / "rows.jsonl"
     lines = [json.loads(x) for x in rows.read_text().splitlines()]
+    # the examples show the recommended setting: plant one the sweep ran (the tiny model's
+    # own sweep finds none)
+    d = next(x for x in lines if x["condition"] == "direction" and x["stage"] == "tune")
+
+    def plant(s):
+        s["recommended"][d["emotion"]].update(layer=d["layer"], alpha=d["alpha"])
+
+    edit_json(rows.parent / "sweep.json", plant)
     for x in lines:
         x["continuation"] = "</td><b>bold</b>\x0b"
     rows.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -299,7 +309,8 @@ def test_rq3_answer_flips_with_the_recommended_effect(study):
     def plant(lo: float, ok: bool):
         def fn(s):
             for r in s["recommended"].values():
-                r.update(value=0.4, lo=lo, hi=0.6, meets_limits=ok)
+                r.update(layer=1, alpha=0.5, value=0.9, lo=0.8, hi=1.0, meets_limits=ok,
+                         held_out={"value": 0.4, "lo": lo, "hi": 0.6})  # fmt: skip
 
         return fn
 
@@ -313,6 +324,15 @@ def test_rq3_answer_flips_with_the_recommended_effect(study):
     for folder in (study / "stages" / "steer").iterdir():
         edit_json(folder / "sweep.json", plant(-0.1, True))  # interval reaches 0
     assert collect(study).section("rq3").verdict == "no"
+
+    def nothing(s):
+        for r in s["recommended"].values():
+            r.update(layer=None, alpha=None, status="none", meets_limits=False)
+
+    edit_json(first / "sweep.json", nothing)  # an explicit none: said, and counted as no
+    rq3 = collect(study).section("rq3")
+    assert rq3.verdict == "no" and "no setting passed" in rq3.answer
+    assert any("no setting passed" in n.label for b in rq3.blocks for n in b.numbers)
 
 
 def test_rq4_answer_flips_with_the_causal_tests(study):

@@ -115,17 +115,26 @@ def test_steer_sweep_saves_what_the_command_writes(setup, capsys, tmp_path):
     assert back.rows()[0]["emotion"] == "anger" and len(back.figure().axes) == 3
     html = back._repr_html_()
     assert "<table" in html and "data:image/png;base64" in html
-    # steer with setting= a sweep result uses its recommended setting
+    # the tiny random model's directions do nothing: no setting passed, and steer with
+    # setting= that sweep refuses it (the same explicit none as the saved file)
+    assert not res.recommendations["anger"].found
+    with pytest.raises(ec.EmocircuitsError, match="no anger setting within its limits"):
+        steer(lm, PROMPTS, vecs, "anger", setting=res, max_new_tokens=3)
+    # with limits every setting passes, steer with setting= uses the recommended setting
+    open_limits = {"perplexity_ratio": 1e9, "distinct_2_ratio": 0.0,
+                   "random_vader_change": 1e9, "effect_lo": -1e9}  # fmt: skip
+    res = steer_sweep(lm, PROMPTS, path, limits=open_limits, **SWEEP)
     rec = res.recommendations["anger"]
-    st = steer(lm, PROMPTS, vecs, "anger", setting=res, max_new_tokens=3, n_random=1)
+    held = [PROMPTS[i] for i in res.settings["split"]["held_out"]]
+    st = steer(lm, held, vecs, "anger", setting=res, max_new_tokens=3, n_random=1)
     assert st.meta["settings"]["layers"] == [rec.layer]
     assert st.meta["settings"]["alphas"] == [rec.alpha]
     assert st.meta["settings"]["steer_tokens"] == rec.steer_tokens == 3
     assert st.meta["settings"]["source"].startswith("recommended by steer-sweep")
     sweep_rows = {(r["prompt_index"], r["continuation"]) for r in res.generations
-                  if r["condition"] == "direction" and r["layer"] == rec.layer
-                  and r["alpha"] == rec.alpha}  # fmt: skip
-    assert sweep_rows == {(r["prompt_index"], r["continuation"]) for r in st.generations
+                  if r["stage"] == "held_out" and r["condition"] == "direction"}  # fmt: skip
+    index = res.settings["split"]["held_out"]
+    assert sweep_rows == {(index[r["prompt_index"]], r["continuation"]) for r in st.generations
                           if r["condition"] == "direction"}  # fmt: skip
     assert count_hooks(lm.model) == n0
 

@@ -159,6 +159,10 @@ def test_a_study_writes_its_stages_and_study_json(study):
     assert {"rows.jsonl", "summary.csv", "sweep.json", "vectors.steer.json"} <= {
         p.name for p in steer.iterdir()
     }
+    sweep = json.loads((steer / "sweep.json").read_text())
+    assert sweep["settings"]["method"] == "one_vs_rest"  # the method that steered
+    assert {r["method"] for r in sweep["recommended"].values()} == {"one_vs_rest"}
+    assert sweep["settings"]["split"]["held_out"]  # chosen on one half, reported on the other
     geo = out / next(s["dir"] for s in doc["stages"] if s["key"] == "geometry/llama.baseline")
     assert (geo / "summary.json").is_file() and (geo / "vectors.safetensors").is_file()
     models = doc["provenance"]["models"]

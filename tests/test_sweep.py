@@ -147,7 +147,8 @@ def test_recommendation_rule_on_a_planted_table():
     a = recommend(table, "apology")
     assert (a.layer, a.alpha, a.effect) == (10, 0.2, "marker_apology")
     bad = recommend([table[0], table[3], table[8]], "anger")
-    assert not bad.meets_limits and "perplexity" in bad.reason
+    assert not bad.meets_limits and bad.status == "none" and bad.layer is None
+    assert "perplexity" in bad.candidates[0]["fails"]
 
 
 def test_settings_file_keeps_other_models_and_refuses_unknown_ones(tmp_path):
@@ -191,7 +192,7 @@ def test_alpha_calibration_spans_the_kl_range(setup):
     assert short[-1] > every[-1]
 
 
-def test_sweep_then_steer_with_the_recommended_setting(setup, capsys):
+def test_sweep_rows_by_stage_and_random_controls_only_where_checked(setup, capsys):
     path, root, model_dir = setup[2:]
     out = root / "sw"
     code, stdout, err = run(capsys, "steer-sweep", "--model", model_dir, "--vectors", path,
@@ -202,45 +203,29 @@ def test_sweep_then_steer_with_the_recommended_setting(setup, capsys):
     assert "alphas from the data" in stdout and "recommended settings" in stdout
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     meta = json.loads((out / "sweep.json").read_text())
-    alphas = meta["settings"]["alphas"]
-    # none + (2 emotions + random) x 2 layers x 5 alphas, for each prompt, and 3 more random
-    # draws at each setting checked before it was recommended
-    checked = {tuple(k) for k in meta["settings"]["random_checked"]}
-    assert meta["settings"]["n_verify"] == 4 and 1 <= len(checked) <= 2 * 3
-    assert len(rows) == len(PROMPTS) * (1 + 3 * 2 * len(alphas) + 3 * len(checked))
+    st = meta["settings"]
+    alphas, tune, held = st["alphas"], st["split"]["tune"], st["split"]["held_out"]
+    # 4 new tokens are below the screen's 10: no screen, every setting at full length on
+    # the tune prompts, and n_verify random draws at each setting checked
+    assert st["screen_tokens"] is None and not any(r["stage"] == "screen" for r in rows)
+    checked = {tuple(k) for k in st["random_checked"]}
+    assert st["n_verify"] == 4 and len(checked) <= 2 * 3
+    tuned = [r for r in rows if r["stage"] == "tune"]
+    assert len(tuned) == len(tune) * (1 + 2 * 2 * len(alphas) + 4 * len(checked))
     draws: dict[tuple, list[int]] = {}
-    for r in rows:
+    for r in tuned:
         if r["condition"] == "random":
             draws.setdefault((r["layer"], r["alpha"]), []).append(r["draw"])
-    for key, ds in draws.items():
-        want = [0, 1, 2, 3] if key in checked else [0]
-        assert sorted(ds) == sorted(want * len(PROMPTS)), key
-    for e, rec in meta["recommended"].items():
-        pooled = (rec["layer"], rec["alpha"]) in checked
-        assert rec["random_draws"] == (4 if pooled else 1), e
+    assert set(draws) == checked
+    assert all(sorted(ds) == sorted([0, 1, 2, 3] * len(tune)) for ds in draws.values())
+    # held out: none, each recommended direction and its 4 random draws
+    found = [r for r in meta["recommended"].values() if r["layer"] is not None]
+    at = {(r["layer"], r["alpha"]) for r in found}
+    assert len([r for r in rows if r["stage"] == "held_out"]) == len(held) * (
+        1 + len(found) + 4 * len(at)
+    )
     assert (out / "dose-response-anger.png").is_file() and (out / "summary.csv").is_file()
-    rec = meta["recommended"]["anger"]
-    assert rec["layer"] in (1, 2) and rec["alpha"] in alphas
     assert json.loads(settings_path(path).read_text())["models"]
-    # steer without --layer/--alpha uses it
-    code, stdout, err = run(capsys, "steer", "--model", model_dir, "--vectors", path,
-                            "--emotion", "anger", "--prompts", root / "prompts.txt",
-                            "--out", root / "s.jsonl", "--max-new-tokens", "4",
-                            "--quiet")  # fmt: skip
-    assert code == 0, err
-    s = json.loads((root / "s.summary.json").read_text())
-    assert s["settings"]["layers"] == [rec["layer"]] and s["settings"]["alphas"] == [rec["alpha"]]
-    assert "recommended by steer-sweep" in s["settings"]["source"]
-    # the sweep's default push is held for the first 3 new tokens, and steer takes that over
-    assert meta["settings"]["steer_tokens"] == rec["steer_tokens"] == 3
-    assert s["settings"]["steer_tokens"] == 3 and "first 3 new tokens" in stdout
-    # the recommended direction rows equal the sweep's rows for that setting
-    sweep_rows = {(r["prompt_index"], r["continuation"]) for r in rows
-                  if r["condition"] == "direction" and r["emotion"] == "anger"
-                  and r["layer"] == rec["layer"] and r["alpha"] == rec["alpha"]}  # fmt: skip
-    steer_rows = [json.loads(x) for x in (root / "s.jsonl").read_text().splitlines()]
-    assert sweep_rows == {(r["prompt_index"], r["continuation"]) for r in steer_rows
-                          if r["condition"] == "direction"}  # fmt: skip
 
 
 def test_sweep_refuses_bad_input(setup, capsys):

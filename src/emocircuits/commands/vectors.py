@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mean_diff (emotion mean - baseline mean), one_vs_rest (- mean of all other rows), "
         "raw_mean (the pilot's uncontrasted class mean, for reproducing its tables only), "
         "pca (leading component of the uncentred emotion-vs-baseline differences), probe "
-        "(logistic-regression weights). The pilot's flag spellings are accepted.",
+        "(logistic-regression weights). The pilot's flag spellings are accepted. The "
+        "steering commands (steer-sweep, steer) steer with one_vs_rest directions whatever "
+        "the method here: they rebuild them from the activation folder the file records.",
     )
     _add_activations_arg(ve)
     ve.add_argument(

@@ -35,6 +35,11 @@ from emocircuits.results import Result
 
 FORMAT = "emocircuits.vectors"
 
+STEER_METHOD = "one_vs_rest"
+"""The direction method the steering commands steer with: on held-out prompts it moved the
+tone far more than ``mean_diff`` at the same settings (docs/BENCHMARKS.md, "Which
+directions steer"); :func:`steering_vectors` rebuilds other vectors with it."""
+
 
 def safetensors_path(path: str | os.PathLike[str]) -> Path:
     """The file actually used for ``path``: ``x.pkl`` -> ``x.safetensors`` (no pickle)."""
@@ -200,3 +205,34 @@ def directions(
 
 compute_vectors = directions
 """The former name of :func:`directions` (kept while callers move over)."""
+
+
+def steering_vectors(
+    vecs: EmotionVectors, name: str, method: str | None = STEER_METHOD
+) -> tuple[EmotionVectors, dict[str, Any]]:
+    """The directions to steer with, and a record of where they came from: ``vecs`` when
+    they were made with ``method`` (or ``method`` is None: as they are), else ``method``
+    directions rebuilt from the activation folder ``vecs`` records (same site, position and
+    baseline). Refuses, in one line, vectors of another method whose activations are gone.
+
+    >>> v, rec = steering_vectors(EmotionVectors.load("v.safetensors"), "v")  # doctest: +SKIP
+    >>> rec["method"]  # doctest: +SKIP
+    'one_vs_rest'
+    """
+    record: dict[str, Any] = {"method": vecs.method, "file_method": vecs.method,
+                              "rebuilt_from": None}  # fmt: skip
+    if method is None or vecs.method == method:
+        return vecs, record
+    src = vecs.provenance.get("activations")
+    if not src or not (Path(src) / "manifest.json").is_file():
+        raise EmocircuitsError(
+            f"{name} holds {vecs.method} directions, which steer weakly, and the activations "
+            f"they came from ({src or 'not recorded'}) are not there to rebuild {method} ones: "
+            f"run `emocircuits vectors --activations ACTS --method {method}`, or pass "
+            f"--method {vecs.method} to steer with these"
+        )
+    new = directions(src, method=method, site=vecs.site, position=vecs.position,
+                     baseline=vecs.baseline)  # fmt: skip
+    if new.layers != vecs.layers or new.emotions != vecs.emotions:
+        raise EmocircuitsError(f"the activations {src} no longer match {name} (layers or emotions)")
+    return new, {"method": method, "file_method": vecs.method, "rebuilt_from": str(src)}

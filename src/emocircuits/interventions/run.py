@@ -417,6 +417,16 @@ def steer(
             rec = load_recommendation(vfile, lm.provenance, emotion, chat=chat, system=system)
         else:
             raise DataError("no layer/alpha given and no setting= (a steer_sweep result)")
+        if rec.get("layer") is None or rec.get("alpha") is None:  # an explicit none
+            from emocircuits.interventions.recommend import WIDEN
+
+            tried = len(rec.get("candidates") or [])
+            raise DataError(f"steer-sweep found no {emotion} setting within its limits for this "
+                            f"model ({tried} tried at full length); {WIDEN}")  # fmt: skip
+        if rec.get("method") and rec["method"] != vecs.method:  # the sweep rebuilt them
+            from emocircuits.geometry.vectors import steering_vectors
+
+            vecs = steering_vectors(vecs, vfile or "the vectors", rec["method"])[0]
         layers = layers or [rec["layer"]]
         alphas = alphas or [rec["alpha"]]
         where = rec.get("where", where)
@@ -424,7 +434,11 @@ def steer(
             steer_tokens = rec.get("steer_tokens")
         source = "recommended by steer-sweep"
         if "effect" in rec and "value" in rec:
-            source += f" ({rec['effect']} {rec['value']:+.3f})"
+            source += f" ({rec['effect']} {rec['value']:+.3f}"
+            held = rec.get("held_out") or {}
+            if held.get("value") is not None:
+                source += f" on tune prompts, {held['value']:+.3f} held out"
+            source += f", {vecs.method} directions)"
         check_request(vecs, [], layers, vfile or "the vectors")
     scales = steering_scales(lm) if scales is None else np.asarray(scales)
     baseline = has_chat_template(lm) and prompt_baseline

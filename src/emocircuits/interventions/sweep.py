@@ -1,32 +1,32 @@
 """Dose-response sweep over layers x alphas, and the recommended steering setting.
 
-``sweep`` steers every prompt with every emotion's direction at every (layer, alpha), plus
-a norm-matched random direction at each (layer, alpha) (shared by the emotions) and the
-unsteered ``none``, all in one batched generation; it adds the KL divergence of next-token
-distributions on neutral text (the baseline preset's neutral sentences) for each setting.
+The sweep splits its prompts in two (:func:`~.recommend.split_prompts`, seeded, recorded):
+it **chooses on the tune half and reports on the held-out half**. It runs in three stages
+(successive halving; :data:`~.sweep_result.STAGES`):
 
-**The recommended setting** of an emotion (:func:`recommend`) is the (layer, alpha) whose
-effect has the largest lower 95% bound, among the settings that pass the fluency and
-specificity limits (:data:`LIMITS`):
+1. ``screen``: every emotion's direction at every (layer, alpha) on the tune prompts, with
+   short continuations (``screen_tokens``, default 10: the push is held for the first 3
+   tokens, so the tone shows early); the ``n_keep`` best settings per emotion go on
+   (:func:`~.recommend.screen`);
+2. ``tune``: those settings at full length on the tune prompts; before a setting is
+   recommended, ``n_verify`` norm-matched random directions (pooled) are run at it, best
+   setting first, until one passes (random controls only where a recommendation is about
+   to be made); the KL of next-token distributions on neutral text (the ``baseline``
+   preset's neutral sentences) is measured at these settings; the recommendation
+   (:func:`~.recommend.recommend`: the largest lower 95% bound within the limits, or an
+   explicit none) is made here;
+3. ``held_out``: the recommended settings, their random controls and the prompting
+   baseline on the held-out prompts (:func:`evaluate_setting`); these are the numbers to
+   quote (``Recommendation.held_out``).
 
-- the effect: the VADER change from ``none`` for gratitude (up) and anger (down, so its
-  negative), the share of continuations with an apology marker for apology; for other
-  emotions the share with one of their marker words if :data:`~.scorers.MARKERS` has them,
-  else the absolute VADER change;
-- perplexity of the continuations under the unsteered model at most
-  ``perplexity_ratio`` x that of ``none`` (both the median of per-prompt ratios and the
-  ratio of means); a margin below the 1.5x that users ask for, because the setting is
-  chosen on these prompts and used on others;
-- distinct-2 at least ``distinct_2_ratio`` x that of ``none`` (docs/METHODS.md: pitfall 10;
-  perplexity alone lets loops like "pleasepleaseplease" through);
-- the random direction at the same (layer, alpha) moves VADER by less than
-  ``random_vader_change``: a setting where any push changes the tone is not specific.
-
-If no setting passes, the one with the smallest perplexity ratio among those with a positive
-effect is returned with ``meets_limits = False``, and the reason. Settings are saved next to
-the vectors (:mod:`~emocircuits.interventions.settings`: ``v.safetensors`` ->
-``v.steer.json``), keyed by the model's revision and dtype, and ``emocircuits steer`` uses
-them when no ``--layer`` / ``--alpha`` is given.
+Directions: ``steer_sweep`` steers with ``one_vs_rest`` directions (:data:`STEER_METHOD`,
+which steer far better than ``mean_diff``: docs/BENCHMARKS.md); vectors of another method
+are rebuilt from the activation folder they record
+(:func:`~emocircuits.geometry.vectors.steering_vectors`), and the method is recorded in the
+recommendation. Settings are saved next to the vectors
+(:mod:`~emocircuits.interventions.settings`: ``v.safetensors`` -> ``v.steer.json``), keyed by
+the model's revision and dtype, and ``emocircuits steer`` uses them when no ``--layer`` /
+``--alpha`` is given (and refuses an explicit none, naming what to widen).
 
 >>> default_layers(30)
 [9, 12, 15, 18]
@@ -35,15 +35,15 @@ them when no ``--layer`` / ``--alpha`` is given.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emocircuits.capture.chat import chat_format
 from emocircuits.errors import DataError
+from emocircuits.geometry.vectors import STEER_METHOD
 from emocircuits.interventions.generation import has_chat_template, next_token_kl
 from emocircuits.interventions.inputs import (
     as_list,
@@ -52,23 +52,44 @@ from emocircuits.interventions.inputs import (
     resolve_prompts,
     resolve_vectors,
 )
+from emocircuits.interventions.recommend import (
+    LIMITS,
+    Recommendation,
+    effect,
+    fails,
+    rank,
+    recommend,
+    screen,
+    split_prompts,
+)
 from emocircuits.interventions.run import (
+    INSTRUCTION,
     SteerCondition,
     chat_settings,
-    conditions,
     random_conditions,
     run_conditions,
 )
-from emocircuits.interventions.scorers import MARKERS
-from emocircuits.interventions.settings import save_recommendations
-from emocircuits.interventions.steering import describe_push
-from emocircuits.interventions.summary import headline, summarize
+from emocircuits.interventions.steering import Steer
+from emocircuits.interventions.summary import summarize
+from emocircuits.interventions.sweep_result import SweepResult
 from emocircuits.models.batching import Batches, BatchSize
-from emocircuits.results import Result
 
 if TYPE_CHECKING:
     from emocircuits.geometry.vectors import EmotionVectors
     from emocircuits.models.loading import LoadedModel
+
+__all__ = [
+    "LIMITS",
+    "Recommendation",
+    "SweepResult",
+    "calibrate_alphas",
+    "default_layers",
+    "effect",
+    "evaluate_setting",
+    "recommend",
+    "steer_sweep",
+    "sweep",
+]
 
 KL_RANGE = (0.03, 0.5)
 """The alpha grid chosen from the data (:func:`calibrate_alphas`) spans the strengths at which
@@ -91,7 +112,11 @@ DEPTHS = (0.3, 0.6)
 """Default layers lie evenly in this range of fractions of the depth: steering works best
 in the middle."""
 
-LIMITS = {"perplexity_ratio": 1.35, "distinct_2_ratio": 0.75, "random_vader_change": 0.15}
+SCREEN_TOKENS = 10
+"""New tokens per continuation in the sweep's screen (successive halving's first stage)."""
+
+N_KEEP = 2
+"""Settings per emotion that go on from the screen to full-length continuations."""
 
 
 def default_layers(n_layers: int, n: int = 4) -> list[int]:
@@ -103,27 +128,6 @@ def default_layers(n_layers: int, n: int = 4) -> list[int]:
     """
     fr = np.linspace(*DEPTHS, n) if n > 1 else [sum(DEPTHS) / 2]
     return sorted({max(1, round(float(f) * n_layers)) for f in fr})
-
-
-def effect(row: dict[str, Any], emotion: str) -> tuple[str, float, float, float]:
-    """``(name, value, lo, hi)`` of the emotion's effect in a summary row (larger = more)."""
-    if emotion == "gratitude":
-        return "vader_change", row["vader_change"], row["vader_change_lo"], row["vader_change_hi"]
-    if emotion == "anger":
-        return (
-            "-vader_change",
-            -row["vader_change"],
-            -row["vader_change_hi"],
-            -row["vader_change_lo"],
-        )
-    if emotion in MARKERS:
-        k = f"marker_{emotion}"
-        return k, row[k], row[f"{k}_lo"], row[f"{k}_hi"]
-    v = abs(row["vader_change"])
-    lo, hi = sorted(abs(x) for x in (row["vader_change_lo"], row["vader_change_hi"]))
-    if row["vader_change_lo"] < 0 < row["vader_change_hi"]:
-        lo = 0.0
-    return "|vader_change|", v, lo, hi
 
 
 def calibrate_alphas(
@@ -169,105 +173,115 @@ def calibrate_alphas(
     return [float(f"{a:.3g}") for a in grid], dict(zip(probe, map(float, kl), strict=True))
 
 
-@dataclass
-class Recommendation:
-    """The chosen setting of one emotion, with the evidence it was chosen on."""
-
-    emotion: str
-    layer: int
-    alpha: float
-    where: str
-    effect: str
-    value: float
-    lo: float
-    hi: float
-    perplexity_ratio_median: float
-    perplexity_ratio_mean: float
-    distinct_2_ratio: float
-    kl: float
-    random_vader_change: float
-    random_draws: int
-    meets_limits: bool
-    reason: str = ""
-    limits: dict[str, float] = field(default_factory=lambda: dict(LIMITS))
-    steer_tokens: int | None = None  # push only while the first N new tokens are written
+def _setting_conditions(
+    vectors: EmotionVectors, emotion: str, settings: Sequence[tuple[int, float]], scales: np.ndarray
+) -> list[SteerCondition]:
+    """The ``direction`` conditions of ``emotion`` at the given (layer, alpha) settings."""
+    out = []
+    for layer, a in settings:
+        v = vectors.directions[emotion][vectors.layers.index(layer)]
+        out.append(SteerCondition("direction", emotion, layer, a,
+                                  [Steer(layer, v, a, float(scales[layer]))]))  # fmt: skip
+    return out
 
 
-def _fluency_fails(row: dict[str, Any], limits: dict[str, float]) -> list[str]:
-    fails = []
-    if (
-        max(row["perplexity_ratio_median"], row["perplexity_ratio_mean"])
-        > limits["perplexity_ratio"]
-    ):
-        fails.append("perplexity")
-    if row["distinct_2_ratio"] < limits["distinct_2_ratio"]:
-        fails.append("distinct-2")
-    return fails
+def _run_on(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    which: Sequence[int],
+    conds: Sequence[SteerCondition],
+    stage: str,
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    """:func:`run_conditions` on the prompts ``which``; rows keep the prompt's index in the
+    whole list and say their ``stage`` and ``split``."""
+    rows = run_conditions(lm, [prompts[i] for i in which], conds, **kw)
+    split = "held_out" if stage == "held_out" else "tune"
+    for r in rows:
+        r["prompt_index"] = int(which[r["prompt_index"]])
+        r["stage"], r["split"] = stage, split
+    return rows
 
 
-def _passes(row: dict[str, Any], rand: dict[str, Any], limits: dict[str, float]) -> list[str]:
-    fails = _fluency_fails(row, limits)
-    if abs(rand["vader_change"]) >= limits["random_vader_change"]:
-        fails.append("random direction moves VADER")
-    return fails
+def _summary(rows: Sequence[dict[str, Any]], stage: str, kl: Mapping[tuple, float]) -> list[dict]:
+    """:func:`summarize` of one stage's rows, each row tagged with the stage and its KL on
+    neutral text where it was measured (NaN elsewhere)."""
+    out = summarize([r for r in rows if r["stage"] == stage])
+    for r in out:
+        r["stage"] = stage
+        r["kl"] = round(kl.get((r["condition"], r["emotion"], r["layer"], r["alpha"]),
+                               float("nan")), 5)  # fmt: skip
+    return out
 
 
-def _rank(row: dict[str, Any], emotion: str) -> tuple[float, float, float]:
-    """Best first when sorted descending: the effect's lower bound, the effect, a weaker push."""
-    _, v, lo, _ = effect(row, emotion)
-    return (lo, v, -row["alpha"])
-
-
-def recommend(
-    summary: Sequence[dict[str, Any]],
-    emotion: str,
+def evaluate_setting(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    vectors: EmotionVectors,
+    recommendations: Mapping[str, Recommendation],
     *,
-    kl: dict[tuple[int, float], float] | None = None,
+    scales: np.ndarray,
+    max_new_tokens: int = 30,
+    batch_size: BatchSize | Batches = 64,
+    n_random: int = 4,
+    seed: int = 0,
+    prompt: bool = False,
     where: str = "all",
-    steer_tokens: int | None = None,
-    limits: dict[str, float] | None = None,
-) -> Recommendation:
-    """The recommended (layer, alpha) of ``emotion`` from a :func:`summarize` table (see the
-    module docstring for the rule)."""
-    limits = {**LIMITS, **(limits or {})}
-    rand = {(r["layer"], r["alpha"]): r for r in summary if r["condition"] == "random"}
-    cands = [r for r in summary if r["condition"] == "direction" and r["emotion"] == emotion]
-    if not cands:
-        raise DataError(f"no direction rows for {emotion!r} in the sweep")
-    scored = []
-    for r in cands:
-        name, v, lo, hi = effect(r, emotion)
-        ra = rand.get((r["layer"], r["alpha"]), {"vader_change": 0.0})
-        scored.append((r, name, v, lo, hi, ra, _passes(r, ra, limits)))
-    ok = [s for s in scored if not s[6]]
-    if ok:
-        best = max(ok, key=lambda s: _rank(s[0], emotion))
-        reason = ""
-    else:
-        pos = [s for s in scored if s[2] > 0] or scored
-        best = min(pos, key=lambda s: s[0]["perplexity_ratio_median"])
-        reason = "no setting passed the limits; this one failed on " + ", ".join(best[6])
-    r, name, v, lo, hi, ra, _ = best
-    return Recommendation(
-        emotion=emotion,
-        layer=int(r["layer"]),
-        alpha=float(r["alpha"]),
-        where=where,
-        effect=name,
-        value=round(float(v), 4),
-        lo=round(float(lo), 4),
-        hi=round(float(hi), 4),
-        perplexity_ratio_median=r["perplexity_ratio_median"],
-        perplexity_ratio_mean=r["perplexity_ratio_mean"],
-        distinct_2_ratio=r["distinct_2_ratio"],
-        kl=round(float((kl or {}).get((r["layer"], r["alpha"]), float("nan"))), 4),
-        random_vader_change=ra["vader_change"],
-        random_draws=max(1, int(ra.get("n", 0)) // max(1, int(r.get("n", 1)))),
-        meets_limits=bool(ok),
-        reason=reason,
-        limits=limits,
-        steer_tokens=steer_tokens,
-    )
+    steer_tokens: int | None = SWEEP_STEER_TOKENS,
+    progress: Callable[[int], object] | None = None,
+    chat: str | None = None,
+    system: str | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of the recommended settings on ``prompts`` (the held-out half of a sweep): the
+    unsteered ``none``, each emotion's direction at its recommended (layer, alpha) (none
+    for an explicit none), ``n_random`` random directions at each setting (the same draws
+    as the sweep's, pooled) and, with ``prompt``, the prompting baseline per emotion; one
+    :func:`~.run.run_conditions` call. :func:`held_out` reads the numbers from them.
+
+    >>> rows = evaluate_setting(lm, held, vecs, res.recommendations, scales=s)  # doctest: +SKIP
+    """
+    conds = [SteerCondition("none")]
+    width = next(iter(vectors.directions.values())).shape[-1]
+    seen: set[tuple[int, float]] = set()
+    for e, r in recommendations.items():
+        if prompt:
+            conds.append(SteerCondition("prompt", e, instruction=INSTRUCTION))
+        if r.layer is None or r.alpha is None:
+            continue
+        conds += _setting_conditions(vectors, e, [(r.layer, r.alpha)], scales)
+        if (r.layer, r.alpha) not in seen:
+            seen.add((r.layer, r.alpha))
+            conds += random_conditions(width, r.layer, r.alpha, float(scales[r.layer]),
+                                       range(n_random), seed=seed)  # fmt: skip
+    return run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, where=where, steer_tokens=steer_tokens,
+                          progress=progress, chat=chat, system=system)  # fmt: skip
+
+
+def held_out(summary: Sequence[dict[str, Any]], rec: Recommendation) -> dict[str, Any] | None:
+    """The held-out numbers of a recommendation from the summary of
+    :func:`evaluate_setting`'s rows: its effect with the 95% interval, the fluency ratios,
+    the pooled random direction's VADER change and the prompting baseline's effect."""
+    n_prompts = next((r["n"] for r in summary if r["condition"] == "none"), 0)
+    out: dict[str, Any] = {"n_prompts": n_prompts}
+    p = [r for r in summary if r["condition"] == "prompt" and r["emotion"] == rec.emotion]
+    if p:
+        out["prompt_value"] = round(float(effect(p[0], rec.emotion)[1]), 4)
+    if not rec.found:
+        return out
+    d = next(r for r in summary if r["condition"] == "direction" and r["emotion"] == rec.emotion
+             and (r["layer"], r["alpha"]) == (rec.layer, rec.alpha))  # fmt: skip
+    ra = next(r for r in summary if r["condition"] == "random"
+              and (r["layer"], r["alpha"]) == (rec.layer, rec.alpha))  # fmt: skip
+    _, v, lo, hi = effect(d, rec.emotion)
+    out.update({"value": round(float(v), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4),
+                "vader_change": d["vader_change"],
+                "perplexity_ratio_median": d["perplexity_ratio_median"],
+                "perplexity_ratio_mean": d["perplexity_ratio_mean"],
+                "distinct_2_ratio": d["distinct_2_ratio"],
+                "random_vader_change": ra["vader_change"],
+                "random_draws": max(1, ra["n"] // max(1, d["n"]))})  # fmt: skip
+    return out
 
 
 def sweep(
@@ -282,107 +296,130 @@ def sweep(
     batch_size: BatchSize | Batches,
     kl_texts: Sequence[str] = (),
     max_new_tokens: int = 30,
+    screen_tokens: int | None = SCREEN_TOKENS,
+    n_keep: int = N_KEEP,
     where: str = "all",
     steer_tokens: int | None = SWEEP_STEER_TOKENS,
     seed: int = 0,
     prompt: bool | None = None,
     n_verify: int = 4,
     max_checks: int = 3,
+    limits: dict[str, float] | None = None,
     progress: Callable[[int], object] | None = None,
     chat: str | None = None,
     system: str | None = None,
 ) -> SweepResult:
     """Steer ``prompts`` with each emotion at each (layer, alpha), the push held while the
-    first ``steer_tokens`` new tokens are written (``None``: all), and recommend a setting per
-    emotion. ``progress`` gets the number of generations finished after each slice. The
-    engine of :func:`steer_sweep`, which also chooses the layers, alphas and scales, and
-    holds the defaults.
+    first ``steer_tokens`` new tokens are written (``None``: all), choose a setting per
+    emotion on the tune half of the prompts and evaluate it on the held-out half (the
+    stages of the module docstring). ``screen_tokens=None`` turns the screen off (every
+    setting at full length). ``progress`` gets the number of generations finished after
+    each slice. The engine of :func:`steer_sweep`, which also chooses the layers, alphas
+    and scales, and holds the defaults.
 
-    Every setting gets one random direction; before a setting is recommended, the random
-    control there is raised to ``n_verify`` draws (pooled), because one draw swings VADER
-    by about as much as the 0.15 limit (docs/METHODS.md: pitfall 11). Per emotion, up to
-    ``max_checks`` settings are checked this way, best first among those within the
-    fluency limits. ``chat``/``system``: the prompts (and the KL texts) go through the
-    chat template (:func:`~emocircuits.interventions.run.run_conditions`).
+    Per emotion, up to ``max_checks`` settings get the pooled random check (``n_verify``
+    draws), best first among those within the other limits: one draw swings VADER by
+    about as much as the 0.15 limit (docs/METHODS.md: pitfall 11). ``chat``/``system``:
+    the prompts (and the KL texts) go through the chat template.
 
     >>> res = sweep(lm, prompts, vecs, ["gratitude"], layers=[15], alphas=[0.1, 0.2],
     ...             scales=s, batch_size=64)  # doctest: +SKIP
-    >>> res.recommendations["gratitude"].alpha  # doctest: +SKIP
-    0.25
+    >>> res.recommendations["gratitude"].held_out["value"]  # doctest: +SKIP
+    0.41
     """
     for e in emotions:
         check_vectors(lm, vectors, e, layers)
+    limits = {**LIMITS, **(limits or {})}
+    tune, held = split_prompts(len(prompts), seed)
     batch_size = Batches.of(batch_size, "steer-sweep")  # one back-off for every pass below
     use_prompt = has_chat_template(lm) if prompt is None else prompt
-    conds: list[SteerCondition] = []
-    for k, e in enumerate(emotions):
-        conds += conditions(vectors, e, layers=layers, alphas=alphas, scales=scales, seed=seed,
-                            random=k == 0, none=k == 0, prompt=use_prompt)  # fmt: skip
-    rows = run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, where=where, steer_tokens=steer_tokens,
-                          progress=progress, chat=chat, system=system)  # fmt: skip
+    kw = {"batch_size": batch_size, "where": where, "steer_tokens": steer_tokens,
+          "progress": progress, "chat": chat, "system": system}  # fmt: skip
+    grid = [(la, a) for la in layers for a in alphas]
+    halving = screen_tokens is not None and screen_tokens < max_new_tokens
+    rows: list[dict[str, Any]] = []
+    keep = {e: grid for e in emotions}
+    if halving:
+        conds = [SteerCondition("none")]
+        for e in emotions:
+            conds += _setting_conditions(vectors, e, grid, scales)
+        rows += _run_on(lm, prompts, tune, conds, "screen", max_new_tokens=screen_tokens, **kw)
+        short = _summary(rows, "screen", {})
+        keep = {e: screen(short, e, n_keep, limits) for e in emotions}
+    conds = [SteerCondition("none")]
+    for e in emotions:
+        conds += _setting_conditions(vectors, e, keep[e], scales)
+    rows += _run_on(lm, prompts, tune, conds, "tune", max_new_tokens=max_new_tokens, **kw)
     kl: dict[tuple, float] = {}
     if kl_texts:
         steered = [c for c in conds if c.steers]
         values = next_token_kl(lm, kl_texts, [c.steers for c in steered], batch_size=batch_size,
                                chat=chat, system=system)  # fmt: skip
         kl = {c.key(): float(v) for c, v in zip(steered, values, strict=True)}
-
-    def summary_with_kl() -> list[dict[str, Any]]:
-        out = summarize(rows)
-        for r in out:
-            key = (r["condition"], r["emotion"], r["layer"], r["alpha"])
-            r["kl"] = round(kl.get(key, 0.0), 5)
-        return out
-
-    summary = summary_with_kl()
+    summary = _summary(rows, "tune", kl)
     width = vectors.directions[emotions[0]].shape[-1]
     checked: set[tuple[int, float]] = set()
     rejected: set[tuple[int, float]] = set()  # the pooled random control moves VADER too much
     for e in emotions:
         n_checks = 0
-        while n_verify > 1:  # until the best fluent setting has passed a pooled check
-            fluent = [r for r in summary if r["condition"] == "direction" and r["emotion"] == e
-                      and (r["layer"], r["alpha"]) not in rejected
-                      and not _fluency_fails(r, LIMITS)]  # fmt: skip
-            if not fluent:
+        while True:  # until the best setting within the other limits passes a pooled check
+            good = [r for r in summary if r["condition"] == "direction" and r["emotion"] == e
+                    and (r["layer"], r["alpha"]) not in rejected
+                    and fails(r, {"vader_change": 0.0}, e, limits) == []]  # fmt: skip
+            if not good:
                 break
-            best = max(fluent, key=lambda r: _rank(r, e))
+            best = max(good, key=lambda r: rank(r, e))
             key = (best["layer"], best["alpha"])
             if key not in checked:
                 if n_checks == max_checks:
                     break
                 extra = random_conditions(width, key[0], key[1], float(scales[key[0]]),
-                                          range(1, n_verify), seed=seed)  # fmt: skip
-                rows += run_conditions(lm, prompts, extra, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, where=where,
-                                       steer_tokens=steer_tokens, progress=progress,
-                                       chat=chat, system=system)  # fmt: skip
+                                          range(n_verify), seed=seed)  # fmt: skip
+                rows += _run_on(lm, prompts, tune, extra, "tune",
+                                max_new_tokens=max_new_tokens, **kw)  # fmt: skip
                 checked.add(key)
                 n_checks += 1
-                summary = summary_with_kl()
+                summary = _summary(rows, "tune", kl)
             rand = next(r for r in summary if r["condition"] == "random"
                         and (r["layer"], r["alpha"]) == key)  # fmt: skip
-            if abs(rand["vader_change"]) < LIMITS["random_vader_change"]:
+            if abs(rand["vader_change"]) < limits["random_vader_change"]:
                 break
             rejected.add(key)
+    method = vectors.method
     recs = {}
     for e in emotions:
-        by_setting = {
-            (r["layer"], r["alpha"]): r["kl"]
-            for r in summary
-            if r["condition"] == "direction" and r["emotion"] == e
-        }
-        recs[e] = recommend(summary, e, kl=by_setting, where=where, steer_tokens=steer_tokens)
+        by_setting = {(r["layer"], r["alpha"]): r["kl"] for r in summary
+                      if r["condition"] == "direction" and r["emotion"] == e}  # fmt: skip
+        recs[e] = recommend(summary, e, kl=by_setting, where=where, steer_tokens=steer_tokens,
+                            limits=limits, method=method)  # fmt: skip
+    evaluated = evaluate_setting(lm, [prompts[i] for i in held], vectors, recs, scales=scales,
+                                 max_new_tokens=max_new_tokens, n_random=n_verify, seed=seed,
+                                 prompt=use_prompt, **kw)  # fmt: skip
+    for r in evaluated:
+        r["prompt_index"] = int(held[r["prompt_index"]])
+        r["stage"], r["split"] = "held_out", "held_out"
+    rows += evaluated
+    held_summary = _summary(rows, "held_out", {})
+    for rec in recs.values():
+        rec.held_out = held_out(held_summary, rec)
+    # KL on neutral text does not depend on the continuation's length: the screen's rows
+    # show it where it was measured (the settings kept)
+    full = (_summary(rows, "screen", kl) if halving else []) + summary + held_summary
     settings = {"emotions": list(emotions), "layers": list(layers), "alphas": list(alphas),
                 "where": where, "steer_tokens": steer_tokens, "max_new_tokens": max_new_tokens,
-                "seed": seed,
+                "screen_tokens": screen_tokens if halving else None,
+                "n_keep": n_keep if halving else None,
+                "kept": {e: [list(k) for k in keep[e]] for e in emotions},
+                "seed": seed, "method": method,
+                "split": {"tune": tune, "held_out": held,
+                          "rule": "seeded permutation (numpy default_rng([seed, 16])): first "
+                                  "half tune, the rest held out"},
                 "n_prompts": len(prompts), "prompting_baseline": use_prompt,
                 "kl_texts": len(kl_texts), "decoding": "greedy", "n_verify": n_verify,
-                "random_checked": sorted(map(list, checked)),
+                "limits": limits, "random_checked": sorted(map(list, checked)),
                 **batch_size.provenance}  # fmt: skip
     settings.update(chat_settings(chat_format(lm, chat, system)))
-    return SweepResult(rows, summary, recs, settings)
+    return SweepResult(rows, full, recs, settings)
 
 
 def neutral_kl_texts() -> list[str]:
@@ -406,119 +443,6 @@ def default_sweep_dir(vectors_path: str | os.PathLike[str], model_name: str) -> 
     return p.with_name(p.name + f"-sweep-{model_name}")
 
 
-@dataclass(repr=False)
-class SweepResult(Result):
-    """What :func:`steer_sweep` (and :func:`sweep`) return: ``generations`` (one row per prompt
-    and condition), ``summary`` (per setting, with KL), ``recommendations`` (per emotion),
-    ``settings`` (what was swept, and how the alphas were chosen) and ``meta`` (model,
-    vectors). ``save(folder)`` writes rows.jsonl, summary.csv, sweep.json and a
-    dose-response figure per emotion; :meth:`save_recommendations` the settings file next
-    to the vectors that ``steer`` reads."""
-
-    command: ClassVar[str] = "steer-sweep"
-    generations: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
-    recommendations: dict[str, Recommendation]
-    settings: dict[str, Any]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per emotion: the recommended setting and the evidence for it."""
-        out = []
-        for e, r in self.recommendations.items():
-            out.append({"emotion": e, "layer": r.layer, "alpha": r.alpha, "effect": r.effect,
-                        "value": r.value, "lo": r.lo, "hi": r.hi,
-                        "perplexity_ratio": r.perplexity_ratio_median,
-                        "distinct_2_ratio": r.distinct_2_ratio, "kl": r.kl,
-                        "random_vader_change": r.random_vader_change,
-                        "meets_limits": r.meets_limits})  # fmt: skip
-        return out
-
-    def table(self) -> list[dict[str, Any]]:
-        """Every setting of the summary, the columns worth a glance."""
-        return [headline(r) for r in self.summary]
-
-    def title(self) -> str:
-        s = self.settings
-        return (f"SweepResult: {len(s.get('emotions', []))} emotions x {len(s.get('layers', []))}"
-                f" layers x {len(s.get('alphas', []))} alphas, {len(self.generations)} "
-                f"continuations, pushed at {self.push()}")  # fmt: skip
-
-    def push(self) -> str:
-        """Where the sweep's push was held, in words."""
-        return describe_push(self.settings.get("steer_tokens"), self.settings.get("where", "all"))
-
-    def figure(self, emotion: str | None = None) -> Any:
-        """The dose-response figure of ``emotion`` (default: the first swept)."""
-        from emocircuits.plots.steering import dose_response
-
-        e = emotion or next(iter(self.recommendations))
-        title = f"steering with the {e} direction (pushed at {self.push()}): dose-response"
-        return dose_response(self.summary, e, recommended=asdict(self.recommendations[e]),
-                             title=title)  # fmt: skip
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """The sweep folder ``path``: rows.jsonl, summary.csv, sweep.json and
-        dose-response-EMOTION.png/.svg; ``settings["sweep"]`` becomes ``path``."""
-        from emocircuits.capture.store import atomic_write_bytes, atomic_write_json
-        from emocircuits.plots import save_figure
-        from emocircuits.tables import csv_bytes, write_jsonl
-
-        out = Path(path)
-        self.settings = {"sweep": str(out), **{k: v for k, v in self.settings.items()
-                                               if k != "sweep"}}  # fmt: skip
-        out.mkdir(parents=True, exist_ok=True)
-        write_jsonl(out / "rows.jsonl", self.generations)
-        atomic_write_bytes(out / "summary.csv", csv_bytes(self.summary))
-        for e in self.recommendations:
-            save_figure(self.figure(e), out / f"dose-response-{e}")
-        meta = {"format": "emocircuits.steer-sweep", "version": 1,
-                "model": self.meta.get("model"), "vectors": self.meta.get("vectors"),
-                "settings": self.settings,
-                "recommended": {e: asdict(r) for e, r in self.recommendations.items()},
-                "summary": self.summary}  # fmt: skip
-        atomic_write_json(out / "sweep.json", meta)
-        return out
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SweepResult:
-        """Read a folder written by :meth:`save` (or ``emocircuits steer-sweep --out``)."""
-        from emocircuits.tables import read_json, read_jsonl
-
-        out = Path(path)
-        for name in ("sweep.json", "rows.jsonl"):
-            if not (out / name).is_file():
-                raise DataError(f"no {name} in {out} (not a steer-sweep folder)")
-        meta = read_json(out / "sweep.json")
-        if meta.get("format") != "emocircuits.steer-sweep":
-            raise DataError("not a steer-sweep result", where=str(out / "sweep.json"))
-        recs = {e: Recommendation(**r) for e, r in meta["recommended"].items()}
-        return cls(read_jsonl(out / "rows.jsonl"), meta["summary"], recs, meta["settings"],
-                   {"model": meta["model"], "vectors": meta["vectors"]})  # fmt: skip
-
-    def save_recommendations(self, vectors_path: str | os.PathLike[str] | None = None) -> Path:
-        """Merge the recommendations into the settings file next to the vectors (default: the
-        vectors file the sweep read), where ``steer`` without layer/alpha finds them."""
-        vectors_path = vectors_path or (self.meta.get("vectors") or {}).get("file")
-        if not vectors_path:
-            raise DataError("the vectors were not read from a file; give vectors_path")
-        return save_recommendations(vectors_path, self.meta["model"], self.recommendations,
-                                    self.settings)  # fmt: skip
-
-    def recommendation_lines(self) -> str:
-        """The recommended settings as the lines ``emocircuits steer-sweep`` prints."""
-        lines = [f"recommended settings (pushed at {self.push()}):"]
-        for e, r in self.recommendations.items():
-            flag = "" if r.meets_limits else f"  (!) {r.reason}"
-            lines.append(f"  {e:10s} layer {r.layer:3d} alpha {r.alpha:<6g} {r.effect} "
-                         f"{r.value:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}], ppl ratio "
-                         f"{r.perplexity_ratio_median:.2f}, distinct-2 ratio "
-                         f"{r.distinct_2_ratio:.2f}, KL {r.kl:.3f}, random "
-                         f"{r.random_vader_change:+.3f} ({r.random_draws} draws)"
-                         + flag)  # fmt: skip
-        return "\n".join(lines)
-
-
 def steer_sweep(
     lm: LoadedModel,
     prompts: str | os.PathLike[str] | Sequence[str] | None,
@@ -532,6 +456,9 @@ def steer_sweep(
     n_prompts: int | None = None,
     n_verify: int = 4,
     max_new_tokens: int = 30,
+    screen_tokens: int | None = SCREEN_TOKENS,
+    n_keep: int = N_KEEP,
+    method: str | None = STEER_METHOD,
     batch_size: BatchSize = 64,
     where: str = "all",
     steer_tokens: int | None = SWEEP_STEER_TOKENS,
@@ -540,6 +467,7 @@ def steer_sweep(
     chat: str | None = None,
     system: str | None = None,
     scales: np.ndarray | None = None,
+    limits: dict[str, float] | None = None,
     progress: bool = True,
 ) -> SweepResult:
     """Dose-response of steering over layers x alphas and the recommended setting per emotion
@@ -556,17 +484,26 @@ def steer_sweep(
     the alphas is then measured with the neutral sentences in the same chat role, over their
     own tokens; the recommended settings are saved under that chat mode.
 
+    The prompts are split into tune and held-out halves (``seed``); ``screen_tokens`` /
+    ``n_keep``: the successive halving of :func:`sweep` (``screen_tokens=None``: every
+    setting at full length). ``method``: the direction method to steer with (default
+    ``one_vs_rest``); vectors of another method are rebuilt from the activation folder
+    they record, or refused if it is gone (``None``: steer with the vectors as they are).
+    ``limits``: overrides of :data:`~.recommend.LIMITS`.
+
     >>> res = steer_sweep(lm, None, "v.safetensors", emotion="gratitude")  # doctest: +SKIP
     >>> res.save("runs/sweep"); res.save_recommendations()  # doctest: +SKIP
     """
     from tqdm.auto import tqdm
 
+    from emocircuits.geometry.vectors import steering_vectors
     from emocircuits.interventions.steering import steering_scales
 
     chat_format(lm, chat, system)  # a bad chat value or no template: refused first
     prompt_list, prompt_desc = resolve_prompts(prompts)
     vecs, vfile = resolve_vectors(vectors)
     name = vfile or "the vectors"
+    vecs, rebuilt = steering_vectors(vecs, name, method)
     emotions, layers = as_list(emotion), as_list(layer)
     check_request(vecs, emotions, layers, name)
     emotions = emotions or [e for e in vecs.emotions if e != "neutral"]
@@ -584,8 +521,13 @@ def steer_sweep(
                                                steer_tokens=steer_tokens, chat=chat,
                                                system=system)  # fmt: skip
     baseline = has_chat_template(lm) and prompt_baseline
-    n = len(prompt_list) * (1 + len(layers) * len(alphas) * (len(emotions) + 1)
-                            + baseline * len(emotions))  # fmt: skip
+    n_t = len(prompt_list) // 2
+    n_h = len(prompt_list) - n_t
+    e = len(emotions)
+    halving = screen_tokens is not None and screen_tokens < max_new_tokens
+    full = min(n_keep, len(layers) * len(alphas)) if halving else len(layers) * len(alphas)
+    n = (halving * n_t * (1 + e * len(layers) * len(alphas)) + n_t * (1 + e * full)
+         + n_h * (1 + e * (1 + n_verify + baseline)))  # fmt: skip
     batches = Batches(batch_size, "steer-sweep")
     with tqdm(total=n, desc="steer-sweep", unit="text", disable=not progress) as bar:
         res = sweep(
@@ -593,13 +535,14 @@ def steer_sweep(
             kl_texts=kl_texts, max_new_tokens=max_new_tokens, batch_size=batches,
             where=where, steer_tokens=steer_tokens, seed=seed,
             prompt=None if prompt_baseline else False, n_verify=n_verify,
+            screen_tokens=screen_tokens, n_keep=n_keep, limits=limits,
             progress=bar.update, chat=chat, system=system,
         )  # fmt: skip
         bar.total = bar.n  # the random-control checks add a number of rows known only now
         bar.refresh()
     batches.report(progress)
     res.settings = {"sweep": None, **res.settings, "alpha_calibration": calibration,
-                    "prompts": prompt_desc}  # fmt: skip
+                    "prompts": prompt_desc, "directions": rebuilt}  # fmt: skip
     res.meta = {"model": lm.provenance, "vectors": {"file": vfile, **vecs.meta()}}
     return res
 

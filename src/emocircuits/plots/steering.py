@@ -56,6 +56,10 @@ def dose_response(
     panels = [(key, ylabel), ("perplexity_ratio_median", "perplexity ratio to none (median)"),
               ("kl", "KL on neutral text (nats/token)")]  # fmt: skip
     for ax, (k, label) in zip(axes, panels, strict=True):
+        if not any(np.isfinite(float(r.get(k, np.nan))) for r in rows):  # e.g. KL not measured
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_ylabel(label)
+            continue
         if rand and k in rand[0]:
             alphas = sorted({r["alpha"] for r in rand})
             vals = np.array([[r[k] for r in rand if r["alpha"] == a] for a in alphas], dtype=float)

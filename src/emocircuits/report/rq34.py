@@ -45,41 +45,76 @@ def _steer(ref: StageRef, study: dict[str, Any]) -> Block:
 def _steer_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> Block:
     b = Block(title, src.at("sweep.json"))
     rec = s.get("recommended") or {}
+    st = s.get("settings") or {}
+    split = st.get("split") or {}
+    n_held = len(split.get("held_out") or [])
     rows, results = [], []
     for e, r in rec.items():
-        est = Est(_num(r.get("value")), _num(r.get("lo")), _num(r.get("hi")))
-        ok = bool(r.get("meets_limits"))
-        steers = ok and est.lo is not None and est.lo > 0
-        results.append((e, est, steers))
         lim = r.get("limits") or {}
+        method = r.get("method") or (s.get("vectors") or {}).get("method")
+        if r.get("layer") is None:  # an explicit none: no setting passed the limits
+            results.append((e, Est(None), False))
+            tried = r.get("candidates") or []
+            b.numbers.append(Number(
+                f"{e}: no setting passed the limits", Est(None),
+                note=f"{len(tried)} settings tried at full length ({method} directions); "
+                "a wider sweep (more layers or alphas, more prompts) may find one",
+            ))  # fmt: skip
+            rows.append({"emotion": e, "method": method, "layer": None, "alpha": None,
+                         "effect": r.get("effect"), "tune [95% CI]": Est(None),
+                         "held out [95% CI]": Est(None), "perplexity ratio": None,
+                         "distinct-2 ratio": None, "random VADER change": None,
+                         "within limits": False,
+                         "reason": "no setting passed the limits"})  # fmt: skip
+            continue
+        tune = Est(_num(r.get("value")), _num(r.get("lo")), _num(r.get("hi")))
+        h = r.get("held_out") or {}
+        held = Est(_num(h.get("value")), _num(h.get("lo")), _num(h.get("hi")))
+        ok = bool(r.get("meets_limits"))
+        quoted = held if held.value is not None else tune  # sweeps before the split: tune only
+        steers = ok and quoted.lo is not None and quoted.lo > 0
+        results.append((e, quoted, steers))
+        rand = _num(h.get("random_vader_change", r.get("random_vader_change")))
+        where = f"{n_held} held-out prompts" if held.value is not None else "the tune prompts"
         b.numbers.append(Number(
-            f"{e}: {r.get('effect')} at layer {r.get('layer')}, alpha {r.get('alpha')}", est,
+            f"{e}: {r.get('effect')} at layer {r.get('layer')}, alpha {r.get('alpha')} "
+            f"({method} directions), on {where}", quoted,
             Null(f"random direction at the same setting (VADER change; limit "
-                 f"{lim.get('random_vader_change', '?')})", _num(r.get("random_vader_change"))),
-            note=("within the fluency limits" if ok else f"outside the limits: {r.get('reason')}")
-            + "; alpha x typical residual norm",
+                 f"{lim.get('random_vader_change', '?')})", rand),
+            note=("chosen on the other prompts, within the fluency limits" if ok
+                  else f"outside the limits: {r.get('reason')}")
+            + f"; on the tune prompts {_ci(tune)}; alpha x typical residual norm",
         ))  # fmt: skip
-        rows.append({"emotion": e, "layer": r.get("layer"), "alpha": _num(r.get("alpha")),
-                     "effect": r.get("effect"), "value [95% CI]": est,
-                     "perplexity ratio": _num(r.get("perplexity_ratio_median")),
-                     "distinct-2 ratio": _num(r.get("distinct_2_ratio")),
-                     "KL (nats/token)": _num(r.get("kl")),
-                     "random VADER change": _num(r.get("random_vader_change")),
-                     "within limits": ok, "reason": r.get("reason") or ""})  # fmt: skip
-    st = s.get("settings") or {}
+        rows.append({"emotion": e, "method": method, "layer": r.get("layer"),
+                     "alpha": _num(r.get("alpha")), "effect": r.get("effect"),
+                     "tune [95% CI]": tune, "held out [95% CI]": held,
+                     "perplexity ratio": _num(h.get("perplexity_ratio_median",
+                                                    r.get("perplexity_ratio_median"))),
+                     "distinct-2 ratio": _num(h.get("distinct_2_ratio",
+                                                    r.get("distinct_2_ratio"))),
+                     "random VADER change": rand, "within limits": ok,
+                     "reason": r.get("reason") or ""})  # fmt: skip
+    screen = st.get("screen_tokens")
     b.tables.append(Table(
-        "Recommended setting per emotion (largest lower 95% bound within the limits)", rows,
-        src.at("sweep.json"),
+        "Recommended setting per emotion: chosen on the tune prompts, reported on the held-out "
+        "prompts", rows, src.at("sweep.json"),
         f"Layers {st.get('layers')}, alphas {st.get('alphas')}, {st.get('n_prompts', '?')} "
-        f"prompts, {st.get('max_new_tokens', '?')} new tokens, {st.get('decoding', 'greedy')}, "
+        f"prompts split {len(split.get('tune') or [])} tune / {n_held} held out (seeded), "
+        + (f"every setting screened with {screen} new tokens and the best "
+           f"{st.get('n_keep')} per emotion at " if screen else "")
+        + f"{st.get('max_new_tokens', '?')} new tokens, {st.get('decoding', 'greedy')}, "
         f"pushed at {describe_push(st.get('steer_tokens'), st.get('where', 'all'))}. "
         "Effect: VADER change from unsteered (gratitude; anger: its negative) or the share of "
-        "continuations with apology markers.",
+        "continuations with apology markers. The choice: the largest lower 95% bound on the "
+        "tune prompts above 0, within the fluency limits, with the random directions moving "
+        "VADER by less than the limit; none if no setting passed. Fluency ratios and the "
+        "random direction: held out.",
     ))  # fmt: skip
     prompt_rows = [r for r in s.get("summary") or [] if r.get("condition") == "prompt"]
     if prompt_rows:
         b.tables.append(Table(
-            "Prompting baseline (an instruction to express the emotion)",
+            "Prompting baseline (an instruction to express the emotion"
+            + (", held-out prompts)" if n_held else ")"),
             [{"emotion": r.get("emotion"),
               "VADER change": Est(_num(r.get("vader_change")), _num(r.get("vader_change_lo")),
                                   _num(r.get("vader_change_hi"))),
@@ -89,7 +124,8 @@ def _steer_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> B
     ex = _examples(ref.path / "rows.jsonl", rec)
     if ex:
         b.tables.append(Table(
-            "Example continuations at the recommended settings (greedy)", ex,
+            "Example continuations at the recommended settings (greedy; held-out prompts where "
+            "run there)", ex,
             src.at("rows.jsonl"),
             "none: unsteered; direction: the emotion's direction; random: a random direction "
             "of the same norm at the same layer.",
@@ -102,18 +138,27 @@ def _steer_block(ref: StageRef, s: dict[str, Any], src: Source, title: str) -> B
 
 
 def _examples(path: Path, rec: dict[str, Any], n: int = 3) -> list[dict[str, Any]]:
+    """Continuations at each recommended setting: from the held-out prompts where the sweep
+    ran it there, else from the full-length tune rows (never the short screen)."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    every = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     out = []
     for e, r in rec.items():
         at = (r.get("layer"), r.get("alpha"))
+        if at[0] is None:
+            continue
+
+        def here(x: dict[str, Any], e: str = e, at: tuple = at) -> bool:
+            return x["condition"] == "none" or (
+                x["condition"] in ("direction", "random") and (x["layer"], x["alpha"]) == at
+                and (x["condition"] == "random" or x["emotion"] == e))  # fmt: skip
+
+        rows = [x for x in every if x.get("stage") == "held_out" and here(x)]
+        if not any(x["condition"] == "direction" for x in rows):
+            rows = [x for x in every if x.get("stage", "tune") == "tune" and here(x)]
         for i in sorted({x["prompt_index"] for x in rows})[:n]:
-            pick = {x["condition"]: x for x in rows if x["prompt_index"] == i and (
-                x["condition"] == "none"
-                or (x["condition"] == "direction" and x["emotion"] == e
-                    and (x["layer"], x["alpha"]) == at)
-                or (x["condition"] == "random" and (x["layer"], x["alpha"]) == at))}  # fmt: skip
+            pick = {x["condition"]: x for x in rows if x["prompt_index"] == i}
             if "direction" in pick:
                 out.append({"emotion": e, "prompt": pick["direction"]["prompt"],
                             **{c: pick[c]["continuation"] if c in pick else ""
@@ -126,13 +171,14 @@ def _rq3(blocks: list[Block]) -> tuple[str, str]:
     if not res:
         return "not run", "No steering results to answer from."
     k = _count(ok for *_, ok in res)
-    detail = ", ".join(f"{e} {_ci(est)} ({m})" for m, e, est, _ in res)
+    detail = ", ".join(f"{e} {_ci(est) if est.value is not None else 'no setting passed'} ({m})"
+                       for m, e, est, _ in res)  # fmt: skip
     verdict = _verdict([(k, len(res))])
     return verdict, (
-        f"{verdict.capitalize()}: at the recommended setting the direction changes the tone "
-        f"(95% interval above 0, within the fluency limits and with the random direction "
-        f"moving VADER by less than the limit) for {k} of {len(res)} emotion × model "
-        f"pairs: {detail}."
+        f"{verdict.capitalize()}: at the setting chosen on the tune prompts, the direction "
+        f"changes the tone on the held-out prompts (95% interval above 0, within the fluency "
+        f"limits and with the random direction moving VADER by less than the limit) for {k} "
+        f"of {len(res)} emotion × model pairs: {detail}."
     )
 
 

@@ -123,6 +123,9 @@ def _steer_sweep(
     n_alphas: Positive,
     n_prompts: Positive | None,
     n_verify: Positive,
+    screen_tokens: Positive | None,
+    n_keep: Positive,
+    method: Literal[METHODS] | None,
     chat: Chat | None,
     system: str | None,
 ) -> None: ...

@@ -76,11 +76,12 @@ STUDY_DEFAULTS: dict[str, Any] = {
 EXECUTORS = ("local", "ray")
 
 # settings the study uses where a command's default is sized for a single, deeper run
-# (the whole default study must fit in about ten minutes on two cores)
+# (the whole default study must fit in about ten minutes on two cores); the steering sweep
+# runs with the command's own defaults (4 layers x 5 alphas x 20 prompts x 30 tokens, made
+# cheap by its successive halving: docs/BENCHMARKS.md)
 STUDY_STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "vectors": {"method": "one_vs_rest", "position": "mean"},
     "compare": {"n_perm_heavy": 100},
-    "steer": {"n_layers": 1, "n_alphas": 3, "n_prompts": 12, "max_new_tokens": 24},
     "patch": {"budget": "fast"},
     "ablate": {"budget": "fast"},
     "heads": {"budget": "fast"},
