@@ -117,8 +117,9 @@ def test_steer_sweep_saves_what_the_command_writes(setup, capsys, tmp_path):
     assert "<table" in html and "data:image/png;base64" in html
     # steer with setting= a sweep result uses its recommended setting
     rec = res.recommendations["anger"]
-    st = steer(lm, PROMPTS, vecs, "anger", setting=res, max_new_tokens=3, n_random=1,
-               decoding="greedy")  # as the sweep decodes
+    st = steer(
+        lm, PROMPTS, vecs, "anger", setting=res, max_new_tokens=3, n_random=1, decoding="greedy"
+    )  # as the sweep decodes
     assert st.meta["settings"]["layers"] == [rec.layer]
     assert st.meta["settings"]["alphas"] == [rec.alpha]
     assert st.meta["settings"]["steer_tokens"] == rec.steer_tokens == 3

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if agree["n"]:
         rho = "n/a" if agree["spearman"] is None else f"{agree['spearman']:+.2f}"
         print(f"VADER and TextBlob (second judge, never used to choose): same sign at "
-              f"{agree['sign_agreement']:.0%} of {agree['n']} settings, Spearman {rho}")  # fmt: skip
+              f"{agree['sign_agreement']:.0%} of {agree['n']} settings, "
+              f"Spearman {rho}")  # fmt: skip
     print(f"wrote {out} ({len(res.generations)} rows) and {out.with_suffix('.summary.json')}")
     return 0
 
@@ -124,7 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "another model's direction mapped into this one. Without --layer/--alpha the "
         "setting recommended by `steer-sweep` for this model is used. Each JSONL row has "
         "the prompt, condition, layer, alpha, decoding, seed, the continuation (new text "
-        "only), VADER compound, TextBlob polarity (a second judge), emotion-marker hits, NRC lexicon counts, repetition and the perplexity "
+        "only), VADER compound, TextBlob polarity (a second judge), emotion-marker hits, "
+        "NRC lexicon counts, repetition and the perplexity "
         "under the unsteered model; FILE.summary.json has means with bootstrap intervals "
         "over prompts (each with all its seeds) and the two judges' agreement.",
     )

@@ -126,9 +126,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return round(float(np.corrcoef(rankdata(a), rankdata(b))[0, 1]), 4)
 
 
-def judge_agreement(
-    rows: Sequence[dict[str, Any]], emotion: str | None = None
-) -> dict[str, Any]:
+def judge_agreement(rows: Sequence[dict[str, Any]], emotion: str | None = None) -> dict[str, Any]:
     """How far the two judges of tone (VADER, TextBlob polarity) agree on steering rows.
     Over settings (every condition, layer and alpha but ``none``; with ``emotion``, that
     emotion's settings and the random controls): Spearman correlation of the two judges'
