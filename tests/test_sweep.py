@@ -222,11 +222,11 @@ def test_sweep_then_steer_with_the_recommended_setting(setup, capsys):
     rec = meta["recommended"]["anger"]
     assert rec["layer"] in (1, 2) and rec["alpha"] in alphas
     assert json.loads(settings_path(path).read_text())["models"]
-    # steer without --layer/--alpha uses it
+    # steer without --layer/--alpha uses it (greedy, as the sweep decodes)
     code, stdout, err = run(capsys, "steer", "--model", model_dir, "--vectors", path,
                             "--emotion", "anger", "--prompts", root / "prompts.txt",
                             "--out", root / "s.jsonl", "--max-new-tokens", "4",
-                            "--quiet")  # fmt: skip
+                            "--decoding", "greedy", "--quiet")  # fmt: skip
     assert code == 0, err
     s = json.loads((root / "s.summary.json").read_text())
     assert s["settings"]["layers"] == [rec["layer"]] and s["settings"]["alphas"] == [rec["alpha"]]
