@@ -135,7 +135,8 @@ def test_steer_sweep_saves_what_the_command_writes(setup, capsys, tmp_path):
 def test_steering_with_vectors_is_the_push_steer_makes(setup):
     lm, vecs, *_ = setup
     n0 = count_hooks(lm.model)
-    res = steer(lm, PROMPTS, vecs, "anger", layer=2, alpha=1.5, max_new_tokens=5, n_random=1)
+    res = steer(lm, PROMPTS, vecs, "anger", layer=2, alpha=1.5, max_new_tokens=5, n_random=1,
+                decoding="greedy")  # as generate_text decodes
     want = {r["prompt_index"]: r["continuation"] for r in res.generations
             if r["condition"] == "direction"}  # fmt: skip
     assert res.meta["vectors"]["file"] is None  # given as an object
