@@ -136,7 +136,7 @@ def test_steering_with_vectors_is_the_push_steer_makes(setup):
     lm, vecs, *_ = setup
     n0 = count_hooks(lm.model)
     res = steer(lm, PROMPTS, vecs, "anger", layer=2, alpha=1.5, max_new_tokens=5, n_random=1,
-                decoding="greedy")  # as generate_text decodes
+                decoding="greedy")  # fmt: skip
     want = {r["prompt_index"]: r["continuation"] for r in res.generations
             if r["condition"] == "direction"}  # fmt: skip
     assert res.meta["vectors"]["file"] is None  # given as an object
