@@ -294,3 +294,20 @@ def test_judge_agreement_by_hand():
     assert every["settings"]["spearman"] == pytest.approx(0.0)
     with pytest.raises(DataError, match="needs rows with"):
         judge_agreement([{k: v for k, v in r.items() if k != "textblob"} for r in rows])
+
+
+def test_the_decoding_options_default_to_the_librarys():
+    import argparse
+
+    from emocircuits.commands import steer as steer_cmd
+    from emocircuits.commands._common import lib_default
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    steer_cmd.register(sub)
+    args = sub.choices["steer"].parse_args(["--vectors", "v", "--out", "o", "--emotion", "x"])
+    for name in ("decoding", "temperature", "top_p", "seeds"):
+        assert getattr(args, name) == lib_default(steer, name), name
+    assert args.decoding == "sample" and args.seeds == (0, 1, 2)
+    args = sub.choices["steer"].parse_args(["--vectors", "v", "--out", "o", "--emotion", "x",
+                                            "--seeds", "3, 1", "--top-p", "1"])  # fmt: skip
+    assert args.seeds == (3, 1) and args.top_p == 1.0
