@@ -126,7 +126,8 @@ def test_steer_sweep_saves_what_the_command_writes(setup, capsys, tmp_path):
     res = steer_sweep(lm, PROMPTS, path, limits=open_limits, **SWEEP)
     rec = res.recommendations["anger"]
     held = [PROMPTS[i] for i in res.settings["split"]["held_out"]]
-    st = steer(lm, held, vecs, "anger", setting=res, max_new_tokens=3, n_random=1)
+    st = steer(lm, held, vecs, "anger", setting=res, max_new_tokens=3, n_random=1,
+               decoding="greedy")  # as the sweep decodes  # fmt: skip
     assert st.meta["settings"]["layers"] == [rec.layer]
     assert st.meta["settings"]["alphas"] == [rec.alpha]
     assert st.meta["settings"]["steer_tokens"] == rec.steer_tokens == 3
@@ -142,7 +143,8 @@ def test_steer_sweep_saves_what_the_command_writes(setup, capsys, tmp_path):
 def test_steering_with_vectors_is_the_push_steer_makes(setup):
     lm, vecs, *_ = setup
     n0 = count_hooks(lm.model)
-    res = steer(lm, PROMPTS, vecs, "anger", layer=2, alpha=1.5, max_new_tokens=5, n_random=1)
+    res = steer(lm, PROMPTS, vecs, "anger", layer=2, alpha=1.5, max_new_tokens=5, n_random=1,
+                decoding="greedy")  # fmt: skip
     want = {r["prompt_index"]: r["continuation"] for r in res.generations
             if r["condition"] == "direction"}  # fmt: skip
     assert res.meta["vectors"]["file"] is None  # given as an object

@@ -122,16 +122,19 @@ def test_cli_writes_jsonl_and_summary(setup, capsys):
                             "--max-new-tokens", "4", "--quiet")  # fmt: skip
     assert code == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == (1 + 1 + 4) * len(PROMPTS)  # none, direction, 4 random draws
+    # none, direction, 4 random draws; sampled (the default) with 3 seeds
+    assert len(rows) == (1 + 1 + 4) * len(PROMPTS) * 3
+    assert {r["seed"] for r in rows} == {0, 1, 2}
     assert {"prompt", "condition", "layer", "alpha", "continuation", "vader"} <= set(rows[0])
     draws = [r["draw"] for r in rows if r["condition"] == "random"]
-    assert sorted(set(draws)) == [0, 1, 2, 3] and len(draws) == 4 * len(PROMPTS)
+    assert sorted(set(draws)) == [0, 1, 2, 3] and len(draws) == 4 * len(PROMPTS) * 3
     rand = {(r["draw"], r["prompt_index"]): r["continuation"] for r in rows
-            if r["condition"] == "random"}  # fmt: skip
+            if r["condition"] == "random" and r["seed"] == 0}  # fmt: skip
     assert len({tuple(rand[d, i] for i in range(len(PROMPTS))) for d in range(4)}) > 1
     summary = {r["condition"]: r for r in json.loads(out.with_suffix(".summary.json")
                                                         .read_text())["summary"]}  # fmt: skip
-    assert summary["random"]["n"] == 4 * len(PROMPTS)  # the draws pooled into one row
+    assert summary["random"]["n"] == 4 * len(PROMPTS) * 3  # the draws pooled into one row
+    assert summary["random"]["n_prompts"] == len(PROMPTS)  # the bootstrap's clusters
     meta = json.loads(out.with_suffix(".summary.json").read_text())
     assert meta["emotion"] == "anger" and meta["settings"]["layers"] == [1]
     assert len(meta["scales"]["values"]) == lm.arch.n_layers + 1
@@ -145,7 +148,8 @@ def test_cli_steer_tokens_holds_the_push_for_the_first_tokens_only(setup, capsys
     code, _, err = run(capsys, "steer", "--model", lm.provenance["folder"], "--vectors", path,
                        "--emotion", "anger", "--prompts", root / "prompts.txt", "--out", out,
                        "--layer", "1", "--alpha", "1.0", "--max-new-tokens", "6",
-                       "--steer-tokens", "2", "--n-random", "1", "--quiet")  # fmt: skip
+                       "--steer-tokens", "2", "--n-random", "1", "--decoding", "greedy",
+                       "--quiet")  # fmt: skip
     assert code == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert json.loads(out.with_suffix(".summary.json").read_text())["settings"]["steer_tokens"] == 2

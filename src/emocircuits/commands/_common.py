@@ -193,6 +193,60 @@ def add_chat_args(p: argparse.ArgumentParser, fn: Callable[..., Any], what: str)
     )
 
 
+def _seeds(value: str) -> tuple[int, ...]:
+    """``"0,1,2"``: distinct whole numbers >= 0 (argparse type)."""
+    try:
+        seeds = tuple(int(v) for v in _csv(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of whole numbers: {value!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"need distinct whole numbers >= 0, got {value!r}")
+    return seeds
+
+
+def _temperature(value: str) -> float:
+    """A number > 0 (argparse type)."""
+    import math
+
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 < t < math.inf:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return t
+
+
+def _top_p(value: str) -> float:
+    """A number in (0, 1] (argparse type)."""
+    try:
+        p = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 < p <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return p
+
+
+def add_decoding_args(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
+    """``--decoding``, ``--temperature``, ``--top-p`` and ``--seeds`` (defaults read from
+    library function ``fn``, whose keywords they are)."""
+    from emocircuits.interventions.generation import DECODING_KINDS
+
+    seeds = ",".join(map(str, lib_default(fn, "seeds")))
+    p.add_argument("--decoding", choices=DECODING_KINDS, default=lib_default(fn, "decoding"),
+                   help="sample (one continuation per seed; intervals resample prompts with "
+                   "all their seeds) or greedy (default %(default)s)")  # fmt: skip
+    p.add_argument("--temperature", type=_temperature, default=lib_default(fn, "temperature"),
+                   help="sampling temperature, > 0 (default %(default)s)")  # fmt: skip
+    p.add_argument("--top-p", type=_top_p, default=lib_default(fn, "top_p"),
+                   help="sample from the smallest set of tokens holding this share of the "
+                   "probability, in (0, 1] (default %(default)s)")  # fmt: skip
+    p.add_argument("--seeds", type=_seeds, default=lib_default(fn, "seeds"), metavar="LIST",
+                   help=f"sampling seeds, comma list (default {seeds}); a row's text depends "
+                   "on its prompt, steering, decoding and seed only")  # fmt: skip
+
+
 def lib_default(fn: Any, name: str) -> Any:
     """The default of keyword ``name`` of library function ``fn``: the one place a default
     is defined (the command's ``--help`` and the study config read it from there).

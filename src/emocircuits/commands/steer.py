@@ -11,6 +11,7 @@ from emocircuits.commands._common import (
     _steer_tokens,
     add_chat_args,
     add_counts,
+    add_decoding_args,
     add_model_placement_args,
     lib_default,
     model_placement,
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         where=args.where, steer_tokens=args.steer_tokens, seed=args.seed,
         n_random=args.n_random, prompt_baseline=not args.no_prompt_baseline,
         chat=args.chat, system=args.system, progress=not args.quiet,
+        decoding=args.decoding, temperature=args.temperature, top_p=args.top_p,
+        seeds=args.seeds,
     )  # fmt: skip
     st = res.meta["settings"]
     if st["source"].startswith("recommended"):
@@ -55,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
               f"({st['source']})")  # fmt: skip
     out = res.save(args.out)
     print(steer_table(res.summary))
+    agree = res.meta["judge_agreement"]["settings"]
+    if agree["n"]:
+        rho = "n/a" if agree["spearman"] is None else f"{agree['spearman']:+.2f}"
+        print(f"VADER and TextBlob (second judge, never used to choose): same sign at "
+              f"{agree['sign_agreement']:.0%} of {agree['n']} settings, "
+              f"Spearman {rho}")  # fmt: skip
     print(f"wrote {out} ({len(res.generations)} rows) and {out.with_suffix('.summary.json')}")
     return 0
 
@@ -109,14 +118,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Adds alpha * s_l * (unit direction) to the residual stream at each "
         "--layer (s_l: the median residual norm there over content tokens of 64 baseline "
         "prompts, so alphas compare across layers and models) while the model continues "
-        "each prompt (greedy, KV cache, batched). Conditions: none (unsteered), direction, "
+        "each prompt (sampled with --seeds, or --decoding greedy; KV cache, batched; a "
+        "row's text does not depend on the batch). Conditions: none (unsteered), direction, "
         "random (a random unit direction, same layer and alpha), prompt (chat models: the "
         "prompt wrapped in an instruction to express the emotion) and, with --transfer, "
         "another model's direction mapped into this one. Without --layer/--alpha the "
         "setting recommended by `steer-sweep` for this model is used. Each JSONL row has "
-        "the prompt, condition, layer, alpha, the continuation (new text only), VADER "
-        "compound, emotion-marker hits, NRC lexicon counts, repetition and the perplexity "
-        "under the unsteered model; FILE.summary.json has means with bootstrap intervals.",
+        "the prompt, condition, layer, alpha, decoding, seed, the continuation (new text "
+        "only), VADER compound, TextBlob polarity (a second judge), emotion-marker hits, "
+        "NRC lexicon counts, repetition and the perplexity "
+        "under the unsteered model; FILE.summary.json has means with bootstrap intervals "
+        "over prompts (each with all its seeds) and the two judges' agreement.",
     )
     add_steer_args(st, steer)
     st.add_argument("--emotion", required=True, help="which direction to add")
@@ -136,4 +148,5 @@ def register(sub: argparse._SubParsersAction) -> None:
             "the null"
         },
     )
+    add_decoding_args(st, steer)
     st.set_defaults(func=run)

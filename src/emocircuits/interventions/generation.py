@@ -1,7 +1,8 @@
-"""Decoding: token ids in, greedy continuations out, and what the text costs in fluency.
+"""Decoding: token ids in, continuations out, and what the text costs in fluency.
 
-- :func:`generate`: batched greedy continuations (left padding, rows sorted by length),
-  with the same steering for every prompt or each prompt's own (``per_row``);
+- :func:`generate`: batched continuations (left padding, rows sorted by length), greedy or
+  sampled (:class:`Decoding`), with the same steering for every prompt or each prompt's own
+  (``per_row``);
 - :func:`generate_text`: the same, text in and text out, under whatever steering is active;
 - :func:`perplexity`: of a continuation after its prompt, under the model as it is;
 - :func:`next_token_kl`: KL(unsteered || steered) of next-token distributions on text the
@@ -17,6 +18,18 @@ the attention mask. A continuation ends at the first end token: the tokenizer's 
 of the model's generation-config end tokens (an instruct model's end of turn), and only the
 new tokens are returned, decoded and scored.
 
+**Sampling** (:class:`Decoding` ``kind="sample"``) never uses the model's own sampler:
+``generate`` stays ``do_sample=False`` and a logits processor (:class:`GumbelSampler`)
+applies the temperature and the top-p cut, then adds Gumbel noise; the argmax of
+``warped logits + Gumbel`` is an exact draw from the warped distribution (the Gumbel-max
+trick). The noise of a row at its ``k``-th new token comes from a generator seeded by
+(seed, the row's prompt tokens, ``k``) (:func:`noise_seed`), counted in new tokens, not
+positions (left padding shifts those), so a row's continuation depends on its prompt
+tokens, steering, decoding and seed only, never on the batch it ran in or the batch size
+(batches are halved on out-of-memory). The steering is not part of the key: the unsteered
+and a steered continuation of one prompt and seed share their noise (common random
+numbers), so their paired difference reflects the push rather than the dice.
+
 Everything here is model mechanics: what to steer with, and why, lives in
 :mod:`~emocircuits.interventions.run` and :mod:`~emocircuits.interventions.sweep`.
 
@@ -25,7 +38,10 @@ Everything here is model mechanics: what to steer with, and why, lives in
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +53,120 @@ from emocircuits.models.batching import Batches, BatchSize, row_bytes
 
 if TYPE_CHECKING:
     from emocircuits.models.loading import LoadedModel
+
+
+DECODING_KINDS = ("greedy", "sample")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How continuations are chosen: ``"greedy"`` (the most likely token each step) or
+    ``"sample"`` (a draw from the model's distribution at ``temperature``, cut to the
+    smallest set of tokens holding ``top_p`` of the probability; one continuation per seed).
+
+    >>> Decoding("sample", temperature=0.7, top_p=0.9).record()
+    {'kind': 'sample', 'temperature': 0.7, 'top_p': 0.9}
+    >>> Decoding().record()
+    'greedy'
+    """
+
+    kind: str = "greedy"
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.kind not in DECODING_KINDS:
+            raise DataError(f"decoding must be one of {', '.join(DECODING_KINDS)}, "
+                            f"got {self.kind!r}")  # fmt: skip
+        t, p = self.temperature, self.top_p
+        if isinstance(t, bool) or not isinstance(t, int | float) or not (0 < t < math.inf):
+            raise DataError(f"temperature must be a number > 0, got {t!r}")
+        if isinstance(p, bool) or not isinstance(p, int | float) or not (0 < p <= 1):
+            raise DataError(f"top_p must be a number in (0, 1], got {p!r}")
+
+    @property
+    def sampled(self) -> bool:
+        """Whether continuations are drawn (one per seed) rather than greedy."""
+        return self.kind == "sample"
+
+    def record(self) -> str | dict[str, Any]:
+        """What a row records: ``"greedy"``, or the kind with its temperature and top-p."""
+        if not self.sampled:
+            return "greedy"
+        return {"kind": "sample", "temperature": float(self.temperature),
+                "top_p": float(self.top_p)}  # fmt: skip
+
+    @classmethod
+    def of(
+        cls,
+        value: Decoding | str | dict[str, Any] | None = None,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> Decoding:
+        """A :class:`Decoding` from itself, a kind name (``None``: greedy), or a recorded
+        dict; ``temperature`` / ``top_p`` override.
+
+        >>> Decoding.of("sample", temperature=1.0).temperature
+        1.0
+        """
+        if isinstance(value, Decoding):
+            base = value
+        elif isinstance(value, dict):
+            base = cls(**value)
+        else:
+            base = cls("greedy" if value is None else value)
+        kw = {k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None}
+        return cls(base.kind, **{"temperature": base.temperature, "top_p": base.top_p, **kw})
+
+
+def noise_seed(seed: int, prompt: Sequence[int], step: int) -> int:
+    """The generator seed of a sampled row's noise at its ``step``-th new token: a hash of
+    the seed, the row's prompt token ids and the step (63 bits).
+
+    >>> noise_seed(0, [1, 2], 0) == noise_seed(0, [1, 2], 0) != noise_seed(1, [1, 2], 0)
+    True
+    """
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{int(seed)}|{int(step)}|".encode())
+    h.update(np.asarray(prompt, dtype=np.int64).tobytes())
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+def warp(scores: Any, decoding: Decoding) -> Any:
+    """Logits divided by the temperature, with tokens outside the top-p nucleus set to
+    ``-inf`` (as transformers' ``TemperatureLogitsWarper`` then ``TopPLogitsWarper``)."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    scores = scores / float(decoding.temperature)
+    if decoding.top_p < 1:
+        scores = TopPLogitsWarper(float(decoding.top_p))(None, scores)
+    return scores
+
+
+class GumbelSampler:
+    """A transformers logits processor: warped logits (:func:`warp`) plus Gumbel noise, one
+    generator per row seeded by :func:`noise_seed`; under ``do_sample=False`` the argmax
+    that ``generate`` takes is then an exact sample. ``prompts``: the rows' own prompt
+    token ids, ``seeds`` their seeds, ``start``: the padded prompt length of the batch
+    (new tokens so far = current length - ``start``)."""
+
+    def __init__(self, decoding: Decoding, prompts: Sequence[Sequence[int]],
+                 seeds: Sequence[int], start: int) -> None:  # fmt: skip
+        self.decoding, self.prompts, self.seeds, self.start = decoding, prompts, seeds, start
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        step = int(input_ids.shape[1]) - self.start
+        scores = warp(scores.float(), self.decoding)
+        noise = torch.empty_like(scores)
+        for j, (p, s) in enumerate(zip(self.prompts, self.seeds, strict=True)):
+            g = torch.Generator(device=scores.device)
+            g.manual_seed(noise_seed(s, p, step))
+            noise[j] = torch.rand(scores.shape[1], generator=g, device=scores.device)
+        # u in [0, 1): u = 0 gives -inf (never chosen), as a zero-probability token
+        return scores - torch.log(-torch.log(noise))
 
 
 def has_chat_template(lm: LoadedModel) -> bool:
@@ -123,11 +253,15 @@ def generate(
     batch_size: BatchSize | Batches = 8,
     chat: str | None = None,
     system: str | None = None,
+    decoding: Decoding | str | None = None,
+    seeds: int | Sequence[int] = 0,
 ) -> list[list[int]]:
-    """Greedy continuations (new token ids, up to the first end token: :func:`stop_ids`) of
+    """Continuations (new token ids, up to the first end token: :func:`stop_ids`) of
     ``prompts`` (texts, put through the chat template with ``chat``/``system`` as in
     :func:`prompt_ids`, or token ids), with the same ``steers`` for all or each prompt's
-    own (``per_row``). Prompts are batched by length (left padding); order is kept. The
+    own (``per_row``). ``decoding``: greedy (``None``) or a :class:`Decoding`; sampled rows
+    use ``seeds`` (one for all, or one per prompt) and do not depend on the batch (module
+    docstring). Prompts are batched by length (left padding); order is kept. The
     push covers what ``where`` / ``steer_tokens`` say
     (:func:`~emocircuits.interventions.steering.steering`); with a chat template "the
     prompt" is the whole templated input. ``batch_size``: a number, ``"auto"``, or the
@@ -138,6 +272,10 @@ def generate(
     ids = prompt_ids(lm, prompts, chat, system)
     if per_row is not None and len(per_row) != len(ids):
         raise DataError(f"{len(per_row)} steer lists for {len(ids)} prompts")
+    dec = Decoding.of(decoding)
+    row_seeds = [int(seeds)] * len(ids) if isinstance(seeds, int | np.integer) else list(seeds)
+    if len(row_seeds) != len(ids):
+        raise DataError(f"{len(row_seeds)} seeds for {len(ids)} prompts")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[list[int]] = [[] for _ in ids]
     stops, pad = stop_ids(lm), _pad_id(lm)
@@ -148,6 +286,13 @@ def generate(
     def one(chunk: np.ndarray) -> list[list[int]]:
         x, mask = _left_pad([ids[i] for i in chunk], pad)
         rows = None if per_row is None else [per_row[i] for i in chunk]
+        extra: dict[str, Any] = {}
+        if dec.sampled:
+            from transformers import LogitsProcessorList
+
+            sampler = GumbelSampler(dec, [ids[i] for i in chunk],
+                                    [row_seeds[i] for i in chunk], x.shape[1])  # fmt: skip
+            extra["logits_processor"] = LogitsProcessorList([sampler])
         with steering(lm, steers, where=where, per_row=rows, steer_tokens=steer_tokens):
             new = lm.model.generate(
                 input_ids=x.to(lm.input_device),
@@ -156,6 +301,7 @@ def generate(
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=stops,
+                **extra,
             )[:, x.shape[1] :]
         return new.tolist()
 

@@ -19,8 +19,11 @@ start of the assistant's reply (after an empty user turn) and the continuation g
 it. Scoring reads only the new tokens, never the prompt or the template.
 
 All conditions of a run are generated together: every (condition, prompt) pair is one row
-of a batched greedy :func:`~emocircuits.interventions.generation.generate` with its own
-steering (``steering(per_row=...)``), rows sorted by length so that padding stays small.
+of a batched :func:`~emocircuits.interventions.generation.generate` with its own steering
+(``steering(per_row=...)``), rows sorted by length so that padding stays small. Decoding is
+greedy, or sampled (:class:`~emocircuits.interventions.generation.Decoding`): then every
+(condition, prompt) pair is one row per seed, each row's draw independent of the batch it
+ran in, and every row records its ``decoding`` and ``seed`` (None when greedy).
 Every continuation is scored by the model-independent scorers
 (:mod:`~emocircuits.interventions.scorers`) and by its perplexity under the **unsteered**
 model given the input it was generated from; :func:`steer` summarises the rows per setting
@@ -43,6 +46,7 @@ import numpy as np
 from emocircuits.capture.chat import chat_format
 from emocircuits.errors import DataError
 from emocircuits.interventions.generation import (
+    Decoding,
     generate,
     generation_bytes,
     has_chat_template,
@@ -59,7 +63,7 @@ from emocircuits.interventions.inputs import (
 from emocircuits.interventions.scorers import repetition, score_texts
 from emocircuits.interventions.settings import load_recommendation, setting_of
 from emocircuits.interventions.steering import Steer, describe_push
-from emocircuits.interventions.summary import headline, steer_table, summarize
+from emocircuits.interventions.summary import headline, judge_agreement, steer_table, summarize
 from emocircuits.models.batching import Batches, BatchSize
 from emocircuits.results import Result
 
@@ -203,17 +207,25 @@ def run_conditions(
     progress: Callable[[int], object] | None = None,
     chat: str | None = None,
     system: str | None = None,
+    decoding: Decoding | str | None = None,
+    seeds: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
-    """One row per (condition, prompt): the continuation and its scores. ``where`` and
+    """One row per (condition, prompt), and per seed of ``seeds`` when ``decoding`` samples
+    (:class:`~emocircuits.interventions.generation.Decoding`; default greedy): the
+    continuation, its scores, its ``decoding`` and ``seed`` (None when greedy). ``where`` and
     ``steer_tokens`` as in :func:`~emocircuits.interventions.steering.steering`. ``progress`` is
     called with the number of rows finished after each batch of generations. ``chat`` and
     ``system``: the prompts go through the chat template (:func:`encode`).
     ``batch_size``: a number, ``"auto"`` or the caller's
     :class:`~emocircuits.models.batching.Batches` (halved on out-of-memory)."""
     fmt = chat_format(lm, chat, system)  # once, and a clear error before any work
+    dec = Decoding.of(decoding)
+    row_seeds = [int(x) for x in seeds] if dec.sampled else [None]
+    if not row_seeds or len(set(row_seeds)) != len(row_seeds):
+        raise DataError(f"seeds must be distinct whole numbers, at least one; got {list(seeds)}")
     plain = [prompt_ids(lm, [p], fmt)[0] for p in prompts]
-    jobs = [(c, i, plain[i] if c.instruction is None else encode(lm, p, c, chat, system))
-            for c in conds for i, p in enumerate(prompts)]  # fmt: skip
+    jobs = [(c, i, plain[i] if c.instruction is None else encode(lm, p, c, chat, system), s)
+            for c in conds for i, p in enumerate(prompts) for s in row_seeds]  # fmt: skip
     batch_size = Batches.of(batch_size, "steer")
     longest = max((len(j[2]) for j in jobs), default=1)
     size = batch_size.size("generate", lm, generation_bytes(lm, longest, max_new_tokens), len(jobs))
@@ -231,6 +243,8 @@ def run_conditions(
             steer_tokens=steer_tokens,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            decoding=dec,
+            seeds=[jobs[k][3] or 0 for k in part],
         )
         done.update(zip(part, got, strict=True))
         if progress is not None:
@@ -240,7 +254,8 @@ def run_conditions(
     texts = [lm.tokenizer.decode(c, skip_special_tokens=True) for c in ids]
     scores = score_texts(texts)
     rows = []
-    for k, (c, i, _) in enumerate(jobs):
+    recorded = dec.record()
+    for k, (c, i, _, s) in enumerate(jobs):
         rows.append(
             {
                 "prompt_index": i,
@@ -252,6 +267,8 @@ def run_conditions(
                 "draw": c.draw,
                 "where": where,
                 "steer_tokens": steer_tokens,
+                "decoding": recorded,
+                "seed": s,
                 "continuation": texts[k],
                 "n_new_tokens": len(ids[k]),
                 **{key: float(v[k]) for key, v in scores.items()},
@@ -282,12 +299,15 @@ def steer_prompts(
     progress: Callable[[int], object] | None = None,
     chat: str | None = None,
     system: str | None = None,
+    decoding: Decoding | str | None = None,
+    seeds: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
     """Rows for every prompt and condition of one emotion (the engine of :func:`steer`, which
     also chooses the scales and the setting, and holds the defaults). ``prompt`` (the
     prompting baseline) defaults to on for chat models; ``n_random`` random directions per
     setting; ``steer_tokens``: push only while the first ``steer_tokens`` new tokens are
-    written; ``chat``/``system``: the prompts go through the chat template."""
+    written; ``chat``/``system``: the prompts go through the chat template; ``decoding``
+    and ``seeds`` as in :func:`run_conditions`."""
     check_vectors(lm, vectors, emotion, layers)
     if transfer is not None:
         check_vectors(lm, transfer, emotion, layers)
@@ -296,7 +316,8 @@ def steer_prompts(
                        transfer=transfer, n_random=n_random)  # fmt: skip
     return run_conditions(lm, prompts, conds, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, where=where, steer_tokens=steer_tokens,
-                          progress=progress, chat=chat, system=system)  # fmt: skip
+                          progress=progress, chat=chat, system=system,
+                          decoding=decoding, seeds=seeds)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ steer
@@ -375,6 +396,10 @@ def steer(
     system: str | None = None,
     scales: np.ndarray | None = None,
     progress: bool = True,
+    decoding: Decoding | str = "sample",
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seeds: Sequence[int] = (0, 1, 2),
 ) -> SteerResult:
     """Continue ``prompts`` (None: the shipped neutral ``tune`` prompts; a .txt/.jsonl path;
     a list of strings) with ``emotion``'s direction added, next to the controls (unsteered,
@@ -395,6 +420,14 @@ def steer(
     ``system`` prompt. The push covers the whole templated input with ``where="all"``.
     A setting saved by ``steer-sweep`` is looked up for the same chat mode and system prompt.
 
+    ``decoding``: ``"sample"`` (default: each (condition, prompt) continued once per seed of
+    ``seeds``, at ``temperature`` with nucleus ``top_p``; intervals resample prompts with
+    all their seeds) or ``"greedy"`` (one continuation per (condition, prompt); ``seeds``,
+    ``temperature`` and ``top_p`` unused). A single greedy run over a few dozen prompts
+    swings by about 0.1-0.15 VADER, so the default samples. ``meta["judge_agreement"]``:
+    how far VADER and the second judge (TextBlob polarity) agree
+    (:func:`~emocircuits.interventions.summary.judge_agreement`).
+
     >>> res = steer(lm, None, "v.safetensors", "gratitude", layer=15, alpha=0.2)  # doctest: +SKIP
     >>> res.save("runs/gratitude.jsonl")  # doctest: +SKIP
     """
@@ -403,6 +436,10 @@ def steer(
     from emocircuits.interventions.steering import SCALES_WHAT, steering_scales
 
     fmt = chat_format(lm, chat, system)  # a bad chat value or no template: refused first
+    dec = Decoding.of(decoding, temperature=temperature, top_p=top_p)
+    seed_list = [int(x) for x in seeds] if dec.sampled else []
+    if dec.sampled and (not seed_list or len(set(seed_list)) != len(seed_list)):
+        raise DataError(f"seeds must be distinct whole numbers, at least one; got {list(seeds)}")
     prompt_list, prompt_desc = resolve_prompts(prompts)
     vecs, vfile = resolve_vectors(vectors)
     tvecs = None if transfer is None else resolve_vectors(transfer)[0]
@@ -444,6 +481,7 @@ def steer(
     baseline = has_chat_template(lm) and prompt_baseline
     per = 1 + n_random + (tvecs is not None)
     n = len(prompt_list) * (1 + baseline + len(layers) * len(alphas) * per)
+    n *= max(1, len(seed_list))
     batches = Batches(batch_size, "steer")
     with tqdm(total=n, desc="steer", unit="text", disable=not progress) as bar:
         rows = steer_prompts(
@@ -451,6 +489,7 @@ def steer(
             max_new_tokens=max_new_tokens, batch_size=batches, where=where,
             steer_tokens=steer_tokens, seed=seed, prompt=None if prompt_baseline else False,
             transfer=tvecs, n_random=n_random, progress=bar.update, chat=chat, system=system,
+            decoding=dec, seeds=seed_list or (0,),
         )  # fmt: skip
     batches.report(progress)
     meta = {
@@ -464,8 +503,10 @@ def steer(
         "settings": {"layers": list(layers), "alphas": list(alphas), "where": where,
                      "steer_tokens": steer_tokens, "source": source,
                      "max_new_tokens": max_new_tokens, "seed": seed,
-                     "n_random": n_random, "decoding": "greedy", "dtype": str(lm.dtype),
+                     "n_random": n_random, "decoding": dec.record(),
+                     "seeds": seed_list or None, "dtype": str(lm.dtype),
                      "prompts": prompt_desc, "n_prompts": len(prompt_list),
                      **batches.provenance, **chat_settings(fmt)},
+        "judge_agreement": judge_agreement(rows, emotion),
     }  # fmt: skip
     return SteerResult(rows, summarize(rows), meta)

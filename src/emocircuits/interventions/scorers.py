@@ -2,9 +2,14 @@
 
 - :func:`vader`: VADER compound sentiment (Hutto & Gilbert 2014; the ``vadersentiment``
   package ships its lexicon), in [-1, 1];
+- :func:`textblob_polarity`: TextBlob's polarity (the lexicon of the Pattern library,
+  shipped inside the ``textblob`` wheel; no NLTK corpora), in [-1, 1]: the second judge of
+  tone, independent of VADER's lexicon and rules, reported next to it and never used to
+  choose a steering setting;
 - :func:`nrc_counts`: NRC Emotion Lexicon (Mohammad & Turney 2013) word counts per
   category (anger, fear, joy, sadness, trust, positive, ...), from the lexicon file the
-  ``nrclex`` package ships (read as JSON; neither TextBlob nor NLTK data is used);
+  ``nrclex`` package ships (read as JSON; nrclex's own TextBlob-based tokenising and
+  NLTK data are not used);
 - :func:`marker_rate`: whether a text contains a marker word of an emotion (:data:`MARKERS`,
   matched on lowercase word prefixes, so ``apolog`` matches apologise / apologize /
   apology);
@@ -69,6 +74,18 @@ def vader(texts: Sequence[str]) -> np.ndarray:
     """VADER compound score of each text."""
     a = _analyzer()
     return np.array([a.polarity_scores(t)["compound"] for t in texts], dtype=float)
+
+
+def textblob_polarity(texts: Sequence[str]) -> np.ndarray:
+    """TextBlob polarity of each text (-1 negative to 1 positive; 0 where no word of its
+    lexicon occurs). Reads only the lexicon inside the ``textblob`` package (offline).
+
+    >>> textblob_polarity(["Thank you, this is wonderful!", "The bus is at noon."]).tolist()
+    [1.0, 0.0]
+    """
+    from textblob.en import sentiment
+
+    return np.array([sentiment(t)[0] for t in texts], dtype=float)
 
 
 NRC_CATEGORIES = (
@@ -172,6 +189,7 @@ def _nrc_columns(texts: Sequence[str]) -> dict[str, np.ndarray]:
 
 SCORERS: dict[str, Callable[[Sequence[str]], dict[str, np.ndarray]]] = {
     "vader": lambda texts: {"vader": vader(texts)},
+    "textblob": lambda texts: {"textblob": textblob_polarity(texts)},
     "markers": _markers,
     "nrc": _nrc_columns,
 }
