@@ -23,7 +23,7 @@ None, ``status="none"``) with the reasons per candidate: ``steer`` then refuses 
 and names what to widen.
 
 >>> split_prompts(6, seed=0)
-([1, 2, 5], [0, 3, 4])
+([0, 4, 5], [1, 2, 3])
 """
 
 from __future__ import annotations
