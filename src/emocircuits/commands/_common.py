@@ -204,28 +204,23 @@ def _seeds(value: str) -> tuple[int, ...]:
     return seeds
 
 
-def _temperature(value: str) -> float:
-    """A number > 0 (argparse type)."""
-    import math
+def _number(ok: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    """An argparse type: a number for which ``ok`` holds (``what`` says which)."""
 
-    try:
-        t = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 < t < math.inf:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return t
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not ok(x):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return x
+
+    return parse
 
 
-def _top_p(value: str) -> float:
-    """A number in (0, 1] (argparse type)."""
-    try:
-        p = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 < p <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return p
+_temperature = _number(lambda t: 0 < t < float("inf"), "> 0")
+_top_p = _number(lambda p: 0 < p <= 1, "in (0, 1]")
 
 
 def add_decoding_args(p: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
